@@ -1,0 +1,49 @@
+"""memlens: hookable toy models and probes for studying how networks memorise and generalise.
+
+import memlens as ml
+from toy_models import Bottleneck
+
+data  = ml.data.SparseFeatures(n_features=1000, sparsity=0.99, normalize=True)
+train = data.sample(T=100, n_instances=4, seed=0)          # [T, inst, feat]
+model = Bottleneck(n_features=1000, d_hidden=2, n_instances=4)
+run   = ml.train(model, train, steps=2_000, lr=1e-3, weight_decay=1e-2, warmup=200)
+"""
+
+from memlens import data, io
+from memlens.data import Batch, SparseFeatures
+from memlens.hooked import Circuits, HookedToyModel, ToyConfig, load
+from memlens.probe import Probe, ProbeResult, probing
+from memlens.registry import (
+    get_model,
+    get_probe,
+    list_models,
+    list_probes,
+    register_model,
+    register_probe,
+)
+from memlens.train import TrainResult, evaluate, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Batch",
+    "Circuits",
+    "HookedToyModel",
+    "Probe",
+    "ProbeResult",
+    "SparseFeatures",
+    "ToyConfig",
+    "TrainResult",
+    "data",
+    "evaluate",
+    "get_model",
+    "get_probe",
+    "io",
+    "list_models",
+    "list_probes",
+    "load",
+    "probing",
+    "register_model",
+    "register_probe",
+    "train",
+]

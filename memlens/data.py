@@ -1,0 +1,408 @@
+"""Sparse-feature data, finite training sets of T points, and the three tasks.
+
+Conventions
+-----------
+* Tensors are laid out ``[batch, inst, ...]``.
+* Each feature is 0 with probability ``sparsity`` (S) and U[0, 1] otherwise.
+* Every instance draws from its own random stream, derived from ``(seed, instance index)``: instance
+  ``i`` of ``sample(T, n, seed)`` is the same whatever ``n`` is, and instances never share data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+__all__ = [
+    "Batch",
+    "SparseFeatures",
+    "Task",
+    "BottleneckTask",
+    "MLPTask",
+    "UnembedTask",
+    "instance_generators",
+    "as_batch",
+]
+
+
+def _mix(*ints: int) -> int:
+    """A 63-bit seed from a tuple of ints (numpy's SeedSequence, so nearby seeds are unrelated)."""
+    return int(
+        np.random.SeedSequence([int(i) & 0xFFFFFFFF for i in ints]).generate_state(
+            2, dtype=np.uint64
+        )[0]
+        >> np.uint64(1)
+    )
+
+
+def instance_generators(seed: int, n_instances: int, *salt: int) -> list[torch.Generator]:
+    """One independent CPU generator per instance, derived from ``(seed, *salt, instance)``."""
+    return [torch.Generator().manual_seed(_mix(seed, *salt, i)) for i in range(n_instances)]
+
+
+@dataclass
+class Batch:
+    """Inputs and targets for one set of points, ``[batch, inst, ...]``.
+
+    ``targets=None`` means the task is autoencoding (targets are the inputs). ``features`` holds
+    the underlying sparse features when the inputs are an embedding of them. ``lengths`` marks
+    padding: instance ``i`` uses only its first ``lengths[i]`` rows (used by sweeps that pack
+    data sets of different sizes into one model).
+    """
+
+    inputs: Float[Tensor, "batch inst d_in"]
+    targets: Tensor | None = None
+    features: Float[Tensor, "batch inst feat"] | None = None
+    lengths: Int[Tensor, " inst"] | None = None
+
+    @property
+    def target(self) -> Tensor:
+        return self.inputs if self.targets is None else self.targets
+
+    @property
+    def n_instances(self) -> int:
+        return self.inputs.shape[1]
+
+    def __len__(self) -> int:
+        return self.inputs.shape[0]
+
+    def mask(self) -> Tensor | None:
+        """``[batch, inst]`` 1.0 on real rows, 0.0 on padding; None when there is no padding."""
+        if self.lengths is None:
+            return None
+        rows = torch.arange(len(self), device=self.inputs.device)[:, None]
+        return (rows < self.lengths.to(self.inputs.device)[None, :]).to(self.inputs.dtype)
+
+    def gather(self, idx: Int[Tensor, "b inst"]) -> Batch:
+        """Rows ``idx[:, i]`` of instance ``i``, for every instance."""
+
+        def g(t: Tensor | None) -> Tensor | None:
+            if t is None:
+                return None
+            index = idx.view(*idx.shape, *([1] * (t.ndim - 2))).expand(-1, -1, *t.shape[2:])
+            return torch.gather(t, 0, index)
+
+        return Batch(g(self.inputs), g(self.targets), g(self.features), None)
+
+    def instances(self, idx: Sequence[int] | Tensor) -> Batch:
+        """Keep only the listed instances."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+
+        def s(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[:, idx.to(t.device)]
+
+        lengths = None if self.lengths is None else self.lengths[idx.to(self.lengths.device)]
+        return Batch(s(self.inputs), s(self.targets), s(self.features), lengths)
+
+    def to(self, device: torch.device | str) -> Batch:
+        def m(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return Batch(m(self.inputs), m(self.targets), m(self.features), m(self.lengths))
+
+    def n_points(self) -> Tensor:
+        """``[inst]`` number of real points per instance."""
+        if self.lengths is not None:
+            return self.lengths
+        return torch.full((self.n_instances,), len(self), dtype=torch.long)
+
+
+def as_batch(data: Tensor | Batch) -> Batch:
+    if isinstance(data, Batch):
+        return data
+    if isinstance(data, torch.Tensor):
+        return Batch(inputs=data, targets=None, features=data)
+    raise TypeError(
+        f"expected a Tensor [batch, inst, feat] or a memlens.data.Batch, got {type(data)}"
+    )
+
+
+def _per_instance(value, n_instances: int, name: str) -> Tensor:
+    t = torch.as_tensor(value, dtype=torch.float32)
+    if t.ndim == 0:
+        return t.expand(n_instances).clone()
+    if t.ndim != 1 or t.shape[0] != n_instances:
+        raise ValueError(
+            f"{name} was given per instance with {t.shape[0] if t.ndim == 1 else tuple(t.shape)} "
+            f"values, but n_instances={n_instances}"
+        )
+    return t
+
+
+class SparseFeatures:
+    """Sparse features: each is 0 with probability ``sparsity`` and U[0, 1] otherwise.
+
+    Args:
+        n_features: number of features n.
+        sparsity: S in [0, 1), a float or one value per instance. Give this or
+            ``feature_probability`` (= 1 - S), not both.
+        importance: per-feature loss weights I_i, ``[feat]`` or ``[inst, feat]``; None means 1.
+        normalize: rescale each nonzero point to unit L2 norm (the memorisation papers' setting).
+    """
+
+    def __init__(
+        self,
+        n_features: int,
+        sparsity: float | Sequence[float] | None = None,
+        *,
+        feature_probability: float | Sequence[float] | None = None,
+        importance: Sequence[float] | Tensor | None = None,
+        normalize: bool = False,
+    ):
+        if not isinstance(n_features, (int, np.integer)) or n_features <= 0:
+            raise ValueError(f"n_features must be a positive int, got {n_features!r}")
+        if (sparsity is None) == (feature_probability is None):
+            raise ValueError("give exactly one of sparsity=S or feature_probability=1-S")
+        if sparsity is None:
+            fp = torch.as_tensor(feature_probability, dtype=torch.float64)
+            if fp.numel() == 0 or not bool(((fp > 0) & (fp <= 1)).all()):
+                raise ValueError(
+                    f"feature_probability must be in (0, 1], got {feature_probability!r}"
+                )
+            sparsity = (1 - fp).tolist()
+        s = torch.as_tensor(sparsity, dtype=torch.float64)
+        if s.ndim > 1 or s.numel() == 0 or not bool(((s >= 0) & (s < 1)).all()):
+            raise ValueError(f"sparsity must be in [0, 1) (0 = dense), got {sparsity!r}")
+        self.n_features = int(n_features)
+        self.sparsity = s.to(torch.float32)
+        if importance is not None:
+            imp = torch.as_tensor(importance, dtype=torch.float32)
+            if imp.shape[-1] != n_features or imp.ndim > 2:
+                raise ValueError(
+                    f"importance must have shape [feat={n_features}] or [inst, feat], got "
+                    f"{tuple(imp.shape)}"
+                )
+            if bool((imp < 0).any()):
+                raise ValueError("importance must be non-negative")
+            importance = imp
+        self.importance = importance
+        self.normalize = bool(normalize)
+
+    def __repr__(self) -> str:
+        s = self.sparsity.tolist()
+        return (
+            f"SparseFeatures(n_features={self.n_features}, sparsity={s}, "
+            f"normalize={self.normalize})"
+        )
+
+    @property
+    def per_instance_n(self) -> int | None:
+        """The instance count fixed by per-instance sparsity or importance, if any."""
+        if self.sparsity.ndim == 1:
+            return self.sparsity.shape[0]
+        if self.importance is not None and self.importance.ndim == 2:
+            return self.importance.shape[0]
+        return None
+
+    def _check_instances(self, n_instances: int | None) -> int:
+        fixed = self.per_instance_n
+        if n_instances is None:
+            return fixed or 1
+        if not isinstance(n_instances, (int, np.integer)) or n_instances <= 0:
+            raise ValueError(f"n_instances must be a positive int, got {n_instances!r}")
+        if fixed is not None and fixed != n_instances:
+            raise ValueError(
+                f"n_instances={n_instances} does not match the {fixed} per-instance values given "
+                "for sparsity/importance"
+            )
+        return int(n_instances)
+
+    def importance_tensor(self, n_instances: int) -> Tensor:
+        """``[inst, feat]`` importance (ones when none was given)."""
+        n_instances = self._check_instances(n_instances)
+        if self.importance is None:
+            return torch.ones(n_instances, self.n_features)
+        return self.importance.expand(n_instances, self.n_features).clone()
+
+    def _draw(self, T: int, gens: list[torch.Generator], sparsity: Tensor) -> Tensor:
+        cols = []
+        for i, g in enumerate(gens):
+            active = torch.rand(T, self.n_features, generator=g) >= sparsity[i]
+            values = torch.rand(T, self.n_features, generator=g)
+            cols.append(values * active)
+        x = torch.stack(cols, dim=1)
+        if self.normalize:
+            x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+        return x
+
+    def sample(
+        self, T: int, n_instances: int | None = None, seed: int = 0
+    ) -> Float[Tensor, "T inst feat"]:
+        """A finite training set of ``T`` points per instance, ``[T, inst, feat]``."""
+        if not isinstance(T, (int, np.integer)) or T <= 0:
+            raise ValueError(f"T (the number of points) must be a positive int, got {T!r}")
+        n = self._check_instances(n_instances)
+        sparsity = self.sparsity.expand(n)
+        return self._draw(int(T), instance_generators(seed, n, 1), sparsity)
+
+    def batches(
+        self, batch_size: int, seed: int = 0, n_instances: int | None = None
+    ) -> Iterator[Float[Tensor, "batch inst feat"]]:
+        """An infinite stream of fresh batches ``[batch_size, inst, feat]`` (infinite data)."""
+        if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        n = self._check_instances(n_instances)
+        gens = instance_generators(seed, n, 2)
+        sparsity = self.sparsity.expand(n)
+        while True:
+            yield self._draw(int(batch_size), gens, sparsity)
+
+
+class Task:
+    """A data source for one kind of toy model: training sets of T points and fresh test sets.
+
+    Subclasses implement ``_make(f, gen_seed)`` turning features ``[T, inst, feat]`` into a Batch,
+    and ``model_kwargs()`` giving the dimensions a matching model needs.
+    """
+
+    model_name: str = ""
+
+    def __init__(self, features: SparseFeatures, n_instances: int | None = None):
+        if not isinstance(features, SparseFeatures):
+            raise TypeError(f"features must be a SparseFeatures, got {type(features).__name__}")
+        self.features = features
+        self.n_instances = features._check_instances(n_instances)
+
+    def _make(self, f: Tensor, seed: int) -> Batch:
+        raise NotImplementedError
+
+    def model_kwargs(self) -> dict:
+        raise NotImplementedError
+
+    def sample(self, T: int, seed: int = 0) -> Batch:
+        """``T`` points per instance."""
+        return self._make(self.features.sample(T, self.n_instances, seed), seed)
+
+    def split(self, T: int, seed: int = 0, n_test: int = 2048) -> tuple[Batch, Batch]:
+        """A training set of ``T`` points and a fresh test set of ``n_test`` points."""
+        train = self.sample(T, seed)
+        test = self._make(
+            self.features.sample(n_test, self.n_instances, _mix(seed, 77)), _mix(seed, 78)
+        )
+        return train, test
+
+    def batches(self, batch_size: int, seed: int = 0) -> Iterator[Batch]:
+        """An infinite stream of fresh batches."""
+        for k, f in enumerate(self.features.batches(batch_size, seed, self.n_instances)):
+            yield self._make(f, _mix(seed, 3, k))
+
+
+class BottleneckTask(Task):
+    """Autoencode the sparse features themselves (the TMS / memorisation setting)."""
+
+    model_name = "bottleneck"
+
+    def _make(self, f: Tensor, seed: int) -> Batch:
+        return Batch(inputs=f, targets=None, features=f)
+
+    def model_kwargs(self) -> dict:
+        kw = {"n_features": self.features.n_features, "n_instances": self.n_instances}
+        if self.features.importance is not None:
+            kw["importance"] = self.features.importance_tensor(self.n_instances).tolist()
+        return kw
+
+
+class _EmbeddedTask(Task):
+    """Features seen through a fixed random embedding E (d_model x n_features), one per instance."""
+
+    def __init__(
+        self, features: SparseFeatures, d_model: int, n_instances: int | None = None, seed: int = 0
+    ):
+        super().__init__(features, n_instances)
+        if not isinstance(d_model, (int, np.integer)) or d_model <= 0:
+            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
+        if features.n_features <= d_model:
+            raise ValueError(
+                f"the embedding needs n_features > d_model so features sit in superposition; got "
+                f"n_features={features.n_features}, d_model={d_model}"
+            )
+        self.d_model = int(d_model)
+        self.embed_seed = int(seed)
+        gens = instance_generators(seed, self.n_instances, 5)
+        E = torch.stack([torch.randn(d_model, features.n_features, generator=g) for g in gens])
+        self.E: Float[Tensor, "inst d_model feat"] = E / E.norm(dim=1, keepdim=True)
+
+    def embed(self, f: Tensor) -> Tensor:
+        return torch.einsum("imf,bif->bim", self.E, f)
+
+
+class MLPTask(_EmbeddedTask):
+    """Residual input r = E f into an MLP block whose target is the features f themselves."""
+
+    model_name = "mlp"
+
+    def _make(self, f: Tensor, seed: int) -> Batch:
+        return Batch(inputs=self.embed(f), targets=f, features=f)
+
+    def model_kwargs(self) -> dict:
+        return {
+            "d_model": self.d_model,
+            "d_out": self.features.n_features,
+            "n_instances": self.n_instances,
+        }
+
+
+class UnembedTask(_EmbeddedTask):
+    """Residual input r = E f into an unembedding; the target is a token.
+
+    ``labels="rule"``: the index of the largest active feature (token ``n_features`` when no
+    feature is active), a rule a model can generalise. ``labels="random"``: uniform random tokens,
+    which can only be memorised. The vocabulary has ``n_features + 1`` tokens.
+    """
+
+    model_name = "unembed"
+
+    def __init__(
+        self,
+        features: SparseFeatures,
+        d_model: int,
+        n_instances: int | None = None,
+        seed: int = 0,
+        labels: str = "rule",
+    ):
+        super().__init__(features, d_model, n_instances, seed)
+        if labels not in ("rule", "random"):
+            raise ValueError(f"labels must be 'rule' or 'random', got {labels!r}")
+        self.labels = labels
+
+    @property
+    def d_vocab(self) -> int:
+        return self.features.n_features + 1
+
+    def rule(self, f: Tensor) -> Tensor:
+        top = f.argmax(dim=-1)
+        return torch.where(f.amax(dim=-1) > 0, top, torch.full_like(top, self.features.n_features))
+
+    def _make(self, f: Tensor, seed: int) -> Batch:
+        if self.labels == "rule":
+            y = self.rule(f)
+        else:
+            gens = instance_generators(seed, self.n_instances, 9)
+            y = torch.stack(
+                [torch.randint(self.d_vocab, (f.shape[0],), generator=g) for g in gens], dim=1
+            )
+        return Batch(inputs=self.embed(f), targets=y, features=f)
+
+    def model_kwargs(self) -> dict:
+        return {"d_model": self.d_model, "d_vocab": self.d_vocab, "n_instances": self.n_instances}
+
+
+def describe(task: Task) -> dict:
+    """A JSON-safe description of a task (stored beside sweep results)."""
+    d = {
+        "task": type(task).__name__,
+        "n_features": task.features.n_features,
+        "sparsity": task.features.sparsity.tolist(),
+        "normalize": task.features.normalize,
+        "n_instances": task.n_instances,
+    }
+    if isinstance(task, _EmbeddedTask):
+        d.update(d_model=task.d_model, embed_seed=task.embed_seed)
+    if isinstance(task, UnembedTask):
+        d["labels"] = task.labels
+    return d

@@ -1,0 +1,282 @@
+"""``HookedToyModel``: the base class of every toy model (a TransformerLens ``HookedRootModule``).
+
+A toy model carries an instance axis: every parameter's first dimension is ``n_instances``, and
+every activation is laid out ``[batch, inst, ...]``. Instances never interact, so one optimizer step
+trains a whole sweep, and SGLD chains and temperatures become instances of an expanded copy
+(:meth:`HookedToyModel.expand`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from transformer_lens import HookedRootModule
+
+from memlens import io
+from memlens.data import Batch, as_batch, instance_generators
+from memlens.registry import MODELS
+
+LOSS_CHUNK_ELEMENTS = 2**20
+
+__all__ = ["HookedToyModel", "ToyConfig", "Circuits", "load", "check_positive_int"]
+
+
+def check_positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+@dataclass(frozen=True)
+class ToyConfig:
+    """Fields every toy-model config has. Subclasses add their own and extend ``validate``."""
+
+    n_instances: int = 1
+    seed: int = 0  # initialisation seed; instance i initialises from (seed, i)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        check_positive_int("n_instances", self.n_instances)
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+
+    def to_dict(self) -> dict:
+        return io.jsonable(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ToyConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(
+                f"unknown {cls.__name__} fields {sorted(unknown)}; known: {sorted(names)}"
+            )
+        return cls(
+            **{k: tuple(map(_tuplify, v)) if isinstance(v, list) else v for k, v in d.items()}
+        )
+
+
+def _tuplify(v: Any) -> Any:
+    return tuple(map(_tuplify, v)) if isinstance(v, list) else v
+
+
+@dataclass
+class Circuits:
+    """The named circuits of a trained model, read at the model's hooks for fixed probe inputs.
+
+    ``readout(acts)`` maps ``{hook: activation}`` for ``inputs`` (one entry per name in ``hooks``)
+    to ``[..., inst, circuit]``. Each activation has shape ``[..., n_probe, inst, ...]``, where
+    leading dims index copies of the model (chains, temperatures), so one readout serves an
+    expanded model too.
+    """
+
+    names: list[str]
+    inputs: Float[Tensor, "probe inst d_in"]
+    hooks: tuple[str, ...]
+    readout: Callable[[dict[str, Tensor]], Tensor]
+
+    @property
+    def families(self) -> list[str]:
+        return [n.split(":", 1)[0] for n in self.names]
+
+
+class HookedToyModel(HookedRootModule):
+    """Base class of every toy model.
+
+    Subclasses set ``Config`` (a frozen dataclass deriving from :class:`ToyConfig`), create their
+    parameters with a leading instance axis and their ``hook_*`` points, call ``self.setup()`` at
+    the end of ``__init__``, and implement ``forward``, ``per_example_loss`` and ``circuits``.
+    """
+
+    Config: ClassVar[type[ToyConfig]] = ToyConfig
+    #: names of the input dimension, for error messages: ("batch", "inst", "feat")
+    input_dims: ClassVar[tuple[str, ...]] = ("batch", "inst", "feat")
+    #: circuit families this model declares (design.md §4)
+    circuit_families: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, cfg: ToyConfig):
+        super().__init__()
+        if not isinstance(cfg, self.Config):
+            raise TypeError(
+                f"{type(self).__name__} needs a {self.Config.__name__}, got {type(cfg)}"
+            )
+        self.cfg = cfg
+
+    # ---------------------------------------------------------------- shapes and validation
+    @property
+    def n_instances(self) -> int:
+        return self.cfg.n_instances
+
+    @property
+    def d_in(self) -> int:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise a ``ValueError`` naming the expected ``[batch, inst, d_in]`` shape."""
+        if (
+            not isinstance(x, Tensor)
+            or x.ndim != 3
+            or x.shape[1] != self.n_instances
+            or x.shape[2] != self.d_in
+        ):
+            got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+            b, i, f = self.input_dims
+            raise ValueError(
+                f"{type(self).__name__} expects input of shape [{b}, {i}={self.n_instances}, "
+                f"{f}={self.d_in}], got {got}"
+            )
+
+    def check_batch(self, batch: Tensor | Batch) -> Batch:
+        """Validate a training or test batch against this model; return it as a Batch."""
+        batch = as_batch(batch)
+        if batch.inputs.ndim == 3 and batch.inputs.shape[1] != self.n_instances:
+            raise ValueError(
+                f"instance-count mismatch: the data has {batch.inputs.shape[1]} instances "
+                f"(axis 1 of [batch, inst, ...]) but the model has n_instances={self.n_instances}"
+            )
+        self.check_input(batch.inputs)
+        self._check_targets(batch)
+        return batch
+
+    def _check_targets(self, batch: Batch) -> None:
+        pass
+
+    def _init_per_instance(
+        self, shape: Sequence[int], fn: Callable[[Tensor, torch.Generator], Any], salt: int = 0
+    ) -> Tensor:
+        """A parameter ``[inst, *shape]`` whose instance i is initialised from (seed, salt, i)."""
+        gens = instance_generators(self.cfg.seed, self.n_instances, 100 + salt)
+        out = torch.empty(self.n_instances, *shape)
+        for i, g in enumerate(gens):
+            fn(out[i], g)
+        return out
+
+    # ---------------------------------------------------------------- losses
+    def per_example_loss(self, batch: Batch) -> Float[Tensor, "batch inst"]:
+        raise NotImplementedError
+
+    #: widest activation (elements per point per instance); sets the row chunk in ``loss``
+    @property
+    def width(self) -> int:
+        return self.d_in
+
+    def loss(self, batch: Tensor | Batch) -> Float[Tensor, " inst"]:
+        """The per-instance loss: the mean over (unpadded) points of ``per_example_loss``.
+
+        Large batches are evaluated in row chunks of about 2**20 activation elements: the same
+        numbers, but every intermediate stays small and cache-resident instead of allocating
+        (and page-faulting) a fresh [batch, inst, width] tensor per operation. Hooks therefore
+        see one chunk per call; use ``forward`` / ``run_with_cache`` to see whole batches.
+        """
+        batch = as_batch(batch)
+        rows = max(1, LOSS_CHUNK_ELEMENTS // (self.n_instances * self.width))
+        if len(batch) <= rows:
+            per = self.per_example_loss(batch)
+        else:
+            per = torch.cat(
+                [
+                    self.per_example_loss(
+                        Batch(
+                            batch.inputs[a : a + rows],
+                            None if batch.targets is None else batch.targets[a : a + rows],
+                        )
+                    )
+                    for a in range(0, len(batch), rows)
+                ]
+            )
+        mask = batch.mask()
+        if mask is None:
+            return per.mean(0)
+        return (per * mask).sum(0) / mask.sum(0).clamp_min(1)
+
+    # ---------------------------------------------------------------- circuits
+    def circuits(self, train: Tensor | Batch) -> Circuits:
+        """The model's circuits (design.md §4), with keys fixed at the current weights."""
+        raise NotImplementedError(f"{type(self).__name__} declares no circuits")
+
+    # ---------------------------------------------------------------- instances
+    def _with_instances(self, n: int, state: dict[str, Tensor]) -> HookedToyModel:
+        cfg = dataclasses.replace(self.cfg, n_instances=n)
+        new = type(self)._from_config(cfg)
+        new.load_state_dict(state)
+        return new.to(self.device)
+
+    def expand(self, copies: int) -> HookedToyModel:
+        """A new model with ``copies * n_instances`` instances: copy ``c`` of instance ``i`` is
+        instance ``c * n_instances + i``. Used to batch SGLD chains and temperatures."""
+        check_positive_int("copies", copies)
+        state = {
+            k: v.detach().repeat(copies, *([1] * (v.ndim - 1)))
+            for k, v in self.state_dict().items()
+        }
+        return self._with_instances(copies * self.n_instances, state)
+
+    def select_instances(self, idx: Sequence[int]) -> HookedToyModel:
+        """A new model holding only the listed instances."""
+        idx_t = torch.as_tensor(list(idx), dtype=torch.long)
+        if idx_t.numel() == 0 or idx_t.min() < 0 or idx_t.max() >= self.n_instances:
+            raise ValueError(
+                f"instance indices must be in [0, {self.n_instances}), got {list(idx)}"
+            )
+        state = {k: v.detach()[idx_t.to(v.device)].clone() for k, v in self.state_dict().items()}
+        return self._with_instances(len(idx_t), state)
+
+    @classmethod
+    def _from_config(cls, cfg: ToyConfig) -> HookedToyModel:
+        """Build from a config. Subclasses whose ``__init__`` takes keyword args override this."""
+        return cls(**dataclasses.asdict(cfg))
+
+    # ---------------------------------------------------------------- save / load
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config (JSON) and the weights to ``path`` atomically."""
+        name = MODELS.name_of(self)
+        if name is None:
+            raise ValueError(
+                f"{type(self).__name__} is not registered; register it with "
+                "@memlens.register_model(name) so memlens.load can find it"
+            )
+        io.save_checkpoint(
+            path,
+            {
+                "model": name,
+                "config": json.dumps(self.cfg.to_dict(), sort_keys=True),
+                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+            },
+        )
+
+    def extra_repr(self) -> str:
+        return ", ".join(
+            f"{k}={v}" for k, v in self.cfg.to_dict().items() if not isinstance(v, list)
+        )
+
+
+def load(path: str | os.PathLike, device: str | torch.device | None = None) -> HookedToyModel:
+    """Load a model written by :meth:`HookedToyModel.save`; its class is found by registry name."""
+    payload = io.load_checkpoint(path)
+    name = payload.get("model")
+    if not isinstance(name, str):
+        raise ValueError(f"{path}: checkpoint has no model name")
+    cls = MODELS.get(name)  # ValueError listing the known models
+    try:
+        cfg = cls.Config.from_dict(json.loads(payload["config"]))
+    except (KeyError, TypeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: unreadable config for model {name!r}: {exc}") from exc
+    model = cls._from_config(cfg)
+    try:
+        model.load_state_dict(payload["state_dict"])
+    except (KeyError, RuntimeError) as exc:
+        raise ValueError(f"{path}: weights do not fit model {name!r}: {exc}") from exc
+    return model.to(device) if device is not None else model

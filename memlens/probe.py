@@ -1,0 +1,161 @@
+"""Probes: plugins that attach to a model's hook points (or read its weights) and return results.
+
+A probe declares the hooks it reads, as names (``hooks = ("hook_hidden",)``) or as a names filter
+(``names_filter = lambda name: name.endswith("post")``). Inside :func:`probing` it receives the
+activations of every forward pass through TransformerLens forward hooks; ``result()`` turns what
+it saw into a :class:`ProbeResult`. A probe that needs only the weights implements ``read(model)``.
+
+    with memlens.probing(model, "dimensionality") as (dim,):
+        model(train)
+    dim.result().max_data_dim
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+from torch import Tensor
+
+from memlens.data import Batch
+from memlens.hooked import HookedToyModel
+from memlens.io import jsonable
+from memlens.registry import PROBES
+
+__all__ = ["Probe", "ProbeResult", "probing", "resolve_probe"]
+
+
+@dataclasses.dataclass
+class ProbeResult:
+    """Base of every probe's result dataclass."""
+
+    def to_dict(self) -> dict:
+        """JSON-safe: tensors become lists."""
+        return jsonable(self)
+
+    def scalars(self) -> dict[str, float]:
+        """A few scalar summaries (means over instances), recorded per cell by sweeps."""
+        return {}
+
+    def summary(self) -> str:
+        return "\n".join(f"{k}: {v:.4g}" for k, v in self.scalars().items()) or repr(self)
+
+    def plot(self, ax=None):
+        raise NotImplementedError(f"{type(self).__name__} has no plot")
+
+
+class Probe:
+    """Base class of every probe.
+
+    Class attributes:
+        hooks: the hook names this probe reads (empty for weight-only probes).
+        names_filter: alternatively, a predicate on hook names.
+    Instance state:
+        model: the model this probe is attached to (set by :func:`probing` or :meth:`read`).
+        acts: ``{hook name: [activation, ...]}`` captured during forward passes.
+        train: the training set the probe may use (``Batch``), if given.
+    """
+
+    hooks: ClassVar[tuple[str, ...]] = ()
+    names_filter: ClassVar[Callable[[str], bool] | None] = None
+
+    def __init__(self, train: Tensor | Batch | None = None):
+        self.model: HookedToyModel | None = None
+        self.train = train
+        self.acts: dict[str, list[Tensor]] = {}
+
+    # -- hooks ---------------------------------------------------------------------------------
+    @property
+    def registered_name(self) -> str:
+        return PROBES.name_of(self) or type(self).__name__
+
+    def hook_names(self, model: HookedToyModel) -> list[str]:
+        """The hook names this probe will attach to on ``model``; raises on unknown names."""
+        known = list(model.hook_dict)
+        names = list(self.instance_hooks())
+        unknown = [n for n in names if n not in model.hook_dict]
+        if unknown:
+            raise ValueError(
+                f"probe {self.registered_name!r} reads hook(s) {unknown} that "
+                f"{type(model).__name__} lacks; its hooks are: {', '.join(known)}"
+            )
+        if self.names_filter is not None:
+            names += [n for n in known if self.names_filter(n) and n not in names]
+        return names
+
+    def instance_hooks(self) -> tuple[str, ...]:
+        """Hook names for this instance (override when the hook is a constructor argument)."""
+        return tuple(self.hooks)
+
+    def capture(self, name: str, act: Tensor) -> None:
+        """Called with every activation at a hook this probe reads. Default: keep it."""
+        self.acts.setdefault(name, []).append(act.detach())
+
+    def _hook_fn(self, name: str):
+        def fn(act: Tensor, hook=None) -> None:
+            self.capture(name, act)
+            return None
+
+        return fn
+
+    def bind(self, model: HookedToyModel) -> None:
+        """Attach to ``model``: validate it (hooks, training set) before anything runs."""
+        self.hook_names(model)
+        if self.train is not None:
+            self.train = model.check_batch(self.train)
+        self.model = model
+
+    def reset(self) -> None:
+        self.acts = {}
+
+    # -- results -------------------------------------------------------------------------------
+    def read(self, model: HookedToyModel) -> ProbeResult:
+        """Weights-only probes override this; it needs no forward pass."""
+        raise NotImplementedError(
+            f"probe {self.registered_name!r} reads activations; use it inside memlens.probing()"
+        )
+
+    def result(self) -> ProbeResult:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(hooks={list(self.instance_hooks())})"
+
+
+def resolve_probe(p: str | Probe | type, **kwargs: Any) -> Probe:
+    """A probe instance from a registered name, a class, or an instance."""
+    if isinstance(p, Probe):
+        return p
+    if isinstance(p, str):
+        p = PROBES.get(p)  # ValueError listing the known probes
+    if isinstance(p, type) and issubclass(p, Probe):
+        return p(**kwargs)
+    raise TypeError(f"expected a probe name, a Probe subclass or instance, got {p!r}")
+
+
+@contextlib.contextmanager
+def probing(
+    model: HookedToyModel, *probes: str | Probe, train: Tensor | Batch | None = None
+) -> Iterator[tuple[Probe, ...]]:
+    """Attach probes (instances or registered names) to ``model`` for the duration of the block.
+
+    Yields the probes as a tuple, in the order given. Every probe is validated (its hooks exist,
+    its training set fits the model) before any hook is added; all hooks are removed on exit, also
+    when the block raises. Contexts nest: an inner ``probing`` removes only its own hooks.
+    ``train`` is handed to probes built from names (e.g. the dictionary probe's training set).
+    """
+    if not isinstance(model, HookedToyModel):
+        raise TypeError(f"probing() needs a memlens.HookedToyModel, got {type(model).__name__}")
+    if not probes:
+        raise ValueError("probing() needs at least one probe (a name or a Probe instance)")
+    kw = {} if train is None else {"train": train}
+    resolved = [resolve_probe(p, **kw) for p in probes]
+    fwd_hooks = []
+    for p in resolved:
+        names = p.hook_names(model)  # raises before anything is attached
+        p.bind(model)
+        fwd_hooks += [(n, p._hook_fn(n)) for n in names]
+    with model.hooks(fwd_hooks=fwd_hooks):
+        yield tuple(resolved)

@@ -1,0 +1,157 @@
+"""The two plugin groups, ``memlens.models`` and ``memlens.probes``.
+
+Built-in models and probes are registered through entry points in ``pyproject.toml``, exactly as a
+third-party package registers its own; ``register_model`` / ``register_probe`` cover classes defined
+in a notebook. A duplicate name raises; a plugin that fails to import warns, naming it, and never
+breaks ``import memlens``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from importlib.metadata import entry_points
+from typing import Any
+
+__all__ = [
+    "Registry",
+    "MODELS",
+    "PROBES",
+    "register_model",
+    "register_probe",
+    "get_model",
+    "get_probe",
+    "list_models",
+    "list_probes",
+]
+
+
+class Registry:
+    """A name -> class table backed by one entry-point group, loaded lazily on first use."""
+
+    def __init__(self, group: str, kind: str):
+        self.group = group
+        self.kind = kind
+        self._table: dict[str, Any] = {}
+        self._sources: dict[str, str] = {}
+        self._loaded = False
+
+    # -- loading -------------------------------------------------------------------------------
+    def _load_entry_points(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        for ep in entry_points(group=self.group):
+            try:
+                obj = ep.load()
+            except Exception as exc:  # a broken plugin must never break memlens
+                warnings.warn(
+                    f"memlens: could not load {self.kind} plugin {ep.name!r} ({ep.value}) from "
+                    f"entry-point group {self.group!r}: {type(exc).__name__}: {exc}",
+                    RuntimeWarning,
+                    stacklevel=2,
+                )
+                continue
+            self._add(ep.name, obj, source=f"entry point {ep.value}")
+
+    def _add(self, name: str, obj: Any, source: str) -> None:
+        existing = self._table.get(name)
+        if existing is not None:
+            if existing is obj:
+                return
+            raise ValueError(
+                f"duplicate {self.kind} name {name!r}: already registered by "
+                f"{self._sources[name]}; refusing {source}"
+            )
+        self._table[name] = obj
+        self._sources[name] = source
+        try:
+            obj.registered_name = name
+        except (AttributeError, TypeError):
+            pass
+
+    def reload(self) -> None:
+        """Forget entry points and read them again (decorator registrations are kept)."""
+        keep = {
+            k: (v, self._sources[k])
+            for k, v in self._table.items()
+            if not self._sources[k].startswith("entry point")
+        }
+        self._table.clear()
+        self._sources.clear()
+        self._loaded = False
+        self._load_entry_points()
+        for k, (v, src) in keep.items():
+            self._add(k, v, src)
+
+    # -- public --------------------------------------------------------------------------------
+    def register(self, name: str) -> Callable[[Any], Any]:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{self.kind} name must be a non-empty string, got {name!r}")
+
+        def deco(obj: Any) -> Any:
+            self._load_entry_points()
+            self._add(name, obj, source=f"register_{self.kind}({name!r}) in {obj.__module__}")
+            return obj
+
+        return deco
+
+    def unregister(self, name: str) -> None:
+        self._table.pop(name, None)
+        self._sources.pop(name, None)
+
+    def get(self, name: str) -> Any:
+        self._load_entry_points()
+        try:
+            return self._table[name]
+        except KeyError:
+            known = ", ".join(sorted(self._table)) or "(none)"
+            raise ValueError(f"unknown {self.kind} {name!r}; known {self.kind}s: {known}") from None
+
+    def names(self) -> list[str]:
+        self._load_entry_points()
+        return sorted(self._table)
+
+    def name_of(self, obj: Any) -> str | None:
+        self._load_entry_points()
+        cls = obj if isinstance(obj, type) else type(obj)
+        for k, v in self._table.items():
+            if v is cls:
+                return k
+        return None
+
+    def source(self, name: str) -> str:
+        self.get(name)
+        return self._sources[name]
+
+
+MODELS = Registry("memlens.models", "model")
+PROBES = Registry("memlens.probes", "probe")
+
+
+def register_model(name: str):
+    """Decorator: register a :class:`memlens.HookedToyModel` subclass under ``name``."""
+    return MODELS.register(name)
+
+
+def register_probe(name: str):
+    """Decorator: register a :class:`memlens.Probe` subclass under ``name``."""
+    return PROBES.register(name)
+
+
+def get_model(name: str):
+    """The model class registered as ``name``; a ``ValueError`` lists the known ones."""
+    return MODELS.get(name)
+
+
+def get_probe(name: str):
+    """The probe class registered as ``name``; a ``ValueError`` lists the known ones."""
+    return PROBES.get(name)
+
+
+def list_models() -> list[str]:
+    return MODELS.names()
+
+
+def list_probes() -> list[str]:
+    return PROBES.names()

@@ -1,0 +1,260 @@
+"""The vectorised trainer: every instance of a model in one AdamW step.
+
+The loss that is backpropagated is the *sum* of the per-instance losses, so each instance gets
+exactly the gradient of its own loss; AdamW is elementwise, so instances never interact.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from memlens.data import Batch, SparseFeatures, Task, as_batch
+from memlens.hooked import HookedToyModel
+
+__all__ = ["train", "TrainResult", "lr_at", "evaluate"]
+
+CHECK_EVERY = 100  # steps between finiteness checks (one host sync each)
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns. Losses are per instance, in the model's loss units."""
+
+    history: Float[Tensor, "steps inst"]  # the training (mini)batch loss at every step
+    train_loss: Float[Tensor, " inst"]  # final loss on the whole training set (or last batch)
+    test_loss: Float[Tensor, " inst"] | None = None
+    steps: int = 0
+    seconds: float = 0.0
+    config: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        lines = [
+            f"trained {self.history.shape[1]} instance(s) for {self.steps} steps "
+            f"in {self.seconds:.1f} s"
+        ]
+        for i in range(self.history.shape[1]):
+            s = f"  inst {i}: train loss {self.train_loss[i]:.4g}"
+            if self.test_loss is not None:
+                s += f", test loss {self.test_loss[i]:.4g}"
+            lines.append(s)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {
+            "train_loss": self.train_loss.tolist(),
+            "test_loss": None if self.test_loss is None else self.test_loss.tolist(),
+            "steps": self.steps,
+            "seconds": self.seconds,
+            "config": self.config,
+        }
+
+    def plot(self, ax=None):
+        import matplotlib.pyplot as plt
+
+        fig = ax.figure if ax is not None else plt.figure(figsize=(6, 3.5))
+        ax = ax or fig.add_subplot()
+        ax.plot(self.history.numpy(), lw=0.8)
+        ax.set(
+            xlabel="step",
+            ylabel="training loss",
+            yscale="log",
+            title=f"training loss, {self.history.shape[1]} instance(s)",
+        )
+        return fig
+
+
+def lr_at(step: int, *, steps: int, lr: float, warmup: int, schedule: str) -> float:
+    """Linear warmup over ``warmup`` steps, then cosine decay to 0 at ``steps`` (or constant)."""
+    if warmup > 0 and step < warmup:
+        return lr * (step + 1) / warmup
+    if schedule == "constant":
+        return lr
+    progress = (step - warmup) / max(1, steps - warmup)
+    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+@torch.no_grad()
+def evaluate(model: HookedToyModel, data: Tensor | Batch, chunk: int = 16384) -> Tensor:
+    """Per-instance mean loss over a whole data set, in chunks of points."""
+    data = model.check_batch(data)
+    n = len(data)
+    if n <= chunk:
+        return model.loss(data)
+    total, count = 0.0, 0.0
+    mask = data.mask()
+    for a in range(0, n, chunk):
+        sl = slice(a, a + chunk)
+        part = Batch(
+            data.inputs[sl], None if data.targets is None else data.targets[sl], None, None
+        )
+        per = model.per_example_loss(part)
+        w = torch.ones_like(per) if mask is None else mask[sl]
+        total = total + (per * w).sum(0)
+        count = count + w.sum(0)
+    return total / count.clamp_min(1)
+
+
+def _validate(model, steps, lr, weight_decay, warmup, schedule, batch_size):
+    if not isinstance(model, HookedToyModel):
+        raise TypeError(f"model must be a memlens.HookedToyModel, got {type(model).__name__}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
+        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
+    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup <= steps:
+        raise ValueError(f"warmup must be an int in [0, steps={steps}], got {warmup!r}")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
+    if batch_size is not None and (
+        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0
+    ):
+        raise ValueError(
+            f"batch_size must be a positive int or None (full batch), got {batch_size!r}"
+        )
+
+
+def _stream(model, data, batch_size, seed) -> tuple[Iterator[Batch], Batch | None]:
+    """The batches to train on, and the finite training set (None for infinite data)."""
+    if isinstance(data, (SparseFeatures, Task)):
+        if batch_size is None:
+            raise ValueError("infinite data (SparseFeatures or a Task) needs a batch_size")
+        n = data.n_instances if isinstance(data, Task) else data._check_instances(model.n_instances)
+        if n != model.n_instances:
+            raise ValueError(
+                f"instance-count mismatch: the data has {n} instances but the model "
+                f"has n_instances={model.n_instances}"
+            )
+        if isinstance(data, SparseFeatures):
+            gen = (as_batch(x) for x in data.batches(batch_size, seed, model.n_instances))
+        else:
+            gen = data.batches(batch_size, seed)
+        first = model.check_batch(next(gen))
+
+        def chain() -> Iterator[Batch]:
+            yield first
+            for b in gen:
+                yield b.to(model.device)
+
+        return chain(), None
+    full = model.check_batch(data).to(model.device)
+    if batch_size is None or batch_size >= len(full) and full.lengths is None:
+
+        def same() -> Iterator[Batch]:
+            while True:
+                yield full
+
+        return same(), full
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    n_pts = full.n_points().to(torch.float32)
+
+    def minibatches() -> Iterator[Batch]:
+        while True:
+            u = torch.rand(batch_size, model.n_instances, generator=g)
+            idx = (u * n_pts).long().clamp_max(len(full) - 1).to(model.device)
+            yield full.gather(idx)
+
+    return minibatches(), full
+
+
+def train(
+    model: HookedToyModel,
+    data: Tensor | Batch | SparseFeatures | Task,
+    *,
+    steps: int,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    warmup: int = 0,
+    schedule: str = "cosine",
+    batch_size: int | None = None,
+    seed: int = 0,
+    test: Tensor | Batch | None = None,
+    progress: bool = True,
+    desc: str = "train",
+) -> TrainResult:
+    """Train every instance of ``model`` in one loop with AdamW.
+
+    Args:
+        data: a finite training set (``[T, inst, feat]`` tensor or a ``Batch``), or an infinite
+            source (``SparseFeatures`` or a ``Task``; needs ``batch_size``).
+        steps: optimizer steps. lr: peak learning rate. weight_decay: AdamW's decoupled decay.
+        warmup: steps of linear warmup; then cosine decay to 0 (``schedule="cosine"``) or a
+            constant rate (``schedule="constant"``).
+        batch_size: points per instance per step; ``None`` means full batch.
+        seed: seeds the minibatch stream (initialisation is seeded by the model's config).
+        test: an optional test set; its loss is reported per instance at the end.
+    Raises:
+        ValueError before any step on bad arguments; FloatingPointError naming the step and the
+        instances if a loss becomes NaN or inf.
+    """
+    _validate(model, steps, lr, weight_decay, warmup, schedule, batch_size)
+    if test is not None:
+        test = model.check_batch(test).to(model.device)
+    stream, full = _stream(model, data, batch_size, seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    history = torch.empty(steps, model.n_instances, device=model.device)
+    checked = 0
+    t0 = time.perf_counter()
+    model.train()
+    bar = tqdm(total=steps, desc=desc, disable=not progress, mininterval=0.5, leave=False)
+    try:
+        for step in range(steps):
+            lr_now = lr_at(step, steps=steps, lr=lr, warmup=warmup, schedule=schedule)
+            for group in opt.param_groups:
+                group["lr"] = lr_now
+            batch = next(stream)
+            losses = model.loss(batch)
+            opt.zero_grad(set_to_none=True)
+            losses.sum().backward()
+            opt.step()
+            history[step] = losses.detach()
+            if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
+                _check_finite(history, checked, step + 1)
+                checked = step + 1
+                bar.update(step + 1 - bar.n)
+                bar.set_postfix(loss=f"{history[step].mean().item():.3g}")
+    finally:
+        bar.close()
+    model.eval()
+    train_loss = evaluate(model, full) if full is not None else history[-1].clone()
+    test_loss = evaluate(model, test) if test is not None else None
+    cfg = {
+        "steps": steps,
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "warmup": warmup,
+        "schedule": schedule,
+        "batch_size": batch_size,
+        "seed": seed,
+    }
+    return TrainResult(
+        history=history.cpu(),
+        train_loss=train_loss.cpu(),
+        test_loss=None if test_loss is None else test_loss.cpu(),
+        steps=steps,
+        seconds=time.perf_counter() - t0,
+        config=cfg,
+    )
+
+
+def _check_finite(history: Tensor, start: int, stop: int) -> None:
+    window = history[start:stop]
+    bad = ~torch.isfinite(window)
+    if bool(bad.any()):
+        rows = bad.any(1).nonzero()
+        step = start + int(rows[0])
+        insts = bad[int(rows[0])].nonzero().flatten().tolist()
+        raise FloatingPointError(
+            f"training loss became NaN/inf at step {step} in instance(s) {insts}; "
+            "lower lr or check the data"
+        )
