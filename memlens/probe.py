@@ -120,6 +120,21 @@ class Probe:
     def result(self) -> ProbeResult:
         raise NotImplementedError
 
+    def run(self, model: HookedToyModel, train: Tensor | Batch | None = None) -> ProbeResult:
+        """One call: attach to ``model``, run one forward pass over the training set if this probe
+        reads hooks (otherwise just ``read`` the weights), and return the result."""
+        if train is not None:
+            self.train = train
+        if not self.hook_names(model):
+            self.bind(model)
+            return self.read(model)
+        if self.train is None:
+            raise ValueError(f"probe {self.registered_name!r} reads activations: pass train=")
+        self.reset()
+        with probing(model, self):
+            model(self.train.inputs)
+        return self.result()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(hooks={list(self.instance_hooks())})"
 
