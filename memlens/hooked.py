@@ -200,7 +200,7 @@ class HookedToyModel(HookedRootModule):
         mask = batch.mask()
         if mask is None:
             return per.mean(0)
-        return (per * mask).sum(0) / mask.sum(0).clamp_min(1)
+        return torch.where(mask > 0, per, 0.0).sum(0) / mask.sum(0).clamp_min(1)
 
     # ---------------------------------------------------------------- circuits
     def circuits(self, train: Tensor | Batch) -> Circuits:

@@ -97,7 +97,7 @@ def evaluate(model: HookedToyModel, data: Tensor | Batch, chunk: int = 16384) ->
         )
         per = model.per_example_loss(part)
         w = torch.ones_like(per) if mask is None else mask[sl]
-        total = total + (per * w).sum(0)
+        total = total + torch.where(w > 0, per, 0.0).sum(0)
         count = count + w.sum(0)
     return total / count.clamp_min(1)
 
