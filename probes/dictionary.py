@@ -195,9 +195,9 @@ class DictionaryResult(ProbeResult):
         ax = ax or fig.add_subplot()
         rows = [e for e in self.entries if e.instance == instance and e.key is not None]
         T = self.covered.shape[-1] if self.covered is not None else 0
-        slot_names = sorted(
-            {s for e in rows for s in e.slots}, key=lambda s: (len(s), s)
-        ) or ["(none)"]
+        slot_names = sorted({s for e in rows for s in e.slots}, key=lambda s: (len(s), s)) or [
+            "(none)"
+        ]
         col = {s: c for c, s in enumerate(slot_names)}
         M = torch.zeros(len(slot_names), max(T, 1))
         for e in rows:
@@ -341,7 +341,12 @@ class DictionaryProbe(Probe):
                 )
             )
         return DictionaryResult(
-            "mlp", entries, covered.cpu(), read_back.cpu(), trivial.cpu(), code.cpu(),
+            "mlp",
+            entries,
+            covered.cpu(),
+            read_back.cpu(),
+            trivial.cpu(),
+            code.cpu(),
             slot_keys.cpu(),
         )
 
@@ -389,7 +394,9 @@ class DictionaryProbe(Probe):
         dec = model.decoder.detach()  # [inst, n, m]
         if train is None:
             cols = W.transpose(1, 2)  # feature directions as slots
-            out = torch.relu(einops.einsum(dec, cols, "inst n m, inst f m -> inst f n") + b[:, None])
+            out = torch.relu(
+                einops.einsum(dec, cols, "inst n m, inst f m -> inst f n") + b[:, None]
+            )
             entries = [
                 DictEntry(
                     i,
@@ -439,7 +446,12 @@ class DictionaryProbe(Probe):
         ]
         slot_keys = torch.where(specific, named, torch.full_like(named, -1))
         return DictionaryResult(
-            "bottleneck", entries, covered.cpu(), read_back.cpu(), trivial.cpu(), None,
+            "bottleneck",
+            entries,
+            covered.cpu(),
+            read_back.cpu(),
+            trivial.cpu(),
+            None,
             slot_keys.cpu(),
         )
 
@@ -471,7 +483,9 @@ def sparse_activations(
     if not (isinstance(coeff, (int, float)) and coeff >= 0):
         raise ValueError(f"coeff must be >= 0, got {coeff!r}")
     if hook not in model.hook_dict:
-        raise ValueError(f"{type(model).__name__} has no hook {hook!r}; hooks: {list(model.hook_dict)}")
+        raise ValueError(
+            f"{type(model).__name__} has no hook {hook!r}; hooks: {list(model.hook_dict)}"
+        )
 
     def fn(act: Tensor, hook=None):
         if act.requires_grad:

@@ -50,9 +50,7 @@ def _as_batched(x: Tensor, name: str, dims: str) -> tuple[Tensor, bool]:
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim not in (2, 3):
-        raise ValueError(
-            f"{name} must have shape [{dims}] or [inst, {dims}], got {tuple(x.shape)}"
-        )
+        raise ValueError(f"{name} must have shape [{dims}] or [inst, {dims}], got {tuple(x.shape)}")
     if not x.is_floating_point():
         x = x.float()
     if not bool(torch.isfinite(x).all()):
