@@ -21,11 +21,16 @@ from memlens.registry import (
     register_model,
     register_probe,
 )
+from memlens.temper import Tempering, calibrate, estimate_llc, temper
 from memlens.train import TrainResult, evaluate, train
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "temper",
+    "estimate_llc",
+    "calibrate",
+    "Tempering",
     "Batch",
     "Circuits",
     "HookedToyModel",
