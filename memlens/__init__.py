@@ -21,6 +21,7 @@ from memlens.registry import (
     register_model,
     register_probe,
 )
+from memlens.sweep import sweep  # the function; the module is sys.modules['memlens.sweep']
 from memlens.temper import Tempering, calibrate, estimate_llc, temper
 from memlens.train import TrainResult, evaluate, train
 
@@ -50,5 +51,6 @@ __all__ = [
     "probing",
     "register_model",
     "register_probe",
+    "sweep",
     "train",
 ]

@@ -311,6 +311,10 @@ def geometry(
     return fig
 
 
+def _total_seconds(rows) -> float:
+    return sum({r["group"]: r.get("group_seconds", 0.0) for r in rows}.values())
+
+
 def _fmt(v) -> str:
     return "—" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.4g}"
 
@@ -357,7 +361,7 @@ def report(out: str | os.PathLike, figures: str | os.PathLike | None = None) -> 
         "dimensionality.mean_data_dim",
         "dimensionality.dims_per_feature",
     ]
-    cols = {k: dict(zip(*by_T(rows, k)[:2])) for k in keys}
+    cols = {k: dict(zip(*by_T(rows, k)[:2], strict=False)) for k in keys}
     Ts = sorted({float(r["T"]) for r in rows})
     lines = [
         f"# Sweep summary: {config['model']}",
@@ -367,7 +371,7 @@ def report(out: str | os.PathLike, figures: str | os.PathLike | None = None) -> 
         f"{config['max_group_waste']:.2f}x)",
         f"- task: `{config['task']}`",
         f"- train: `{config['train']}`",
-        f"- total training time: {sum({r['group']: r.get('group_seconds', 0) for r in rows}.values()):.0f} s",
+        f"- total time of the finished groups: {_total_seconds(rows):.0f} s",
     ]
     if pk.get("T_peak") is not None:
         onset = _onset(config)

@@ -52,6 +52,9 @@ __all__ = [
     "load_cell",
     "plan_groups",
     "read_results",
+    "add_probes",
+    "save_cells",
+    "load_cells",
 ]
 
 MAX_WASTE = 1.5  # padded rows / useful rows allowed in one group (the issue asks < 2)
@@ -108,9 +111,9 @@ PRESETS: dict[str, dict[str, dict]] = {
             "train": {"steps": 50_000, "lr": 1e-3, "warmup": 2_500, "weight_decay": 1e-2},
         },
         "cpu": {
-            "grid": {"T": _logspace(3, 3000, 12), "seed": [0, 1, 2]},
+            "grid": {"T": _logspace(3, 1000, 12), "seed": [0, 1, 2]},
             "task": {"n_features": 1000, "sparsity": 0.99, "d_hidden": 2, "n_test": 1000},
-            "train": {"steps": 3000, "lr": 1e-2, "warmup": 150, "weight_decay": 1e-2},
+            "train": {"steps": 1000, "lr": 1e-2, "warmup": 50, "weight_decay": 1e-2},
         },
         "smoke": {
             "grid": {"T": [3, 6, 12, 24], "seed": [0, 1]},
@@ -125,15 +128,15 @@ PRESETS: dict[str, dict[str, dict]] = {
             "train": {"steps": 50_000, "lr": 1e-3, "warmup": 2_500, "weight_decay": 1e-2},
         },
         "cpu": {
-            "grid": {"T": _logspace(3, 3000, 12), "seed": [0, 1, 2]},
+            "grid": {"T": _logspace(3, 3000, 13), "seed": [0, 1, 2]},
             "task": {
-                "n_features": 1000,
+                "n_features": 100,
                 "sparsity": 0.99,
-                "d_model": 40,
+                "d_model": 20,
                 "d_mlp": 64,
                 "n_test": 1000,
             },
-            "train": {"steps": 3000, "lr": 1e-2, "warmup": 150, "weight_decay": 1e-2},
+            "train": {"steps": 1000, "lr": 1e-2, "warmup": 50, "weight_decay": 1e-2},
         },
         "smoke": {
             "grid": {"T": [3, 6, 12, 24], "seed": [0, 1]},
@@ -148,9 +151,9 @@ PRESETS: dict[str, dict[str, dict]] = {
             "train": {"steps": 50_000, "lr": 1e-3, "warmup": 2_500, "weight_decay": 1e-2},
         },
         "cpu": {
-            "grid": {"T": _logspace(3, 3000, 12), "seed": [0, 1, 2]},
-            "task": {"n_features": 1000, "sparsity": 0.99, "d_model": 40, "n_test": 1000},
-            "train": {"steps": 3000, "lr": 1e-2, "warmup": 150, "weight_decay": 1e-2},
+            "grid": {"T": _logspace(3, 3000, 13), "seed": [0, 1, 2]},
+            "task": {"n_features": 100, "sparsity": 0.99, "d_model": 20, "n_test": 1000},
+            "train": {"steps": 1000, "lr": 1e-2, "warmup": 50, "weight_decay": 1e-2},
         },
         "smoke": {
             "grid": {"T": [3, 6, 12, 24], "seed": [0, 1]},
@@ -159,6 +162,19 @@ PRESETS: dict[str, dict[str, dict]] = {
         },
     },
 }
+
+
+# Which hook a probe reads in each setting, where the probe takes a ``hook`` argument: the learned
+# representation (the bottleneck's hidden vector, the MLP's neurons, the final layer's logits).
+PROBE_KWARGS: dict[str, dict[str, dict]] = {
+    "dimensionality": {"mlp": {"hook": "hook_post"}, "unembed": {"hook": "hook_logits"}},
+}
+
+
+def make_probe(name: str, model: str, train: D.Batch | None = None):
+    """A probe instance for a setting (using :data:`PROBE_KWARGS`)."""
+    kw = PROBE_KWARGS.get(name, {}).get(model, {})
+    return get_probe(name)(train=train, **kw)
 
 
 def preset(model: str, name: str) -> dict:  # noqa: D401
@@ -220,7 +236,7 @@ def make_task(model: str, spec: Mapping) -> D.Task:
     feats = D.SparseFeatures(
         int(spec["n_features"]), float(spec["sparsity"]), normalize=bool(spec["normalize"])
     )
-    return TASK_CLASSES[model](feats, 1, **_task_ctor(model, spec))
+    return TASK_CLASSES[model](feats, n_instances=1, **_task_ctor(model, spec))
 
 
 def cell_data(model: str, spec: Mapping) -> tuple[D.Batch, D.Batch]:
@@ -287,7 +303,7 @@ def _cells(g: dict, t: dict, tr: dict) -> list[dict]:
     names = list(g)
     out = []
     for combo in itertools.product(*(g[a] for a in names)):
-        axes = dict(zip(names, combo))
+        axes = dict(zip(names, combo, strict=False))
         spec = {**t, **{k: v for k, v in axes.items() if k not in TRAIN_KEYS}}
         trn = {**tr, **{k: v for k, v in axes.items() if k in TRAIN_KEYS}}
         out.append(
@@ -346,7 +362,7 @@ def _pack(model: str, cells: list[dict]) -> tuple[HookedToyModel, D.Batch, D.Bat
         len(cells),
         {k: torch.cat([s.state_dict()[k] for s in singles]) for k in singles[0].state_dict()},
     )
-    trains, tests = zip(*(cell_data(model, c["spec"]) for c in cells))
+    trains, tests = zip(*(cell_data(model, c["spec"]) for c in cells), strict=False)
     T_max = max(len(b) for b in trains)
 
     def pad(t: torch.Tensor | None, n: int) -> torch.Tensor | None:
@@ -473,8 +489,9 @@ def sweep(
         if not 0 <= float(c["spec"]["sparsity"]) < 1:
             raise ValueError(f"sparsity must be in [0, 1), got {c['spec']['sparsity']!r}")
     probe_model = build_cell_model(model, cells[0]["spec"])
-    for n, cls in zip(probes, probe_classes):
-        cls().hook_names(probe_model)  # unknown hooks raise here
+    del probe_classes
+    for n in probes:
+        make_probe(n, model).hook_names(probe_model)  # unknown hooks raise here
     groups = plan_groups(model, cells)
     config = _config(model, g, t, tr, probes, groups)
     out = Path(out)
@@ -561,12 +578,6 @@ def _run_group(model, gi, grp, probes, out, progress, device) -> list[dict]:
     packed = packed.cpu()
     train_seconds = time.perf_counter() - t0
     ckpt = Path("checkpoints") / f"group-{gi:03d}.pt"
-    payload = {
-        "model": MODELS.name_of(packed),
-        "config": json.dumps(packed.cfg.to_dict(), sort_keys=True),
-        "state_dict": {k: v.detach().cpu() for k, v in packed.state_dict().items()},
-        "cells": json.dumps([c["spec"] for c in cells], sort_keys=True),
-    }
     norms = _weight_norms(packed)
     rows = []
     for i, c in enumerate(cells):
@@ -586,14 +597,66 @@ def _run_group(model, gi, grp, probes, out, progress, device) -> list[dict]:
             cell_model = packed.select_instances([i])
             cell_batch = cell_data(model, c["spec"])[0]
             for name in probes:
-                result = get_probe(name)(train=cell_batch).run(cell_model, cell_batch)
+                result = make_probe(name, model, cell_batch).run(cell_model, cell_batch)
                 for k, v in result.scalars().items():
                     row[f"{name}.{k}"] = float(v)
         rows.append(row)
-    io.save_checkpoint(out / ckpt, payload)
+    save_cells(out / ckpt, model, packed, [c["spec"] for c in cells])
     for r in rows:
         r["group_seconds"] = round(time.perf_counter() - t0, 3)
         r["train_seconds"] = round(train_seconds, 3)
+    return rows
+
+
+def save_cells(path: str | os.PathLike, model: str, packed: HookedToyModel, specs: list[dict]):
+    """Save a (packed) model with the recipe of each instance's data, atomically. ``memlens.load``
+    reads it as a model; :func:`load_cells` also rebuilds each instance's data."""
+    if len(specs) != packed.n_instances:
+        raise ValueError(f"{len(specs)} cell specs for a model with {packed.n_instances} instances")
+    io.save_checkpoint(
+        path,
+        {
+            "model": MODELS.name_of(packed),
+            "config": json.dumps(packed.cfg.to_dict(), sort_keys=True),
+            "state_dict": {k: v.detach().cpu() for k, v in packed.state_dict().items()},
+            "sweep_model": model,
+            "cells": json.dumps(specs, sort_keys=True, default=str),
+        },
+    )
+
+
+def load_cells(path: str | os.PathLike) -> tuple[HookedToyModel, str | None, list[dict]]:
+    """``(model, setting, specs)``: the model of a checkpoint and, when it was written by a sweep
+    or ``memlens train``, each instance's data recipe (use :func:`cell_data`)."""
+    from memlens.hooked import load
+
+    model = load(path)
+    payload = io.load_checkpoint(path)
+    specs = json.loads(payload["cells"]) if "cells" in payload else []
+    return model, payload.get("sweep_model"), specs
+
+
+def add_probes(out: str | os.PathLike, probes: Sequence[str], progress: bool = True) -> list[dict]:
+    """Run ``probes`` on every finished cell of a sweep and add their scalars to its table
+    (for a probe that landed after the sweep ran). The table is rewritten atomically."""
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    config, rows = read_results(out)
+    for n in probes:
+        make_probe(n, config["model"])  # unknown names raise before any work
+    for r in tqdm(rows, desc="probing cells", disable=not progress):
+        model, train_set, _ = load_cell(out, r)
+        for name in probes:
+            probe = make_probe(name, config["model"], train_set)
+            for k, v in probe.run(model, train_set).scalars().items():
+                r[f"{name}.{k}"] = float(v)
+    config["probes"] = sorted(set(config["probes"]) | set(probes))
+    io.atomic_write_text(
+        out / "results.jsonl",
+        "".join(json.dumps(io.jsonable(r), sort_keys=True) + "\n" for r in rows),
+    )
+    io.write_json(out / "config.json", config)
     return rows
 
 
