@@ -553,7 +553,7 @@ def _analyse(
                 x = post_np[a, good, :, i]
                 rhat[a, i] = split_rhat(x)
                 ess[a, i] = effective_sample_size(x)
-    med = diffusion.masked_fill(diverged, float("nan")).nanmedian(1).values
+    med = diffusion.masked_fill(diverged, float("nan")).nanmean(1)
     barely = med > max_diffusion
     return (
         LLC(mean.float(), std.float(), per_chain.float()),
@@ -638,7 +638,7 @@ def temper(
     probe_every: int = 1,
     keep_draws: bool = False,
     blowup: float = 100.0,
-    max_diffusion: float = 0.5,
+    max_diffusion: float = 0.25,
     progress: bool = True,
 ) -> Tempering:
     """Sample the localised tempered posterior around ``model``'s weights w* with SGLD.
@@ -925,7 +925,7 @@ def calibrate(
     max_rhat: float = 1.1,
     blowup: float = 100.0,
     min_llc: float = 0.05,
-    max_diffusion: float = 0.5,
+    max_diffusion: float = 0.25,
     progress: bool = True,
 ) -> Calibration:
     """Run every (step size, localization) setting at t = 1, all in one batched sampler, and
