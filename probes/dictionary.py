@@ -36,7 +36,6 @@ from collections.abc import Iterator
 
 import einops
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from memlens.data import Batch, as_batch
@@ -85,6 +84,8 @@ class DictionaryResult(ProbeResult):
             left out of both fractions.
         code_size: ``[inst, T]`` number of slots in each datum's code (0: no code within
             ``max_code``).
+        sparse_code: ``[inst, T]`` (MLP) the output is reproduced by at most ``max_code`` neurons,
+            specific or not (a generalising model can have sparse codes but no entries).
         slot_keys: ``[inst, slots]`` the datum each slot responds to most (-1: dead slot).
     """
 
@@ -95,6 +96,7 @@ class DictionaryResult(ProbeResult):
     trivial: Tensor | None = None
     code_size: Tensor | None = None
     slot_keys: Tensor | None = None
+    sparse_code: Tensor | None = None
 
     @property
     def n_instances(self) -> int:
@@ -118,6 +120,8 @@ class DictionaryResult(ProbeResult):
             "read_back_accuracy": self._frac(self.read_back),
             "n_entries": counts,
         }
+        if self.sparse_code is not None:
+            out["sparse_code_fraction"] = self._frac(self.sparse_code)
         if self.code_size is not None:
             ok = (self.code_size > 0) & ~self.trivial
             out["mean_code_size"] = (self.code_size * ok).sum(-1).float() / ok.sum(-1).clamp_min(
@@ -314,20 +318,23 @@ class DictionaryProbe(Probe):
         cum = Cs.cumsum(-1)  # [inst, T, O, L]
         res = (cum - delta[..., None]).norm(dim=2) / dn.clamp_min(1e-30)[..., None]
         ok = res <= self.rtol
-        code = torch.where(ok.any(-1), ok.float().argmax(-1) + 1, torch.zeros_like(dn).long())
-        read_back = (code > 0) & ~trivial
-        # specificity: the share of the code neurons' activation (over the set) spent on j
-        used = torch.arange(L)[None, None, :] < code.clamp_min(1)[..., None]  # [inst, T, L]
+        found = ok.any(-1) & ~trivial
+        code = torch.where(found, ok.float().argmax(-1) + 1, torch.zeros_like(dn).long())
+        # specificity: the share of the code neurons' activation (over the set) spent on j; a
+        # datum without a code within max_code is judged on its max_code strongest neurons
+        size = torch.where(found, code, torch.full_like(code, L))
+        used = torch.arange(L)[None, None, :] < size[..., None]  # [inst, T, L]
         a_own = torch.gather(A, 2, top) * used
         a_all = torch.gather(A.sum(1, keepdim=True).expand(-1, A.shape[1], -1), 2, top) * used
         share = a_own.sum(-1) / a_all.sum(-1).clamp_min(1e-30)
-        covered = read_back & (share >= self.min_share)
+        covered = (share >= self.min_share) & ~trivial
+        read_back = covered & found
         amax, slot_keys = A.max(1)  # [inst, K]
         slot_keys = torch.where(amax > 0, slot_keys, torch.full_like(slot_keys, -1))
         entries = []
         feats = None if train.features is None else train.features.transpose(0, 1)
         for i, j in covered.nonzero().tolist():
-            c = int(code[i, j])
+            c = int(size[i, j])
             pred = b_out[i] + cum[i, j, :, c - 1]
             entries.append(
                 DictEntry(
@@ -348,6 +355,7 @@ class DictionaryProbe(Probe):
             trivial.cpu(),
             code.cpu(),
             slot_keys.cpu(),
+            sparse_code=found.cpu(),
         )
 
     # ------------------------------------------------------------------ final layer
