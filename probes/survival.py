@@ -140,8 +140,7 @@ class SurvivalResult(ProbeResult):
             else plt.figure(figsize=(6.5, 0.5 + min(9, 0.06 * len(order) + 3)))
         )
         ax = ax or fig.add_subplot()
-        cmap = plt.get_cmap("viridis").copy()
-        cmap.set_bad("lightgrey")
+        cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
         im = ax.imshow(
             np.ma.masked_invalid(s),
             aspect="auto",

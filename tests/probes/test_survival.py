@@ -1,0 +1,75 @@
+"""Circuit survival at the temperature extremes, on a small trained bottleneck."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import memlens
+from memlens.data import SparseFeatures
+from probes.survival import CircuitSurvivalProbe, _characteristic
+
+
+@pytest.fixture(scope="module")
+def trained():
+    feats = SparseFeatures(n_features=8, sparsity=0.7)
+    train = feats.sample(T=16, n_instances=2, seed=0)
+    from toy_models import Bottleneck
+
+    model = Bottleneck(n_features=8, d_hidden=3, n_instances=2, seed=0)
+    memlens.train(model, train, steps=600, lr=3e-2, progress=False)
+    return model, train
+
+
+def test_every_circuit_survives_cold_and_none_survives_hot(trained):
+    model, train = trained
+    # nβ/t = 1e6 (cold: the posterior is a point) and 1e-3 (hot: only the localisation, γ = 1,
+    # holds the weights, so they are w* + O(1) noise); steps sized to each temperature
+    res = memlens.temper(
+        model,
+        train,
+        temperatures=[1e-4, 1e5],
+        nbeta=100.0,
+        chains=2,
+        draws=80,
+        burnin=30,
+        step_size=[1e-8, 0.05],
+        localization=1.0,
+        seed=0,
+        probes=["survival"],
+        progress=False,
+    )
+    s = res.probe("survival")
+    n_circ = 8 + 16
+    assert s.survival.shape == (2, 2, n_circ) and s.names[0] == "feature:0"
+    cold, hot = s.survival[0][s.active], s.survival[1][s.active]
+    assert s.active.sum() > 10
+    assert cold.min() > 0.95, cold.min()
+    assert hot.max() < s.threshold, hot.max()
+    assert not s.noised_out[0].any() and s.noised_out[1][s.active].all()
+    # every active circuit dies between the two temperatures
+    tc = s.characteristic_temperature[s.active]
+    assert ((tc > 1e-4) & (tc < 1e5)).all()
+    assert "noised out" in s.summary() and s.plot() is not None
+    assert set(s.to_dict()) >= {"survival", "noised_out", "characteristic_temperature"}
+
+
+def test_characteristic_temperature_interpolates_in_log_t():
+    temps = torch.tensor([1.0, 10.0, 100.0])
+    surv = torch.tensor([[1.0, 0.9, 0.2], [0.4, 0.1, 0.0], [1.0, 1.0, 0.9]])[None]  # [1, 3, 3]
+    surv = surv.permute(2, 0, 1)  # [temp, inst=1, circuit=3]
+    tc = _characteristic(temps, surv, 0.5)[0]
+    # circuit 0 crosses 0.5 between t=10 (0.9) and t=100 (0.2): log10 t = 1 + 0.4/0.7
+    assert torch.isclose(tc[0], torch.tensor(10 ** (1 + 0.4 / 0.7), dtype=torch.float64))
+    assert tc[1] == 1.0  # already dead at the lowest temperature
+    assert torch.isinf(tc[2])  # never dies
+
+
+def test_bad_arguments_and_misuse(trained):
+    model, train = trained
+    with pytest.raises(ValueError, match="threshold"):
+        CircuitSurvivalProbe(threshold=1.5)
+    with pytest.raises(ValueError, match="temper"):
+        CircuitSurvivalProbe().run(model, train)
+    with pytest.raises(ValueError, match="no result"):
+        CircuitSurvivalProbe().result()
