@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import math
 
-import einops
 import torch
 from jaxtyping import Float
 from torch import Tensor
@@ -53,7 +52,7 @@ def _as_batched(x: Tensor, name: str, dims: str) -> tuple[Tensor, bool]:
         raise ValueError(f"{name} must have shape [{dims}] or [inst, {dims}], got {tuple(x.shape)}")
     if not x.is_floating_point():
         x = x.float()
-    if not bool(torch.isfinite(x).all()):
+    if not bool(torch.isfinite(x.sum(dtype=torch.float64))):  # NaN/inf propagate; one pass
         raise ValueError(f"{name} contains NaN or inf; dimensionalities are undefined")
     return (x, False) if x.ndim == 3 else (x[None], True)
 
@@ -64,17 +63,21 @@ def _gram(H: Float[Tensor, "inst T m"]) -> Float[Tensor, "inst m m"]:
     G = torch.zeros(inst, m, m, dtype=torch.float64, device=H.device)
     for a in range(0, T, GRAM_CHUNK):
         h = H[:, a : a + GRAM_CHUNK].double()
-        G += einops.einsum(h, h, "inst t a, inst t b -> inst a b")
+        G.baddbmm_(h.transpose(1, 2), h)  # Σ_t h_t h_tᵀ
     return G
 
 
 def _quadratic_ratio(X: Float[Tensor, "inst T m"], G: Tensor) -> Float[Tensor, "inst T"]:
     """‖x_i‖⁴ / x_iᵀ G x_i, with 0 where x_i = 0: the 'dimensionality' of each row."""
-    Xg = einops.einsum(X, G.to(X.dtype), "inst t a, inst a b -> inst t b")
-    quad = (Xg * X).sum(-1)
-    n2 = (X * X).sum(-1)
-    out = n2 * n2 / quad.clamp_min(torch.finfo(X.dtype).tiny)
-    return torch.where(n2 > 0, out, torch.zeros_like(out))
+    Gx = G.to(X.dtype)
+    out = torch.empty(X.shape[:2], dtype=X.dtype, device=X.device)
+    for a in range(0, X.shape[1], GRAM_CHUNK):  # chunks stay cache-resident
+        x = X[:, a : a + GRAM_CHUNK]
+        quad = (torch.bmm(x, Gx) * x).sum(-1)
+        n2 = x.square().sum(-1)
+        d = n2 * n2 / quad.clamp_min(torch.finfo(X.dtype).tiny)
+        out[:, a : a + GRAM_CHUNK] = torch.where(n2 > 0, d, torch.zeros_like(d))
+    return out
 
 
 def feature_dimensionality(W: Float[Tensor, "*inst m n"]) -> Float[Tensor, "*inst n"]:
@@ -95,7 +98,7 @@ def dims_per_feature(W: Float[Tensor, "*inst m n"]) -> Float[Tensor, "*inst"]:
 
 
 def data_dimensionality(H: Float[Tensor, "*inst T m"]) -> Float[Tensor, "*inst T"]:
-    """``D_i = ‖h_i‖² / Σ_j (ĥ_i·h_j)²`` for each row (training point) of ``H``; 0 for a zero row."""
+    """``D_i = ‖h_i‖² / Σ_j (ĥ_i·h_j)²`` for each row (point) of ``H``; 0 for a zero row."""
     Hb, single = _as_batched(H, "H", "T, m")
     D = _quadratic_ratio(Hb, _gram(Hb))
     return D[0] if single else D
@@ -122,8 +125,9 @@ def max_data_dimensionality(
     inv_sqrt = torch.where(keep, evals.clamp_min(1e-300).rsqrt(), torch.zeros_like(evals))
     # whitening map: D*_i = ‖h_i V Λ^{-1/2}‖² over the kept eigen-directions
     M = (evecs * inv_sqrt[:, None, :]).to(Hb.dtype)
-    Z = einops.einsum(Hb, M, "inst t a, inst a k -> inst t k")
-    D = (Z * Z).sum(-1)
+    D = torch.empty(Hb.shape[:2], dtype=Hb.dtype, device=Hb.device)
+    for a in range(0, Hb.shape[1], GRAM_CHUNK):
+        D[:, a : a + GRAM_CHUNK] = torch.bmm(Hb[:, a : a + GRAM_CHUNK], M).square().sum(-1)
     return D[0] if single else D
 
 

@@ -1,0 +1,192 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # 02 · Reading the memorised dictionary off the weights
+#
+# With few training points a toy model does not learn features: it memorises. Henighan et al.
+# ("Superposition, Memorization, and Double Descent", Anthropic 2023) saw that a memorising
+# bottleneck gives each training point a hidden direction of its own: a *dictionary* whose
+# slots are directions, whose keys are training points and whose values are the outputs stored
+# there. Geva et al. (2021) read MLP layers the same way, as key-value memories.
+#
+# The `dictionary` probe reads this table straight from the weights for the three toy models,
+# names the datum each entry stores, and reports
+# * **coverage**: the fraction of training points with an entry of their own;
+# * **read-back accuracy**: the fraction whose output the dictionary predicts without running
+#   the model.
+#
+# Then we push the number of points T past the number of neurons and watch the dictionary
+# superpose: each point is then stored by a small *set* of neurons (a sparse code).
+
+# %%
+import os
+
+import matplotlib.pyplot as plt
+import torch
+
+import memlens as ml
+from memlens.data import BottleneckTask, MLPTask, SparseFeatures, UnembedTask
+from probes.dictionary import DictionaryProbe, sparse_activations
+from toy_models import Bottleneck, MLPBlock, Unembed
+
+FAST = os.environ.get("MEMLENS_FAST") == "1"
+STEPS = 300 if FAST else 2000
+torch.set_num_threads(1)  # tiny models: one thread is faster than two fighting
+torch.manual_seed(0)
+
+# %% [markdown]
+# ## 1 · The MLP block
+#
+# a = ReLU(W_in r + b_in), y = W_out a + b_out, with r = E f a sparse feature vector seen
+# through a random embedding and target f. With d_mlp = 32 neurons and T = 16 points the block
+# can memorise. One finding first: trained with plain AdamW it memorises with a *distributed*
+# code (each neuron fires on about half the points), which no neuron-level table describes. An
+# L1 penalty on the activations (`sparse_activations`, the same pressure that sparse
+# dictionary learning uses) makes each point's output come from one or two neurons.
+
+# %%
+task = MLPTask(SparseFeatures(64, 0.9, normalize=True), d_model=8, n_instances=2, seed=0)
+train = task.sample(16, seed=1)
+mlp = MLPBlock(d_mlp=32, **task.model_kwargs())
+with sparse_activations(mlp, 0.1):
+    run = ml.train(mlp, train, steps=STEPS, lr=1e-2, weight_decay=1e-2, warmup=100, progress=False)
+print(run.summary())
+
+with ml.probing(mlp, "dictionary", train=train) as (dic,):
+    pass  # the dictionary is read from the weights: no forward pass needed
+mlp_dict = dic.result()
+print(mlp_dict.summary())
+print(mlp_dict.to_table(max_rows=8))
+
+# %% [markdown]
+# Each row is an entry: the key (training point), the neurons that store it, the input
+# features of the key, the value decoded into output features, and the match score (the share
+# of those neurons' activation over the training set spent on this point; 1 = dedicated).
+# The value features are the key's own features: the block writes back the point it saw.
+
+# %%
+fig = mlp_dict.plot()
+fig.savefig("02_mlp_dictionary.png", dpi=120, bbox_inches="tight")
+
+# %% [markdown]
+# ## 2 · The final layer
+#
+# logits = W_U r + b_U with *random* labels: there is no rule to learn, only a table. A linear
+# layer can map a point to an arbitrary token only along a direction that no other point uses,
+# so each entry's match score is the point's leverage (maximal data dimensionality D*).
+
+# %%
+utask = UnembedTask(
+    SparseFeatures(20, 0.7, normalize=True), d_model=16, n_instances=2, seed=0, labels="random"
+)
+utrain = utask.sample(8, seed=1)
+unembed = Unembed(**utask.model_kwargs())
+ml.train(unembed, utrain, steps=800, lr=0.1, progress=False)
+udict = DictionaryProbe(train=utrain).run(unembed)
+print(udict.summary())
+print(udict.to_table())
+labels = utrain.targets[:, 0].tolist()
+print("labels of instance 0:", labels)
+
+# %% [markdown]
+# ## 3 · The bottleneck
+#
+# h = W x with m = 2 hidden dimensions, n = 200 features and T = 6 points. The hidden vectors
+# of the training points form a polygon (Henighan et al.); each direction is an entry whose
+# value is the output decoded there, and the probe names its key by matching that output
+# against all training inputs.
+
+# %%
+btask = BottleneckTask(SparseFeatures(200, 0.98, normalize=True), n_instances=2)
+btrain = btask.sample(6, seed=1)
+bottleneck = Bottleneck(d_hidden=2, **btask.model_kwargs())
+ml.train(bottleneck, btrain, steps=STEPS, lr=1e-2, weight_decay=1e-2, warmup=100, progress=False)
+bdict = DictionaryProbe(train=btrain).run(bottleneck)
+print(bdict.summary())
+print(bdict.to_table())
+dim = ml.get_probe("dimensionality")(train=btrain).run(bottleneck, btrain)
+print(dim.summary())
+fig = dim.plot(instances=[0])
+fig.savefig("02_bottleneck_polygon.png", dpi=120, bbox_inches="tight")
+
+# %% [markdown]
+# ## 4 · Generalising: no table
+#
+# With T = 512 points and only 16 neurons the MLP block must learn features. Every neuron
+# serves many points, so the probe finds no entries and says so, rather than invent a table.
+
+# %%
+big = task.sample(512, seed=1)
+gen = MLPBlock(d_mlp=16, **task.model_kwargs())
+ml.train(gen, big, steps=STEPS // 2, lr=1e-2, weight_decay=1e-2, warmup=50, progress=False)
+print(DictionaryProbe(train=big).run(gen).summary())
+
+# %% [markdown]
+# ## 5 · Superposed dictionaries: T past d_mlp
+#
+# Now fix d_mlp = 16 and grow T to 1, 2, 4 and 8 times d_mlp, training each to memorise with a
+# sparsity penalty. One constraint first: the block's output lives in the span of the d_mlp
+# columns of W_out, so T > d_mlp points can only be memorised if their targets span fewer
+# dimensions. We therefore use n = 12 features (targets in R^12, d_model = 6): a table of T
+# values must then be stored by *sets* of shared neurons, switched on and off by the ReLUs.
+#
+# With more points than neurons no neuron can be dedicated to one point; the probe decompiles
+# each point into a **sparse code**, the smallest set of neurons (at most 8) whose values
+# reproduce its output to within 25%. We report:
+# * *read-back*: the fraction of points that have specific slots *and* whose output their code
+#   predicts;
+# * *coverage*: the fraction with specific slots (≥ 20% of the slots' activation on the point);
+# * *has a sparse code*: the code reproduces the output, specific or not;
+# * the mean code size, and the training loss (did the model memorise at all?).
+
+# %%
+d_mlp = 16
+ratios = [1, 2] if FAST else [1, 2, 4, 8]
+stask = MLPTask(SparseFeatures(12, 0.8, normalize=True), d_model=6, n_instances=2, seed=0)
+rows = []
+for r in ratios:
+    T = r * d_mlp
+    tr = stask.sample(T, seed=2)
+    model = MLPBlock(d_mlp=d_mlp, **stask.model_kwargs())
+    with sparse_activations(model, 0.01):
+        res = ml.train(
+            model, tr, steps=2 * STEPS, lr=1e-2, weight_decay=1e-3, warmup=100, progress=False
+        )
+    s = DictionaryProbe(train=tr).run(model).scalars()
+    rows.append((r, T, float(res.train_loss.mean()), s))
+
+print("T/d_mlp     T  train loss  read-back  coverage  sparse code  code size")
+for r, T, loss, s in rows:
+    print(
+        f"{r:>7} {T:>5} {loss:>11.4f} {s['read_back_accuracy']:>10.0%} {s['coverage']:>9.0%} "
+        f"{s['sparse_code_fraction']:>12.0%} {s['mean_code_size']:>10.2f}"
+    )
+
+fig, ax = plt.subplots(figsize=(5.5, 3.8))
+ax.plot(ratios, [s["read_back_accuracy"] for *_, s in rows], "o-", label="read-back accuracy")
+ax.plot(ratios, [s["coverage"] for *_, s in rows], "s--", label="coverage (specific slots)")
+ax.plot(
+    ratios, [s["sparse_code_fraction"] for *_, s in rows], "^:", label="has a sparse code (≤ 8)"
+)
+ax.set(
+    xscale="log",
+    xticks=ratios,
+    xticklabels=[str(r) for r in ratios],
+    xlabel="training points per neuron, T / d_mlp",
+    ylabel="fraction of training points",
+    ylim=(-0.03, 1.03),
+    title=f"MLP block dictionary as it superposes (d_mlp={d_mlp}, n=12)",
+)
+ax.legend(fontsize=8)
+fig.savefig("02_superposed_dictionary.png", dpi=120, bbox_inches="tight")
+
+# %% [markdown]
+# Read the training-loss column alongside the dictionary columns: where the loss is still near
+# zero the model has memorised, and the question is only whether the probe can decompile the
+# table; where the loss has grown, there is no complete table left to read.
