@@ -266,9 +266,10 @@ class DimensionalityResult(ProbeResult):
         x = torch.arange(len(D))
         ax.vlines(x, 0, D, color="k", lw=1.5)
         ax.plot(x, D, "o", color="C2", ms=4)
-        for v, lab in FRACTIONS.items():
+        for k, (v, lab) in enumerate(FRACTIONS.items()):  # alternate sides: 2/5 and 3/8 are close
             ax.axhline(v, color="0.8", lw=0.6, ls="--")
-            ax.text(len(D) - 0.5, v, lab, fontsize=7, va="bottom", ha="right", color="0.4")
+            x_lab, ha = (len(D) - 0.5, "right") if k % 2 == 0 else (-0.5, "left")
+            ax.text(x_lab, v, lab, fontsize=7, va="bottom", ha=ha, color="0.4")
         title = f"inst {i}: feature dimensionality"
         if norms is not None:
             title += f" (Σ={float(D.sum()):.2f})"

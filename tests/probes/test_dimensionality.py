@@ -198,9 +198,10 @@ def test_max_data_dim_ranks_memorised_outliers_top():
 
 
 def test_probe_plot(tmp_path, pentagon):
-    x = ml.SparseFeatures(5, feature_probability=0.05).sample(300, n_instances=3, seed=1)
+    x = ml.SparseFeatures(5, feature_probability=0.05).sample(300, n_instances=5, seed=1)
     res = DimensionalityProbe().run(pentagon, x)
-    fig = res.plot()
+    fig = res.plot(instances=[0, 1])
     fig.savefig(tmp_path / "dim.png")
-    assert len(fig.axes) == 3 * 3
+    assert len(fig.axes) == 2 * 3  # stick plots of points and features, and the m=2 scatter
+    assert fig.axes[0].get_xlabel() == "training point (sorted by D*)"
     assert np.isfinite(res.scalars()["mean_max_data_dim"])
