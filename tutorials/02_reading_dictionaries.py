@@ -183,6 +183,7 @@ ax.set(
     ylim=(-0.03, 1.03),
     title=f"MLP block dictionary as it superposes (d_mlp={d_mlp}, n=12)",
 )
+ax.xaxis.set_minor_formatter(plt.NullFormatter())
 ax.legend(fontsize=8)
 fig.savefig("02_superposed_dictionary.png", dpi=120, bbox_inches="tight")
 
