@@ -208,11 +208,12 @@ class Spectrum:
             )
         ax.set(
             xscale="log",
-            xlabel="temperature t (nβ/t effective inverse temperature)",
-            ylabel="local learning coefficient λ̂",
+            xlabel="temperature t (dimensionless; inverse temperature nβ/t)",
+            ylabel="local learning coefficient λ̂ (dimensionless)",
             title=f"LLC spectrum, instance {self.instance}",
         )
         ax.legend(fontsize=8)
+        fig.tight_layout()
         return fig
 
 
@@ -298,7 +299,7 @@ class Tempering:
             ax.axhline(float(self.init_loss[inst]), color="k", lw=1, ls="--", label="L_n(w*)")
             ax.set(
                 xlabel="draw",
-                ylabel="minibatch loss",
+                ylabel="minibatch training loss",
                 title=f"t={self.temperatures[a]:.3g}: λ̂={self.llc.mean[a, inst]:.3g}",
             )
         axes[0][0].legend(fontsize=6, ncol=2)
@@ -902,9 +903,10 @@ class Calibration:
             xscale="log",
             xlabel="SGLD step size ε",
             ylabel="λ̂ (mean ± std over chains)",
-            title="LLC calibration",
+            title="LLC calibration at t = 1 (γ: localisation strength)",
         )
         ax.legend(fontsize=8)
+        fig.tight_layout()
         return fig
 
 

@@ -166,11 +166,14 @@ class SurvivalResult(ProbeResult):
         ax.set_yticks(ticks)
         ax.set_yticklabels(labels)
         ax.set(
-            xlabel="temperature t",
-            ylabel="circuits (by family, ordered by char. temperature)",
+            xlabel="temperature t (dimensionless, log-spaced; inverse temperature nβ/t)",
+            ylabel="circuits (grouped by family; within a family\n"
+            "ordered by characteristic temperature)",
             title=f"circuit survival, instance {inst} (grey: inactive at w*)",
         )
-        fig.colorbar(im, ax=ax, label=f"survival (noised out below {self.threshold})")
+        fig.colorbar(
+            im, ax=ax, label=f"survival 1 − RMS(a − a*)/|a*| (noised out below {self.threshold})"
+        )
         fig.tight_layout()
         return fig
 

@@ -74,7 +74,7 @@ llc.plot_trace().savefig("05_trace.png", dpi=120)
 # Hotter temperatures have a flatter posterior, so the step grows with t (capped for stability).
 
 # %%
-temps = torch.logspace(-2, 3, 6 if FAST else 10).tolist()
+temps = torch.logspace(-2, 3, 8 if FAST else 10).tolist()  # >= 8 log-spaced temperatures
 steps = [min(eps * t, 0.02) for t in temps]
 with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
@@ -103,14 +103,23 @@ print(tempered.summary())
 surv = tempered.probe("survival")
 print(surv.summary())
 surv.plot().savefig("05_survival.png", dpi=120)
+d = tempered.diagnostics
 for i in range(2):
     tf, td = surv.family_temperature("feature", i), surv.family_temperature("datum", i)
-    tf_med = float(tf.nan_to_num(posinf=1e9).median()) if len(tf) else float("nan")
-    td_med = float(td.nan_to_num(posinf=1e9).median()) if len(td) else float("nan")
+    # circuits that never die get t_c = +inf; they count as dying last
+    tf_med = float(tf.nan_to_num(posinf=float("inf")).median()) if len(tf) else float("nan")
+    td_med = float(td.nan_to_num(posinf=float("inf")).median()) if len(td) else float("nan")
+    before = float((td < tf_med).double().mean()) if len(td) and len(tf) else float("nan")
     verdict = "datum circuits die first" if td_med < tf_med else "datum circuits do NOT die first"
     print(
-        f"instance {i}: median characteristic temperature feature {tf_med:.3g}, "
-        f"datum {td_med:.3g} -> {verdict}"
+        f"instance {i}: median characteristic temperature feature {tf_med:.3g} "
+        f"({len(tf)} active), datum {td_med:.3g} ({len(td)} active); "
+        f"{before:.0%} of datum circuits die below the median feature -> {verdict}"
+    )
+    print(
+        f"  sampler health, inst {i}: R-hat {float(d.rhat[:, i].min()):.2f}-"
+        f"{float(d.rhat[:, i].max()):.2f}, ESS {float(d.ess[:, i].min()):.0f}-"
+        f"{float(d.ess[:, i].max()):.0f}, diverged chains {int(d.diverged[:, :, i].sum())}"
     )
 spec = tempered.spectrum()
 print(spec.summary())
