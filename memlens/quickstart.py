@@ -1,63 +1,306 @@
-"""``memlens quickstart``: the main job, on embedded defaults, in a few minutes on a laptop CPU.
+"""``memlens quickstart``: the whole story on embedded defaults, in a few minutes on a laptop CPU.
 
-For now it trains each of the three toy models at a small T (memorising) and a large T
-(generalising), and prints train and test loss per model.
+1. Train each of the three toy models at a small T (memorising) and a large T (generalising),
+   and print train and test loss.
+2. Take the MLP block in both regimes: read the memorised dictionary off the weights and print
+   its first entries; show that the generalising model has no lookup table.
+3. Measure maximal data dimensionality D* and name the most memorised points.
+4. Temper the memorising model across a ladder of temperatures with batched SGLD, and print the
+   LLC and which circuits were noised out at each temperature.
+5. Write a report folder: figures, ``summary.md`` linking them, and the run's configs.
+
+The core finds models and probes through the registry, like any plugin.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import time
 from pathlib import Path
 
+import torch
+from tqdm.auto import tqdm
+
 from memlens import data as D
-from memlens.io import write_json
-from memlens.registry import get_model
+from memlens.io import atomic_write_text, write_json
+from memlens.registry import get_model, get_probe
 from memlens.train import train
 
-# (model name, task factory, model kwargs beyond the task's, small T, large T, steps, lr)
-SETTINGS = {
-    "bottleneck": dict(n_features=100, sparsity=0.95, d_extra={"d_hidden": 4},
-                       T=(10, 2000), steps=2000),
-    "mlp": dict(n_features=40, sparsity=0.9, d_model=10, d_extra={"d_mlp": 64},
-                T=(16, 2000), steps=2000),
-    "unembed": dict(n_features=40, sparsity=0.9, d_model=10, d_extra={},
-                    T=(16, 2000), steps=2000),
+# Three-model loss table: (task, model kwargs beyond the task's, small T, large T).
+LOSS_TABLE = {
+    "bottleneck": dict(
+        n_features=100, sparsity=0.95, d_model=None, extra={"d_hidden": 4}, T=(10, 2000)
+    ),
+    "mlp": dict(n_features=40, sparsity=0.9, d_model=10, extra={"d_mlp": 64}, T=(16, 2000)),
+    "unembed": dict(n_features=40, sparsity=0.9, d_model=10, extra={}, T=(16, 2000)),
 }
+TABLE_TRAIN = dict(steps=1500, lr=3e-3, weight_decay=1e-2, warmup=75, batch_size=512)
 
 
-def make_task(name: str, s: dict, n_instances: int, seed: int) -> D.Task:
+@dataclasses.dataclass(frozen=True)
+class StoryConfig:
+    """The MLP-block story's settings (units: points, neurons, optimizer steps)."""
+
+    n_features: int = 32
+    sparsity: float = 0.9
+    d_model: int = 8
+    d_mlp: int = 64
+    T_memorise: int = 24  # <= d_mlp: one neuron per point is possible
+    T_generalise: int = 4096
+    steps: int = 3000
+    lr: float = 3e-3
+    weight_decay: float = 1e-2
+    batch_size: int = 512  # used only when T > batch_size
+    temperatures: tuple = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+    chains: int = 4
+    draws: int = 150
+    step_size: float = 1e-4
+    localization: float = 10.0
+
+
+def _task(name: str, s: dict, seed: int) -> D.Task:
     feats = D.SparseFeatures(s["n_features"], s["sparsity"], normalize=True)
     if name == "bottleneck":
-        return D.BottleneckTask(feats, n_instances)
+        return D.BottleneckTask(feats, 1)
     if name == "mlp":
-        return D.MLPTask(feats, s["d_model"], n_instances, seed=seed)
-    return D.UnembedTask(feats, s["d_model"], n_instances, seed=seed, labels="rule")
+        return D.MLPTask(feats, s["d_model"], 1, seed=seed)
+    return D.UnembedTask(feats, s["d_model"], 1, seed=seed, labels="rule")
 
 
-def run(out: str | Path = "memlens-quickstart", seed: int = 0, progress: bool = True) -> dict:
-    out = Path(out)
-    t0 = time.perf_counter()
+def loss_table(seed: int, progress: bool, bar: tqdm) -> list[dict]:
     rows = []
-    print(f"{'model':11s} {'T':>6s} {'regime':13s} {'train loss':>11s} {'test loss':>11s}")
-    for name, s in SETTINGS.items():
+    for name, s in LOSS_TABLE.items():
         cls = get_model(name)
-        for T, regime in zip(s["T"], ("memorising", "generalising")):
-            task = make_task(name, s, 1, seed)
-            tr, te = task.split(T, seed=seed)
-            model = cls(**task.model_kwargs(), **s["d_extra"], seed=seed)
-            res = train(model, tr, test=te, steps=s["steps"], lr=3e-3, weight_decay=1e-2,
-                        warmup=s["steps"] // 20, seed=seed, progress=progress,
-                        desc=f"{name} T={T}")
-            row = {"model": name, "T": T, "regime": regime,
-                   "train_loss": float(res.train_loss[0]), "test_loss": float(res.test_loss[0])}
-            rows.append(row)
-            print(f"{name:11s} {T:6d} {regime:13s} {row['train_loss']:11.4g} "
-                  f"{row['test_loss']:11.4g}")
-    write_json(out / "losses.json", {"seed": seed, "settings": SETTINGS, "rows": rows})
-    print(f"\nwrote {out / 'losses.json'} ({time.perf_counter() - t0:.0f} s)")
-    return {"rows": rows}
+        for T, regime in zip(s["T"], ("memorising", "generalising"), strict=True):
+            tr, te = _task(name, s, seed).split(T, seed=seed)
+            model = cls(**_task(name, s, seed).model_kwargs(), **s["extra"], seed=seed)
+            kw = dict(TABLE_TRAIN)
+            kw["batch_size"] = kw["batch_size"] if T > kw["batch_size"] else None
+            res = train(model, tr, test=te, seed=seed, progress=False, **kw)
+            rows.append(
+                {
+                    "model": name,
+                    "T": T,
+                    "regime": regime,
+                    "train_loss": float(res.train_loss[0]),
+                    "test_loss": float(res.test_loss[0]),
+                }
+            )
+            bar.update(1)
+    return rows
 
 
-if __name__ == "__main__":
-    print(json.dumps(run()["rows"], indent=1))
+def run(
+    out: str | Path = "memlens-quickstart",
+    seed: int = 0,
+    progress: bool = True,
+    cfg: StoryConfig | None = None,
+) -> dict:
+    """Run the quickstart and write the report folder ``out``; returns the numbers it printed."""
+    cfg = cfg or StoryConfig()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    bar = tqdm(total=6 + 4, desc="quickstart", disable=not progress, leave=False)
+
+    # 1. the three settings, both regimes
+    rows = loss_table(seed, progress, bar)
+    bar.clear()
+    print("\n== 1. Three toy settings, small T (memorising) vs large T (generalising) ==")
+    print(f"{'model':11s} {'T':>6s} {'regime':13s} {'train loss':>11s} {'test loss':>11s}")
+    for r in rows:
+        print(
+            f"{r['model']:11s} {r['T']:6d} {r['regime']:13s} {r['train_loss']:11.4g} "
+            f"{r['test_loss']:11.4g}"
+        )
+
+    # 2. the MLP block twice
+    feats = D.SparseFeatures(cfg.n_features, cfg.sparsity, normalize=True)
+    task = D.MLPTask(feats, cfg.d_model, 1, seed=seed)
+    MLP = get_model("mlp")
+    models, data, runs = {}, {}, {}
+    for regime, T in (("memorising", cfg.T_memorise), ("generalising", cfg.T_generalise)):
+        tr, te = task.split(T, seed=seed)
+        model = MLP(**task.model_kwargs(), d_mlp=cfg.d_mlp, seed=seed)
+        runs[regime] = train(
+            model,
+            tr,
+            test=te,
+            steps=cfg.steps,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            warmup=cfg.steps // 20,
+            seed=seed,
+            batch_size=cfg.batch_size if T > cfg.batch_size else None,
+            progress=False,
+        )
+        models[regime], data[regime] = model, tr
+        bar.update(1)
+    dics = {r: get_probe("dictionary")(train=data[r]).run(models[r], data[r]) for r in models}
+    bar.update(1)
+    bar.clear()
+    print(
+        f"\n== 2. MLP block (d_model={cfg.d_model}, d_mlp={cfg.d_mlp}, "
+        f"n_features={cfg.n_features}): the memorised dictionary =="
+    )
+    for r in models:
+        print(
+            f"{r:12s} T={len(data[r]):5d}: train loss {float(runs[r].train_loss[0]):.3g}, "
+            f"test loss {float(runs[r].test_loss[0]):.3g}, dictionary coverage "
+            f"{dics[r].coverage:.0%}, read-back {dics[r].read_back_accuracy:.0%}"
+        )
+    print("\nFirst entries of the memorising model's dictionary (read from the weights):")
+    print(dics["memorising"].to_table(max_rows=8))
+    print(f"\nThe generalising model: {dics['generalising'].summary().splitlines()[-1].strip()}")
+
+    # 3. D*
+    dims = {
+        r: get_probe("dimensionality")(hook="hook_post", train=data[r]).run(models[r], data[r])
+        for r in models
+    }
+    bar.update(1)
+    bar.clear()
+    print("\n== 3. Maximal data dimensionality D* at hook_post ==")
+    for r in models:
+        dstar = dims[r].max_data_dim[0]
+        top = torch.argsort(dstar, descending=True)[:5].tolist()
+        print(
+            f"{r:12s}: mean D* {float(dstar.mean()):.3g} (Σ D* = rank = "
+            f"{float(dstar.sum()):.3g} of {len(dstar)} points); most memorised points "
+            f"{top} with D* {[round(float(dstar[j]), 3) for j in top]}"
+        )
+
+    # 4. temper the memorising model
+    from memlens.temper import temper
+
+    tempering = temper(
+        models["memorising"],
+        data["memorising"],
+        temperatures=cfg.temperatures,
+        chains=cfg.chains,
+        draws=cfg.draws,
+        step_size=cfg.step_size,
+        localization=cfg.localization,
+        seed=seed,
+        probes=["survival"],
+        progress=False,
+    )
+    bar.update(1)
+    surv = tempering.probe("survival")
+    bar.clear()
+    print(
+        f"\n== 4. Tempering the memorising model ({len(cfg.temperatures)} temperatures x "
+        f"{cfg.chains} chains x {cfg.draws} draws, batched) =="
+    )
+    print(tempering.summary())
+    print(surv.summary())
+
+    # 5. the report
+    figs = {
+        "dictionary.png": dics["memorising"].plot(),
+        "max_data_dim.png": dims["memorising"].plot(),
+        "survival.png": surv.plot(),
+        "llc.png": tempering.spectrum().plot(),
+        "training.png": runs["memorising"].plot(),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    for name, fig in figs.items():
+        fig.savefig(out / name, dpi=110, bbox_inches="tight")
+    bar.update(1)
+    numbers = {
+        "seed": seed,
+        "loss_table": rows,
+        "mlp": {
+            r: {
+                "T": len(data[r]),
+                "train_loss": float(runs[r].train_loss[0]),
+                "test_loss": float(runs[r].test_loss[0]),
+                "coverage": dics[r].coverage,
+                "read_back": dics[r].read_back_accuracy,
+                "mean_max_data_dim": float(dims[r].max_data_dim.mean()),
+            }
+            for r in models
+        },
+        "llc": {
+            "temperatures": list(cfg.temperatures),
+            "mean": tempering.llc.mean[:, 0].tolist(),
+            "std": tempering.llc.std[:, 0].tolist(),
+        },
+    }
+    write_json(
+        out / "config.json",
+        {
+            "story": dataclasses.asdict(cfg),
+            "loss_table": LOSS_TABLE,
+            "loss_table_train": TABLE_TRAIN,
+            "seed": seed,
+        },
+    )
+    write_json(out / "results.json", numbers)
+    write_json(out / "dictionary.json", dics["memorising"].to_dict())
+    for r, m in models.items():
+        m.save(out / f"mlp-{r}.pt")
+    atomic_write_text(out / "summary.md", _summary_md(cfg, numbers, dics, surv, tempering))
+    bar.close()
+    print(f"\n== 5. Report written to {out.resolve()} ({time.perf_counter() - t0:.0f} s) ==")
+    print(f"   open {out / 'summary.md'}")
+    return numbers
+
+
+def _summary_md(cfg, numbers, dics, surv, tempering) -> str:
+    mem, gen = numbers["mlp"]["memorising"], numbers["mlp"]["generalising"]
+    lines = [
+        "# memlens quickstart report",
+        "",
+        f"Seed {numbers['seed']}. Configs: [config.json](config.json); numbers: "
+        "[results.json](results.json); checkpoints: `mlp-memorising.pt`, `mlp-generalising.pt` "
+        "(load with `memlens.load`).",
+        "",
+        "## Three settings, two regimes",
+        "",
+        "| model | T | regime | train loss | test loss |",
+        "|---|---|---|---|---|",
+        *[
+            f"| {r['model']} | {r['T']} | {r['regime']} | {r['train_loss']:.4g} | "
+            f"{r['test_loss']:.4g} |"
+            for r in numbers["loss_table"]
+        ],
+        "",
+        f"## MLP block: the dictionary (d_mlp = {cfg.d_mlp})",
+        "",
+        f"- memorising, T = {mem['T']}: train loss {mem['train_loss']:.3g}, test loss "
+        f"{mem['test_loss']:.3g}, coverage {mem['coverage']:.0%}, read-back {mem['read_back']:.0%}",
+        f"- generalising, T = {gen['T']}: train loss {gen['train_loss']:.3g}, test loss "
+        f"{gen['test_loss']:.3g}, coverage {gen['coverage']:.0%}, read-back {gen['read_back']:.0%}",
+        "",
+        "![dictionary](dictionary.png)",
+        "",
+        "```",
+        dics["memorising"].to_table(max_rows=12),
+        "```",
+        "",
+        "## Maximal data dimensionality D* (hook_post, memorising model)",
+        "",
+        f"Mean D* {mem['mean_max_data_dim']:.3g} (memorising) vs {gen['mean_max_data_dim']:.3g} "
+        "(generalising).",
+        "",
+        "![D*](max_data_dim.png)",
+        "",
+        "## Tempering: LLC and circuit survival",
+        "",
+        "```",
+        tempering.summary(),
+        "",
+        surv.summary(),
+        "```",
+        "",
+        "![survival](survival.png)",
+        "",
+        "![LLC against temperature](llc.png)",
+        "",
+        "![training loss](training.png)",
+        "",
+    ]
+    return "\n".join(lines)
