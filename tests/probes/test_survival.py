@@ -73,3 +73,61 @@ def test_bad_arguments_and_misuse(trained):
         CircuitSurvivalProbe().run(model, train)
     with pytest.raises(ValueError, match="no result"):
         CircuitSurvivalProbe().result()
+
+
+def _extremes(model, train):
+    """Temper at nβ/t = 1e6 (cold) and 1e-3 (hot: only the γ = 1 localisation holds w)."""
+    return memlens.temper(
+        model,
+        train,
+        temperatures=[1e-4, 1e5],
+        nbeta=100.0,
+        chains=2,
+        draws=80,
+        burnin=30,
+        step_size=[1e-8, 0.05],
+        localization=1.0,
+        seed=0,
+        probes=["survival"],
+        progress=False,
+    ).probe("survival")
+
+
+@pytest.mark.filterwarnings("ignore:chains barely move")
+def test_mlp_block_neuron_and_datum_circuits_at_the_extremes():
+    from memlens.data import MLPTask
+    from toy_models import MLPBlock
+
+    train = MLPTask(SparseFeatures(n_features=8, sparsity=0.7), d_model=4, n_instances=2).sample(
+        T=12, seed=0
+    )
+    model = MLPBlock(d_model=4, d_mlp=6, d_out=8, n_instances=2, seed=0)
+    memlens.train(model, train, steps=400, lr=3e-2, progress=False)
+    s = _extremes(model, train)
+    assert s.survival.shape == (2, 2, 6 + 12)
+    fams = set(s.families)
+    assert fams == {"neuron", "datum"}
+    for fam in fams:
+        mask = torch.tensor([f == fam for f in s.families])[None] & s.active
+        assert mask.sum() > 4, fam  # both families have live circuits at w*
+        assert s.survival[0][mask].min() > 0.95, (fam, s.survival[0][mask].min())
+        assert s.survival[1][mask].max() < s.threshold, (fam, s.survival[1][mask].max())
+
+
+@pytest.mark.filterwarnings("ignore:chains barely move")
+def test_unembed_datum_circuits_at_the_extremes():
+    from memlens.data import UnembedTask
+    from toy_models import Unembed
+
+    task = UnembedTask(
+        SparseFeatures(n_features=8, sparsity=0.7), d_model=4, n_instances=2, labels="random"
+    )
+    train = task.sample(T=12, seed=0)
+    model = Unembed(d_model=4, d_vocab=task.d_vocab, n_instances=2, seed=0)
+    memlens.train(model, train, steps=400, lr=3e-2, progress=False)
+    s = _extremes(model, train)
+    assert s.survival.shape == (2, 2, 12) and set(s.families) == {"datum"}
+    assert s.active.sum() > 10  # most random labels are memorised (positive margin) at w*
+    assert s.survival[0][s.active].min() > 0.95
+    assert s.survival[1][s.active].max() < s.threshold
+    assert not s.noised_out[0].any() and s.noised_out[1][s.active].all()
