@@ -138,7 +138,8 @@ def double_descent(rows: Sequence[Mapping], config: Mapping | None = None, ax=No
         f"median over {_n_seeds(rows)} seeds, band = min-max",
         fontsize=10,
     )
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return fig
@@ -165,6 +166,14 @@ def dimensionality(rows: Sequence[Mapping], config: Mapping | None = None, ax=No
     any_ |= _band(
         ax,
         rows,
+        "dimensionality.mean_feature_dim",
+        "feature dim. D_i (mean over features)",
+        "tab:olive",
+        marker="v",
+    )
+    any_ |= _band(
+        ax,
+        rows,
         "dimensionality.dims_per_feature",
         "feature dim.: dims per feature",
         "tab:orange",
@@ -185,7 +194,8 @@ def dimensionality(rows: Sequence[Mapping], config: Mapping | None = None, ax=No
         ylabel="dimensionality (dimensions per point / feature)",
     )
     ax.set_title("Data vs feature dimensionality\nmedian over seeds, band = min-max", fontsize=10)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return fig
@@ -204,7 +214,8 @@ def weight_norms(rows: Sequence[Mapping], config: Mapping | None = None, ax=None
         xscale="log", yscale="log", xlabel="T (training-set size, points)", ylabel="Frobenius norm"
     )
     ax.set_title("Weight norms against T\nmedian over seeds, band = min-max", fontsize=10)
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return fig
@@ -233,7 +244,8 @@ def dictionary(rows: Sequence[Mapping], config: Mapping | None = None, ax=None):
     ax.set_title(
         "Memorised dictionary read off the weights\nmedian over seeds, band = min-max", fontsize=10
     )
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
     fig.tight_layout()
     return fig

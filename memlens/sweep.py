@@ -344,6 +344,8 @@ def plan_groups(model: str, cells: list[dict], max_waste: float = MAX_WASTE) -> 
             cur.append(c)
         if cur:
             groups.append(cur)
+    # cheapest (smallest-T) groups first: an interrupted sweep already shows the small-T side
+    groups.sort(key=lambda g: (g[0]["spec"]["T"], len(g), g[0]["key"]))
     return [
         {
             "cells": g,

@@ -1,0 +1,151 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # 04 · Maximal data dimensionality: which points are memorised?
+#
+# Henighan et al. (Anthropic, 2023) and M. Hobbhahn ("More findings on maximal data dimension",
+# 2023) measure how much of the hidden space each training point owns with the *maximal data
+# dimensionality* D*_i = sup_v (v·h_i)² / Σ_j (v·h_j)². It is the statistical leverage score
+# h_iᵀ (HᵀH)⁺ h_i, so Σ_i D*_i = rank(H) ≤ m and it costs O(T m²), no T × T Gram matrix.
+#
+# * A memorising model gives every training point its own direction: D* ≈ m/T for all points.
+# * A generalising model spreads points over shared feature directions; typical points have
+#   small D*, while **outliers** that the features do not explain get their own direction and
+#   a much larger D* (Olah reports about 100× on MNIST).
+#
+# Here: D* across T, and the outlier experiment.
+
+# %%
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+import memlens as ml
+from memlens.data import Batch, BottleneckTask, SparseFeatures
+from probes.dimensionality import max_data_dimensionality
+from toy_models import Bottleneck
+
+FAST = os.environ.get("MEMLENS_FAST") == "1"
+N, S, M = (60, 0.9, 2) if FAST else (1000, 0.99, 2)
+STEPS = 1500 if FAST else 5000
+Ts = [4, 10, 25, 60, 150, 400] if FAST else [5, 15, 50, 150, 500, 1500, 5000]
+SEEDS = 2
+
+# %% [markdown]
+# ## D* across T
+#
+# One model per (T, seed), all packed as instances of one model: instance i trains on its own
+# data set, padded to the largest T and masked (`Batch.lengths`).
+
+# %%
+task = BottleneckTask(SparseFeatures(N, S, normalize=True), n_instances=1)
+cells = [(T, s) for T in Ts for s in range(SEEDS)]
+sets = [task.sample(T, seed=s) for T, s in cells]
+T_max = max(Ts)
+x = torch.zeros(T_max, len(cells), N)
+for i, b in enumerate(sets):
+    x[: len(b), i] = b.inputs[:, 0]
+lengths = torch.tensor([T for T, _ in cells])
+model = Bottleneck(N, M, n_instances=len(cells), seed=0)
+run = ml.train(
+    model,
+    Batch(x, lengths=lengths),
+    steps=STEPS,
+    lr=1e-2,
+    warmup=STEPS // 20,
+    weight_decay=1e-2,
+    progress=False,
+)
+with torch.no_grad():
+    H = torch.einsum("imn,tin->itm", model.W, x)  # [inst, T_max, m]
+dstar = [max_data_dimensionality(H[i, :T]) for i, (T, _) in enumerate(cells)]
+print(f"{'T':>5s} {'mean D*':>9s} {'m/T':>8s} {'sum D*':>7s} {'max/median D*':>14s}")
+for i, (T, s) in enumerate(cells):
+    if s == 0:
+        d = dstar[i]
+        print(
+            f"{T:5d} {d.mean():9.4f} {M / T:8.4f} {d.sum():7.3f} "
+            f"{(d.max() / d.median().clamp_min(1e-12)):14.1f}"
+        )
+
+# %% [markdown]
+# Σ D* equals the rank of H (2 here), so the mean D* is m/T whenever the hidden vectors span
+# the plane: the *mean* cannot tell memorising from generalising. The *spread* does: at small T
+# every point has D* ≈ m/T (a T-gon); at large T most points sit on a few feature directions and
+# a handful of points hold most of the dimension.
+
+# %%
+fig, ax = plt.subplots(figsize=(6.4, 4.2))
+for i, (T, s) in enumerate(cells):
+    if s == 0:
+        d = dstar[i].sort(descending=True).values
+        ax.plot(range(1, T + 1), d.numpy(), marker=".", label=f"T = {T}")
+ax.set(
+    xscale="log",
+    yscale="log",
+    xlabel="training point (ranked by D*)",
+    ylabel="maximal data dimensionality D*",
+    title="D* of every training point, ranked (seed 0)",
+)
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig("04_dstar_by_T.png", dpi=110)
+
+# %% [markdown]
+# ## The outlier experiment
+#
+# Take a training set in the generalising regime and append a few **outliers**: points whose
+# active feature is one that no other training point uses. The features the model learns cannot
+# explain them, so a model that still fits them must memorise them: they should get a larger D*
+# than typical points.
+
+# %%
+T_big, n_out = Ts[-1], 3
+base = task.sample(T_big, seed=7).inputs[:, 0]  # [T, n]
+unused = (base > 0).sum(0).argsort()[:n_out]  # the rarest features in this set
+outliers = torch.zeros(n_out, N)
+outliers[torch.arange(n_out), unused] = 1.0
+xo = torch.cat([base, outliers])[:, None, :]  # [T + n_out, 1, n]
+mo = Bottleneck(N, M, n_instances=1, seed=0)
+ml.train(mo, xo, steps=STEPS, lr=1e-2, warmup=STEPS // 20, weight_decay=1e-2, progress=False)
+with torch.no_grad():
+    Ho = torch.einsum("mn,tn->tm", mo.W[0], xo[:, 0])
+d = max_data_dimensionality(Ho)
+typical, out_d = d[:-n_out], d[-n_out:]
+ratio = (out_d.median() / typical.median().clamp_min(1e-12)).item()
+print(
+    f"T = {T_big} typical points: median D* {typical.median():.2e}; "
+    f"{n_out} outliers: D* {[f'{v:.2e}' for v in out_d.tolist()]}"
+)
+print(f"outlier / typical median D* ratio: {ratio:.1f}x")
+
+fig, ax = plt.subplots(figsize=(6.4, 4.0))
+ax.hist(
+    typical.clamp_min(1e-8).log10().numpy(),
+    bins=40,
+    color="tab:blue",
+    alpha=0.7,
+    label=f"{T_big} typical training points",
+)
+for v in out_d.clamp_min(1e-8).log10().tolist():
+    ax.axvline(v, color="tab:red", lw=2)
+ax.plot([], [], color="tab:red", lw=2, label=f"{n_out} outliers (rare one-hot points)")
+ax.set(
+    xlabel="log10 D* (maximal data dimensionality)",
+    ylabel="number of points",
+    title=f"Outliers vs typical points, T = {T_big}: ratio of medians {ratio:.0f}x",
+)
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig("04_outliers.png", dpi=110)
+print("wrote 04_dstar_by_T.png, 04_outliers.png")
