@@ -306,10 +306,11 @@ class DictionaryProbe(Probe):
             return DictionaryResult("mlp", entries)
         R = train.inputs.transpose(0, 1)  # [inst, T, d]
         A = torch.relu(einops.einsum(R, W_in, "inst t d, inst k d -> inst t k") + b_in[:, None])
+        A = A * ~_padding(train).to(A.device)[..., None]  # padded rows store nothing
         C = A[:, :, None, :] * W_out[:, None]  # [inst, T, O, K] each neuron's write
         delta = C.sum(-1)  # model output minus b_out
         dn = delta.norm(dim=-1)  # [inst, T]
-        trivial = dn <= 1e-6 + 1e-3 * dn.amax(-1, keepdim=True)
+        trivial = (dn <= 1e-6 + 1e-3 * dn.amax(-1, keepdim=True)) | _padding(train)
         proj = (C * delta[..., None]).sum(2) / (dn**2).clamp_min(1e-30)[..., None]
         order = proj.argsort(-1, descending=True)  # [inst, T, K]
         L = min(self.max_code, K)
@@ -371,11 +372,11 @@ class DictionaryProbe(Probe):
             return DictionaryResult("unembed", entries)
         from probes.dimensionality import max_data_dimensionality
 
-        R = train.inputs.transpose(0, 1)  # [inst, T, d]
+        R = train.inputs.transpose(0, 1) * ~_padding(train).to(W_U.device)[..., None]
         logits = einops.einsum(R, W_U, "inst t d, inst v d -> inst t v") + b_U[:, None]
         token = logits.argmax(-1)
         labels = train.targets.transpose(0, 1)
-        trivial = R.norm(dim=-1) <= 1e-6
+        trivial = (R.norm(dim=-1) <= 1e-6) | _padding(train)
         dstar = max_data_dimensionality(R)
         # the dictionary's token for j is read from W_U along j's own direction; it predicts the
         # model (read back) when it is the label the model was trained on and the model agrees
@@ -420,13 +421,13 @@ class DictionaryProbe(Probe):
                 if W[i, :, f].norm() > 0
             ]
             return DictionaryResult("bottleneck", entries)
-        X = train.inputs.transpose(0, 1)  # [inst, T, n]
+        X = train.inputs.transpose(0, 1) * ~_padding(train).to(W.device)[..., None]
         H = einops.einsum(X, W, "inst t n, inst m n -> inst t m")
         out = torch.relu(einops.einsum(H, dec, "inst t m, inst n m -> inst t n") + b[:, None])
         xn = X / X.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         on = out / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
         cos = einops.einsum(on, xn, "inst s n, inst t n -> inst s t")  # slot s vs datum t
-        trivial = (X.norm(dim=-1) <= 1e-6) | (H.norm(dim=-1) <= 1e-6)
+        trivial = (X.norm(dim=-1) <= 1e-6) | (H.norm(dim=-1) <= 1e-6) | _padding(train)
         cos = cos.masked_fill(trivial[:, None, :], -1.0)
         best = cos.topk(min(2, cos.shape[-1]), dim=-1)
         named = best.indices[..., 0]
@@ -462,6 +463,14 @@ class DictionaryProbe(Probe):
             None,
             slot_keys.cpu(),
         )
+
+
+def _padding(train: Batch) -> Tensor:
+    """``[inst, T]`` True on padded rows (``Batch.lengths``): they are left out like zero rows."""
+    mask = train.mask()
+    if mask is None:
+        return torch.zeros(train.inputs.shape[1], len(train), dtype=torch.bool)
+    return ~mask.transpose(0, 1).bool().cpu()
 
 
 def _kind(model: HookedToyModel) -> str:

@@ -154,7 +154,7 @@ for r in ratios:
     T = r * d_mlp
     tr = stask.sample(T, seed=2)
     model = MLPBlock(d_mlp=d_mlp, **stask.model_kwargs())
-    with sparse_activations(model, 0.01):
+    with sparse_activations(model, 0.05):
         res = ml.train(
             model, tr, steps=2 * STEPS, lr=1e-2, weight_decay=1e-3, warmup=100, progress=False
         )
@@ -188,6 +188,11 @@ ax.legend(fontsize=8)
 fig.savefig("02_superposed_dictionary.png", dpi=120, bbox_inches="tight")
 
 # %% [markdown]
-# Read the training-loss column alongside the dictionary columns: where the loss is still near
-# zero the model has memorised, and the question is only whether the probe can decompile the
-# table; where the loss has grown, there is no complete table left to read.
+# Read the training-loss column alongside the dictionary columns. What we saw (full mode,
+# 4,000 steps, L1 = 0.05): at T = d_mlp the table reads back for about 94% of points with codes
+# of about 2 neurons. At T = 2 d_mlp a sparse code of at most 8 neurons still reproduces about
+# two thirds of the outputs, but its neurons are shared by many points, so few slots are
+# specific to their point and coverage and read-back fall to about 15%; at 4x and 8x they are
+# near 0. The training loss also grows with T (the penalised model no longer memorises every
+# point), so part of the breakdown is the model's, not the probe's. Decompiling a superposed
+# table beyond T ≈ d_mlp is open: this probe reports where it stops, rather than inventing one.

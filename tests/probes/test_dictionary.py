@@ -182,3 +182,17 @@ def test_bad_input(mlp_memoriser):
         DictionaryProbe(train=bad).run(model)
     with pytest.raises(ValueError, match="instance"):
         DictionaryProbe(train=train.instances([0])).run(model)
+
+
+def test_padded_rows_are_left_out(mlp_memoriser):
+    """A sweep pads data sets of different sizes (Batch.lengths): padding is not a datum."""
+    model, train = mlp_memoriser
+    full = DictionaryProbe(train=train).run(model)
+    pad = ml.Batch(
+        torch.cat([train.inputs, torch.randn(4, 2, train.inputs.shape[-1])]),
+        torch.cat([train.targets, torch.rand(4, 2, train.targets.shape[-1])]),
+        lengths=torch.tensor([16, 16]),
+    )
+    padded = DictionaryProbe(train=pad).run(model)
+    assert padded.scalars()["coverage"] == pytest.approx(full.scalars()["coverage"])
+    assert all(e.key < 16 for e in padded.entries)
