@@ -32,6 +32,13 @@ SETTING_TITLES = {
 }
 
 
+LOSS_UNITS = {
+    "bottleneck": "loss per point (squared error summed over features)",
+    "mlp": "loss per point (squared error summed over outputs)",
+    "unembed": "loss per point (cross-entropy, nats)",
+}
+
+
 def _plt():
     import matplotlib
 
@@ -130,7 +137,7 @@ def double_descent(rows: Sequence[Mapping], config: Mapping | None = None, ax=No
         xscale="log",
         yscale="log",
         xlabel="T (training-set size, points)",
-        ylabel="loss per point (model's units)",
+        ylabel=LOSS_UNITS.get((config or {}).get("model"), "loss per point"),
     )
     model = (config or {}).get("model", "")
     ax.set_title(

@@ -83,7 +83,7 @@ def _run_smoke(out, env_extra=None):
         f"task={SMOKE_TASK!r}, train={SMOKE_TRAIN!r}, probes=(), out={str(out)!r}, "
         "progress=False)\n"
     )
-    env = {**os.environ, **(env_extra or {})}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
     return subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
     )
