@@ -104,10 +104,12 @@ fig.savefig("04_dstar_by_T.png", dpi=110)
 # %% [markdown]
 # ## The outlier experiment
 #
-# Take a training set in the generalising regime and append a few **outliers**: points whose
-# active feature is one that no other training point uses. The features the model learns cannot
-# explain them, so a model that still fits them must memorise them: they should get a larger D*
-# than typical points.
+# Take a training set in the generalising regime and append a few **outliers**: one-hot points
+# on features that no other training point uses. The features the model learns cannot explain
+# them. Hypothesis (Olah; Hobbhahn): a model that fits them anyway must memorise them, giving
+# them a larger D* than typical points. A single copy of a point carries little loss, so we also
+# repeat each outlier R times (its D* is then summed over its copies: the dimension that datum
+# owns). Whatever the outcome, the ratio is printed, not assumed.
 
 # %%
 T_big, n_out = Ts[-1], 3
@@ -115,19 +117,22 @@ base = task.sample(T_big, seed=7).inputs[:, 0]  # [T, n]
 unused = (base > 0).sum(0).argsort()[:n_out]  # the rarest features in this set
 outliers = torch.zeros(n_out, N)
 outliers[torch.arange(n_out), unused] = 1.0
-xo = torch.cat([base, outliers])[:, None, :]  # [T + n_out, 1, n]
-mo = Bottleneck(N, M, n_instances=1, seed=0)
-ml.train(mo, xo, steps=STEPS, lr=1e-2, warmup=STEPS // 20, weight_decay=1e-2, progress=False)
-with torch.no_grad():
-    Ho = torch.einsum("mn,tn->tm", mo.W[0], xo[:, 0])
-d = max_data_dimensionality(Ho)
-typical, out_d = d[:-n_out], d[-n_out:]
-ratio = (out_d.median() / typical.median().clamp_min(1e-12)).item()
-print(
-    f"T = {T_big} typical points: median D* {typical.median():.2e}; "
-    f"{n_out} outliers: D* {[f'{v:.2e}' for v in out_d.tolist()]}"
-)
-print(f"outlier / typical median D* ratio: {ratio:.1f}x")
+ratios = {}
+for R in (1, 20):
+    xo = torch.cat([base, outliers.repeat(R, 1)])[:, None, :]  # [T + R n_out, 1, n]
+    mo = Bottleneck(N, M, n_instances=1, seed=0)
+    ml.train(mo, xo, steps=STEPS, lr=1e-2, warmup=STEPS // 20, weight_decay=1e-2, progress=False)
+    with torch.no_grad():
+        Ho = torch.einsum("mn,tn->tm", mo.W[0], xo[:, 0])
+    d = max_data_dimensionality(Ho)
+    typical = d[:T_big]
+    out_d = d[T_big:].view(R, n_out).sum(0)  # per outlier datum, summed over its R copies
+    ratios[R] = (out_d.median() / typical.median().clamp_min(1e-12)).item()
+    print(
+        f"R = {R:2d}: typical median D* {typical.median():.2e}; outliers' D* "
+        f"{[f'{v:.2e}' for v in out_d.tolist()]}; "
+        f"outlier / typical median D* ratio: {ratios[R]:.1f}x"
+    )
 
 fig, ax = plt.subplots(figsize=(6.4, 4.0))
 ax.hist(
@@ -139,13 +144,20 @@ ax.hist(
 )
 for v in out_d.clamp_min(1e-8).log10().tolist():
     ax.axvline(v, color="tab:red", lw=2)
-ax.plot([], [], color="tab:red", lw=2, label=f"{n_out} outliers (rare one-hot points)")
+ax.plot([], [], color="tab:red", lw=2, label=f"{n_out} outliers (rare one-hot points) x {R}")
 ax.set(
     xlabel="log10 D* (maximal data dimensionality)",
     ylabel="number of points",
-    title=f"Outliers vs typical points, T = {T_big}: ratio of medians {ratio:.0f}x",
+    title=f"Outliers vs typical points, T = {T_big}, R = {R}: ratio {ratios[R]:.1f}x",
 )
 ax.legend(fontsize=8)
 fig.tight_layout()
 fig.savefig("04_outliers.png", dpi=110)
 print("wrote 04_dstar_by_T.png, 04_outliers.png")
+
+# %% [markdown]
+# What we saw (fast mode, n = 60, S = 0.9, T = 400): a *single* rare one-hot outlier is not
+# memorised; its hidden vector nearly vanishes and its D* is ~10x *below* the typical point's
+# (ratio ~0.1). Whether repeating it (R = 20) makes the model give it its own direction is
+# printed above; the claim "outliers have ~100x larger D*" is not something this toy setting
+# reproduces automatically, and depends on how much loss the outlier carries.
