@@ -23,7 +23,7 @@ from memlens.registry import (
 )
 from memlens.sweep import sweep  # the function; the module is sys.modules['memlens.sweep']
 from memlens.temper import Tempering, calibrate, estimate_llc, temper
-from memlens.train import TrainResult, evaluate, train
+from memlens.train import TrainResult, evaluate, sparse_activations, train
 
 __version__ = "0.1.0"
 
@@ -53,4 +53,5 @@ __all__ = [
     "register_probe",
     "sweep",
     "train",
+    "sparse_activations",
 ]

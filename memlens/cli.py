@@ -33,7 +33,7 @@ def _quickstart_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-@command("quickstart", "train the three toy models at a small and a large T; print losses")(
+@command("quickstart", "the whole story: train, read the dictionary, D*, temper; report")(
     _quickstart_args
 )
 def _quickstart(ns: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from memlens import data as D
 from memlens.io import atomic_write_text, write_json
 from memlens.registry import get_model, get_probe
-from memlens.train import train
+from memlens.train import sparse_activations, train
 
 # Three-model loss table: (task, model kwargs beyond the task's, small T, large T).
 LOSS_TABLE = {
@@ -41,21 +41,22 @@ TABLE_TRAIN = dict(steps=1500, lr=3e-3, weight_decay=1e-2, warmup=75, batch_size
 class StoryConfig:
     """The MLP-block story's settings (units: points, neurons, optimizer steps)."""
 
-    n_features: int = 32
+    n_features: int = 64
     sparsity: float = 0.9
     d_model: int = 8
-    d_mlp: int = 64
-    T_memorise: int = 24  # <= d_mlp: one neuron per point is possible
-    T_generalise: int = 4096
-    steps: int = 3000
-    lr: float = 3e-3
+    d_mlp: int = 32
+    T_memorise: int = 16  # <= d_mlp: one neuron per point is possible
+    T_generalise: int = 2048
+    steps: int = 2000
+    lr: float = 1e-2
     weight_decay: float = 1e-2
+    l1: float = 0.1  # L1 penalty on hook_post activations (both regimes), see below
     batch_size: int = 512  # used only when T > batch_size
-    temperatures: tuple = (0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+    temperatures: tuple = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
     chains: int = 4
-    draws: int = 150
-    step_size: float = 1e-4
-    localization: float = 10.0
+    draws: int = 200
+    step_size: float = 1e-3  # SGLD ε at t = 1, scaled ∝ t (so ε·nβ/t is fixed), capped at 0.03
+    localization: float = 1.0  # γ
 
 
 def _task(name: str, s: dict, seed: int) -> D.Task:
@@ -124,18 +125,22 @@ def run(
     for regime, T in (("memorising", cfg.T_memorise), ("generalising", cfg.T_generalise)):
         tr, te = task.split(T, seed=seed)
         model = MLP(**task.model_kwargs(), d_mlp=cfg.d_mlp, seed=seed)
-        runs[regime] = train(
-            model,
-            tr,
-            test=te,
-            steps=cfg.steps,
-            lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
-            warmup=cfg.steps // 20,
-            seed=seed,
-            batch_size=cfg.batch_size if T > cfg.batch_size else None,
-            progress=False,
-        )
+        # Plain AdamW memorises with a distributed code (each neuron fires on about half the
+        # points): no neuron-level lookup table. An L1 penalty on the activations, as in sparse
+        # dictionary learning, makes each neuron store one or two points.
+        with sparse_activations(model, cfg.l1):
+            runs[regime] = train(
+                model,
+                tr,
+                test=te,
+                steps=cfg.steps,
+                lr=cfg.lr,
+                weight_decay=cfg.weight_decay,
+                warmup=cfg.steps // 20,
+                seed=seed,
+                batch_size=cfg.batch_size if T > cfg.batch_size else None,
+                progress=False,
+            )
         models[regime], data[regime] = model, tr
         bar.update(1)
     dics = {r: get_probe("dictionary")(train=data[r]).run(models[r], data[r]) for r in models}
@@ -175,13 +180,14 @@ def run(
     # 4. temper the memorising model
     from memlens.temper import temper
 
+    eps = [min(cfg.step_size * t, 0.03) for t in cfg.temperatures]
     tempering = temper(
         models["memorising"],
         data["memorising"],
         temperatures=cfg.temperatures,
         chains=cfg.chains,
         draws=cfg.draws,
-        step_size=cfg.step_size,
+        step_size=eps,
         localization=cfg.localization,
         seed=seed,
         probes=["survival"],

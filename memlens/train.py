@@ -6,6 +6,7 @@ exactly the gradient of its own loss; AdamW is elementwise, so instances never i
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterator
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 from memlens.data import Batch, SparseFeatures, Task, as_batch
 from memlens.hooked import HookedToyModel
 
-__all__ = ["train", "TrainResult", "lr_at", "evaluate"]
+__all__ = ["train", "TrainResult", "lr_at", "evaluate", "sparse_activations"]
 
 CHECK_EVERY = 100  # steps between finiteness checks (one host sync each)
 
@@ -258,3 +259,31 @@ def _check_finite(history: Tensor, start: int, stop: int) -> None:
             f"training loss became NaN/inf at step {step} in instance(s) {insts}; "
             "lower lr or check the data"
         )
+
+
+@contextlib.contextmanager
+def sparse_activations(
+    model: HookedToyModel, coeff: float, hook: str = "hook_post"
+) -> Iterator[None]:
+    """Training aid: add the gradient of an L1 penalty ``coeff · mean_batch Σ_k |a_k|`` on the
+    activations at ``hook`` (through a scoped hook; the reported loss is unchanged).
+
+    Plain AdamW training of an MLP block memorises with a *distributed* code (each neuron fires on
+    about half the points), which is no lookup table; an activation-sparsity penalty, like the
+    L1 of sparse dictionary learning, makes each neuron store one or two points.
+    """
+    if not (isinstance(coeff, (int, float)) and coeff >= 0):
+        raise ValueError(f"coeff must be >= 0, got {coeff!r}")
+    if hook not in model.hook_dict:
+        raise ValueError(
+            f"{type(model).__name__} has no hook {hook!r}; hooks: {list(model.hook_dict)}"
+        )
+
+    def fn(act: Tensor, hook=None):
+        if act.requires_grad:
+            n = act.shape[0]
+            act.register_hook(lambda g: g + coeff * torch.sign(act.detach()) / n)
+        return act
+
+    with model.hooks(fwd_hooks=[(hook, fn)]):
+        yield

@@ -30,9 +30,7 @@ no lookup table rather than invent one.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
 
 import einops
 import torch
@@ -42,6 +40,7 @@ from memlens.data import Batch, as_batch
 from memlens.hooked import HookedToyModel
 from memlens.io import jsonable
 from memlens.probe import Probe, ProbeResult
+from memlens.train import sparse_activations
 
 __all__ = ["DictionaryProbe", "DictionaryResult", "DictEntry", "sparse_activations"]
 
@@ -484,31 +483,3 @@ def _kind(model: HookedToyModel) -> str:
         f"DictionaryProbe reads MLPBlock, Unembed and Bottleneck models (weights W_in/W_out, "
         f"W_U, or W + decoder); {type(model).__name__} has none of these"
     )
-
-
-@contextlib.contextmanager
-def sparse_activations(
-    model: HookedToyModel, coeff: float, hook: str = "hook_post"
-) -> Iterator[None]:
-    """Training aid: add the gradient of an L1 penalty ``coeff · mean_batch Σ_k |a_k|`` on the
-    activations at ``hook`` (through a scoped hook; the reported loss is unchanged).
-
-    Plain AdamW training of an MLP block memorises with a *distributed* code (each neuron fires on
-    about half the points), which is no lookup table; an activation-sparsity penalty, like the
-    L1 of sparse dictionary learning, makes each neuron store one or two points.
-    """
-    if not (isinstance(coeff, (int, float)) and coeff >= 0):
-        raise ValueError(f"coeff must be >= 0, got {coeff!r}")
-    if hook not in model.hook_dict:
-        raise ValueError(
-            f"{type(model).__name__} has no hook {hook!r}; hooks: {list(model.hook_dict)}"
-        )
-
-    def fn(act: Tensor, hook=None):
-        if act.requires_grad:
-            n = act.shape[0]
-            act.register_hook(lambda g: g + coeff * torch.sign(act.detach()) / n)
-        return act
-
-    with model.hooks(fwd_hooks=[(hook, fn)]):
-        yield
