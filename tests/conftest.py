@@ -3,6 +3,9 @@ import pytest
 import torch
 
 matplotlib.use("Agg")
+# The toy models are tiny: one thread avoids OpenMP overhead (and oversubscription when tutorial
+# subprocesses run beside the test process).
+torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

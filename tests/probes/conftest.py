@@ -3,13 +3,9 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 import memlens as ml
 from toy_models import Bottleneck
-
-# tiny models: one thread avoids oversubscribing the 2 shared cores (10x faster here)
-torch.set_num_threads(1)
 
 PENTAGON_INSTANCES = 5
 
