@@ -12,7 +12,7 @@ FIGURES = ["dictionary.png", "max_data_dim.png", "survival.png", "llc.png"]
 
 
 def _quickstart(out, seed=0):
-    env = {**os.environ, "MPLBACKEND": "Agg"}
+    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable,
         "-m",

@@ -9,7 +9,7 @@ TUTORIAL = Path(__file__).resolve().parents[2] / "tutorials" / "06_write_your_ow
 
 
 def test_tutorial_06_runs(tmp_path):
-    env = {**os.environ, "MEMLENS_FAST": "1", "MPLBACKEND": "Agg"}
+    env = {**os.environ, "MEMLENS_FAST": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, str(TUTORIAL)],
         cwd=tmp_path,
