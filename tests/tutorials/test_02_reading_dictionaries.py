@@ -9,7 +9,7 @@ TUTORIAL = Path(__file__).resolve().parents[2] / "tutorials" / "02_reading_dicti
 
 
 def test_tutorial_02_runs(tmp_path):
-    env = {**os.environ, "MEMLENS_FAST": "1", "MPLBACKEND": "Agg"}
+    env = {**os.environ, "MEMLENS_FAST": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, str(TUTORIAL)],
         cwd=tmp_path,

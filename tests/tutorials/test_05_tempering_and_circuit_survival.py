@@ -9,7 +9,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "tutorials" / "05_tempering_and_c
 
 
 def test_tutorial_05_runs(tmp_path):
-    env = {**os.environ, "MEMLENS_FAST": "1", "MPLBACKEND": "Agg"}
+    env = {**os.environ, "MEMLENS_FAST": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, str(SCRIPT)],
         cwd=tmp_path,
