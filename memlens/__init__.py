@@ -1,12 +1,14 @@
 """memlens: hookable toy models and probes for studying how networks memorise and generalise.
 
-import memlens as ml
-from toy_models import Bottleneck
+>>> import memlens as ml
+>>> from toy_models import Bottleneck
+>>> data = ml.data.SparseFeatures(n_features=200, sparsity=0.95, normalize=True)
+>>> train = data.sample(T=8, n_instances=4, seed=0)  # [T, inst, feat]
+>>> model = Bottleneck(n_features=200, d_hidden=2, n_instances=4)
+>>> run = ml.train(model, train, steps=2_000, lr=1e-2, weight_decay=1e-2, warmup=100)
 
-data  = ml.data.SparseFeatures(n_features=1000, sparsity=0.99, normalize=True)
-train = data.sample(T=100, n_instances=4, seed=0)          # [T, inst, feat]
-model = Bottleneck(n_features=1000, d_hidden=2, n_instances=4)
-run   = ml.train(model, train, steps=2_000, lr=1e-3, weight_decay=1e-2, warmup=200)
+The core never imports the plugin packages (``toy_models``, ``probes``): it finds them through
+the registry (:mod:`memlens.registry`), as it finds a third party's.
 """
 
 from memlens import data, io

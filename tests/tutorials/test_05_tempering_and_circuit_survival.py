@@ -1,25 +1,9 @@
 """Run tutorial 05 in fast mode in a subprocess and check its key outputs."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[2] / "tutorials" / "05_tempering_and_circuit_survival.py"
-
-
-def test_tutorial_05_runs(tmp_path):
-    env = {**os.environ, "MEMLENS_FAST": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+def test_tutorial_05_runs(run_tutorial, tmp_path):
+    stdout = run_tutorial("05_tempering_and_circuit_survival.py")
+    out = stdout
     assert "recommended" in out or "no healthy setting" in out
     assert "median characteristic temperature feature" in out
     assert "of datum circuits die below the median feature" in out
