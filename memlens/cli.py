@@ -98,6 +98,25 @@ def _axis(text: str):
     return k.strip(), vals
 
 
+def _optimizer_args(p: argparse.ArgumentParser, steps_help: str) -> None:
+    """--steps, --lr, --weight-decay: each overrides the preset's value when given."""
+    p.add_argument(
+        "--steps", type=_positive(int), default=None, help=f"{steps_help} (default: the preset's)"
+    )
+    p.add_argument(
+        "--lr",
+        type=_positive(float),
+        default=None,
+        help="peak learning rate (default: the preset's)",
+    )
+    p.add_argument(
+        "--weight-decay",
+        type=float,
+        default=None,
+        help="AdamW weight decay (default: the preset's)",
+    )
+
+
 def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
@@ -137,24 +156,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
         metavar="AXIS=V1,V2",
         help="extra grid axis, e.g. --set d_hidden=2,3 or --set sparsity=0.9,0.99",
     )
-    p.add_argument(
-        "--steps",
-        type=_positive(int),
-        default=None,
-        help="optimizer steps per group (default: the preset's)",
-    )
-    p.add_argument(
-        "--lr",
-        type=_positive(float),
-        default=None,
-        help="peak learning rate (default: the preset's)",
-    )
-    p.add_argument(
-        "--weight-decay",
-        type=float,
-        default=None,
-        help="AdamW weight decay (default: the preset's)",
-    )
+    _optimizer_args(p, "optimizer steps per group")
     p.add_argument(
         "--probes",
         default="dimensionality,dictionary",
@@ -253,21 +255,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a task/model setting, e.g. --set d_hidden=3",
     )
-    p.add_argument(
-        "--steps", type=_positive(int), default=None, help="optimizer steps (default: the preset's)"
-    )
-    p.add_argument(
-        "--lr",
-        type=_positive(float),
-        default=None,
-        help="peak learning rate (default: the preset's)",
-    )
-    p.add_argument(
-        "--weight-decay",
-        type=float,
-        default=None,
-        help="AdamW weight decay (default: the preset's)",
-    )
+    _optimizer_args(p, "optimizer steps")
     p.add_argument("--out", required=True, help="checkpoint file to write (.pt)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 

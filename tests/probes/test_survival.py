@@ -25,21 +25,7 @@ def test_every_circuit_survives_cold_and_none_survives_hot(trained):
     model, train = trained
     # nβ/t = 1e6 (cold: the posterior is a point) and 1e-3 (hot: only the localisation, γ = 1,
     # holds the weights, so they are w* + O(1) noise); steps sized to each temperature
-    res = memlens.temper(
-        model,
-        train,
-        temperatures=[1e-4, 1e5],
-        nbeta=100.0,
-        chains=2,
-        draws=80,
-        burnin=30,
-        step_size=[1e-8, 0.05],
-        localization=1.0,
-        seed=0,
-        probes=["survival"],
-        progress=False,
-    )
-    s = res.probe("survival")
+    s = _extremes(model, train)
     n_circ = 8 + 16
     assert s.survival.shape == (2, 2, n_circ) and s.names[0] == "feature:0"
     cold, hot = s.survival[0][s.active], s.survival[1][s.active]
