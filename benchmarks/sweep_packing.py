@@ -19,7 +19,7 @@ import time
 
 import memlens
 import memlens.sweep  # noqa: F401
-from memlens.train import train
+from memlens.training import train
 
 S = sys.modules["memlens.sweep"]
 GRID = {"T": [3, 5, 8, 13, 21, 34], "seed": [0, 1, 2, 3]}

@@ -12,10 +12,13 @@ the registry (:mod:`memlens.registry`), as it finds a third party's.
 """
 
 from memlens import data, io
+from memlens.bundle import ModelBundle
 from memlens.data import Batch, SparseFeatures
-from memlens.hooked import Circuits, HookedToyModel, ToyConfig, load
+from memlens.hooked import Circuits, HookedToyModel, ToyConfig, load, load_with_recipes
 from memlens.probe import Probe, ProbeResult, probing
 from memlens.registry import (
+    bundle_of,
+    get_bundle,
     get_model,
     get_probe,
     list_models,
@@ -23,9 +26,9 @@ from memlens.registry import (
     register_model,
     register_probe,
 )
-from memlens.sweep import sweep  # the function; the module is sys.modules['memlens.sweep']
+from memlens.sweep import sweep
 from memlens.temper import Tempering, calibrate, estimate_llc, temper
-from memlens.train import TrainResult, evaluate, sparse_activations, train
+from memlens.training import TrainResult, evaluate, sparse_activations, train
 
 __version__ = "0.1.0"
 
@@ -36,6 +39,10 @@ __all__ = [
     "Tempering",
     "Batch",
     "Circuits",
+    "ModelBundle",
+    "bundle_of",
+    "get_bundle",
+    "load_with_recipes",
     "HookedToyModel",
     "Probe",
     "ProbeResult",

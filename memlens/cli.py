@@ -264,8 +264,8 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     _train_args
 )
 def _train(ns: argparse.Namespace) -> int:
-    from memlens.sweep import _normalise, build_cell_model, cell_data, preset, save_cells
-    from memlens.train import train
+    from memlens.sweep import build_cell_model, cell_data, normalise, preset, save_cells
+    from memlens.training import train
 
     p = preset(ns.model, ns.preset)
     task = {**p["task"], **{k: (v[0] if len(v) == 1 else v) for k, v in ns.set}}
@@ -277,7 +277,7 @@ def _train(ns: argparse.Namespace) -> int:
             if v is not None
         },
     }
-    _, t, tr = _normalise(ns.model, {"T": [ns.T], "seed": [ns.seed]}, task, tr)
+    _, t, tr = normalise(ns.model, {"T": [ns.T], "seed": [ns.seed]}, task, tr)
     spec = {**t, "T": ns.T, "seed": ns.seed}
     model = build_cell_model(ns.model, spec)
     train_set, test_set = cell_data(ns.model, spec)

@@ -1,4 +1,4 @@
-"""Sparse-feature data, finite training sets of T points, and the three tasks.
+"""Sparse-feature data, finite training sets of T points, and the task (data recipe) base classes.
 
 Conventions
 -----------
@@ -22,15 +22,14 @@ __all__ = [
     "Batch",
     "SparseFeatures",
     "Task",
-    "BottleneckTask",
-    "MLPTask",
-    "UnembedTask",
+    "EmbeddedTask",
     "instance_generators",
+    "mix_seed",
     "as_batch",
 ]
 
 
-def _mix(*ints: int) -> int:
+def mix_seed(*ints: int) -> int:
     """A 63-bit seed from a tuple of ints (numpy's SeedSequence, so nearby seeds are unrelated)."""
     return int(
         np.random.SeedSequence([int(i) & 0xFFFFFFFF for i in ints]).generate_state(
@@ -42,7 +41,7 @@ def _mix(*ints: int) -> int:
 
 def instance_generators(seed: int, n_instances: int, *salt: int) -> list[torch.Generator]:
     """One independent CPU generator per instance, derived from ``(seed, *salt, instance)``."""
-    return [torch.Generator().manual_seed(_mix(seed, *salt, i)) for i in range(n_instances)]
+    return [torch.Generator().manual_seed(mix_seed(seed, *salt, i)) for i in range(n_instances)]
 
 
 @dataclass
@@ -151,7 +150,7 @@ class SparseFeatures:
         sparsity: float | Sequence[float] | None = None,
         *,
         feature_probability: float | Sequence[float] | None = None,
-        importance: Sequence[float] | Tensor | None = None,
+        importance: Sequence[float] | Sequence[Sequence[float]] | Tensor | None = None,
         normalize: bool = False,
     ):
         if not isinstance(n_features, (int, np.integer)) or n_features <= 0:
@@ -199,7 +198,8 @@ class SparseFeatures:
             return self.importance.shape[0]
         return None
 
-    def _check_instances(self, n_instances: int | None) -> int:
+    def check_instances(self, n_instances: int | None) -> int:
+        """The instance count to use: ``n_instances``, checked against per-instance settings."""
         fixed = self.per_instance_n
         if n_instances is None:
             return fixed or 1
@@ -214,7 +214,7 @@ class SparseFeatures:
 
     def importance_tensor(self, n_instances: int) -> Tensor:
         """``[inst, feat]`` importance (ones when none was given)."""
-        n_instances = self._check_instances(n_instances)
+        n_instances = self.check_instances(n_instances)
         if self.importance is None:
             return torch.ones(n_instances, self.n_features)
         return self.importance.expand(n_instances, self.n_features).clone()
@@ -236,7 +236,7 @@ class SparseFeatures:
         """A finite training set of ``T`` points per instance, ``[T, inst, feat]``."""
         if not isinstance(T, (int, np.integer)) or T <= 0:
             raise ValueError(f"T (the number of points) must be a positive int, got {T!r}")
-        n = self._check_instances(n_instances)
+        n = self.check_instances(n_instances)
         sparsity = self.sparsity.expand(n)
         return self._draw(int(T), instance_generators(seed, n, 1), sparsity)
 
@@ -246,7 +246,7 @@ class SparseFeatures:
         """An infinite stream of fresh batches ``[batch_size, inst, feat]`` (infinite data)."""
         if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        n = self._check_instances(n_instances)
+        n = self.check_instances(n_instances)
         gens = instance_generators(seed, n, 2)
         sparsity = self.sparsity.expand(n)
         while True:
@@ -254,155 +254,70 @@ class SparseFeatures:
 
 
 class Task:
-    """A data source for one kind of toy model: training sets of T points and fresh test sets.
+    """A data recipe: training sets of T points and fresh test sets, ``[batch, inst, ...]``.
 
-    Subclasses implement ``_make(f, gen_seed)`` turning features ``[T, inst, feat]`` into a Batch,
-    and ``model_kwargs()`` giving the dimensions a matching model needs.
+    Subclasses (each model plugin ships its own, e.g. ``toy_models.MLPTask``) implement
+    ``make_batch(features, seed)``, turning sparse features ``[T, inst, feat]`` into a
+    :class:`Batch`, and ``model_kwargs()``, the dimensions a matching model needs.
     """
-
-    model_name: str = ""
 
     def __init__(self, features: SparseFeatures, n_instances: int | None = None):
         if not isinstance(features, SparseFeatures):
             raise TypeError(f"features must be a SparseFeatures, got {type(features).__name__}")
         self.features = features
-        self.n_instances = features._check_instances(n_instances)
+        self.n_instances = features.check_instances(n_instances)
 
-    def _make(self, f: Tensor, seed: int) -> Batch:
+    def make_batch(self, f: Float[Tensor, "T inst feat"], seed: int) -> Batch:
+        """The points (inputs, targets) for sparse features ``f``; ``seed`` seeds any labels."""
         raise NotImplementedError
 
     def model_kwargs(self) -> dict:
+        """Constructor arguments a matching model needs (its input and output sizes)."""
         raise NotImplementedError
 
     def sample(self, T: int, seed: int = 0) -> Batch:
         """``T`` points per instance."""
-        return self._make(self.features.sample(T, self.n_instances, seed), seed)
+        return self.make_batch(self.features.sample(T, self.n_instances, seed), seed)
 
     def split(self, T: int, seed: int = 0, n_test: int = 2048) -> tuple[Batch, Batch]:
         """A training set of ``T`` points and a fresh test set of ``n_test`` points."""
+        if isinstance(n_test, bool) or not isinstance(n_test, (int, np.integer)) or n_test <= 0:
+            raise ValueError(f"n_test (test-set size) must be a positive int, got {n_test!r}")
         train = self.sample(T, seed)
-        test = self._make(
-            self.features.sample(n_test, self.n_instances, _mix(seed, 77)), _mix(seed, 78)
+        test = self.make_batch(
+            self.features.sample(n_test, self.n_instances, mix_seed(seed, 77)), mix_seed(seed, 78)
         )
         return train, test
 
     def batches(self, batch_size: int, seed: int = 0) -> Iterator[Batch]:
         """An infinite stream of fresh batches."""
         for k, f in enumerate(self.features.batches(batch_size, seed, self.n_instances)):
-            yield self._make(f, _mix(seed, 3, k))
+            yield self.make_batch(f, mix_seed(seed, 3, k))
 
 
-class BottleneckTask(Task):
-    """Autoencode the sparse features themselves (the TMS / memorisation setting)."""
-
-    model_name = "bottleneck"
-
-    def _make(self, f: Tensor, seed: int) -> Batch:
-        return Batch(inputs=f, targets=None, features=f)
-
-    def model_kwargs(self) -> dict:
-        kw = {"n_features": self.features.n_features, "n_instances": self.n_instances}
-        if self.features.importance is not None:
-            kw["importance"] = self.features.importance_tensor(self.n_instances).tolist()
-        return kw
-
-
-class _EmbeddedTask(Task):
-    """Features seen through a fixed random embedding E (d_model x n_features), one per instance."""
+class EmbeddedTask(Task):
+    """Base of tasks whose input is the features seen through a fixed random embedding,
+    ``r = E f`` with ``E`` of shape ``[inst, d_model, feat]`` (one per instance, unit columns),
+    so that with ``n_features > d_model`` the features sit in superposition."""
 
     def __init__(
         self, features: SparseFeatures, d_model: int, n_instances: int | None = None, seed: int = 0
     ):
         super().__init__(features, n_instances)
-        if not isinstance(d_model, (int, np.integer)) or d_model <= 0:
+        if isinstance(d_model, bool) or not isinstance(d_model, (int, np.integer)) or d_model <= 0:
             raise ValueError(f"d_model must be a positive int, got {d_model!r}")
         if features.n_features <= d_model:
             raise ValueError(
                 f"the embedding needs n_features > d_model so features sit in superposition; got "
                 f"n_features={features.n_features}, d_model={d_model}"
             )
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ValueError(f"seed (the embedding seed) must be an int, got {seed!r}")
         self.d_model = int(d_model)
         self.embed_seed = int(seed)
         gens = instance_generators(seed, self.n_instances, 5)
         E = torch.stack([torch.randn(d_model, features.n_features, generator=g) for g in gens])
         self.E: Float[Tensor, "inst d_model feat"] = E / E.norm(dim=1, keepdim=True)
 
-    def embed(self, f: Tensor) -> Tensor:
-        return torch.einsum("imf,bif->bim", self.E, f)
-
-
-class MLPTask(_EmbeddedTask):
-    """Residual input r = E f into an MLP block whose target is the features f themselves."""
-
-    model_name = "mlp"
-
-    def _make(self, f: Tensor, seed: int) -> Batch:
-        return Batch(inputs=self.embed(f), targets=f, features=f)
-
-    def model_kwargs(self) -> dict:
-        return {
-            "d_model": self.d_model,
-            "d_out": self.features.n_features,
-            "n_instances": self.n_instances,
-        }
-
-
-class UnembedTask(_EmbeddedTask):
-    """Residual input r = E f into an unembedding; the target is a token.
-
-    ``labels="rule"``: the index of the largest active feature (token ``n_features`` when no
-    feature is active), a rule a model can generalise. ``labels="random"``: uniform random tokens,
-    which can only be memorised. The vocabulary has ``n_features + 1`` tokens.
-    """
-
-    model_name = "unembed"
-
-    def __init__(
-        self,
-        features: SparseFeatures,
-        d_model: int,
-        n_instances: int | None = None,
-        seed: int = 0,
-        labels: str = "rule",
-    ):
-        super().__init__(features, d_model, n_instances, seed)
-        if labels not in ("rule", "random"):
-            raise ValueError(f"labels must be 'rule' or 'random', got {labels!r}")
-        self.labels = labels
-
-    @property
-    def d_vocab(self) -> int:
-        return self.features.n_features + 1
-
-    def rule(self, f: Tensor) -> Tensor:
-        top = f.argmax(dim=-1)
-        return torch.where(f.amax(dim=-1) > 0, top, torch.full_like(top, self.features.n_features))
-
-    def _make(self, f: Tensor, seed: int) -> Batch:
-        if self.labels == "rule":
-            y = self.rule(f)
-        else:
-            gens = instance_generators(seed, self.n_instances, 9)
-            y = torch.stack(
-                [torch.randint(self.d_vocab, (f.shape[0],), generator=g) for g in gens], dim=1
-            )
-        return Batch(inputs=self.embed(f), targets=y, features=f)
-
-    def model_kwargs(self) -> dict:
-        return {"d_model": self.d_model, "d_vocab": self.d_vocab, "n_instances": self.n_instances}
-
-
-def describe(task: Task) -> dict:
-    """A JSON-safe description of a task (stored beside sweep results)."""
-    d = {
-        "task": type(task).__name__,
-        "n_features": task.features.n_features,
-        "sparsity": task.features.sparsity.tolist(),
-        "normalize": task.features.normalize,
-        "n_instances": task.n_instances,
-    }
-    if isinstance(task, _EmbeddedTask):
-        d.update(d_model=task.d_model, embed_seed=task.embed_seed)
-    if isinstance(task, UnembedTask):
-        d["labels"] = task.labels
-    return d
+    def embed(self, f: Float[Tensor, "batch inst feat"]) -> Float[Tensor, "batch inst d_model"]:
+        return torch.einsum("imf,bif->bim", self.E.to(f.device), f)

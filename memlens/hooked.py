@@ -8,6 +8,7 @@ trains a whole sweep, and SGLD chains and temperatures become instances of an ex
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import json
 import os
@@ -26,7 +27,38 @@ from memlens.registry import MODELS
 
 LOSS_CHUNK_ELEMENTS = 2**20
 
-__all__ = ["HookedToyModel", "ToyConfig", "Circuits", "load", "check_positive_int"]
+#: (mask [rows, inst] or None, points per instance [inst]) of the batch whose loss is being
+#: evaluated; set by ``HookedToyModel.loss`` around each row chunk (see :func:`loss_rows`)
+_LOSS_ROWS: contextvars.ContextVar[tuple[Tensor | None, Tensor] | None] = contextvars.ContextVar(
+    "memlens_loss_rows", default=None
+)
+
+
+def loss_rows() -> tuple[Tensor | None, Tensor] | None:
+    """Inside :meth:`HookedToyModel.loss`: ``(mask, n_points)`` of the rows a hook sees (the mask
+    ``[rows, inst]`` is None without padding) and the number of real points per instance of the
+    whole batch; None outside a loss evaluation."""
+    return _LOSS_ROWS.get()
+
+
+def _rows(batch: Batch, a: int, b: int) -> Batch:
+    return Batch(
+        batch.inputs[a:b],
+        None if batch.targets is None else batch.targets[a:b],
+        None,
+        None,
+    )
+
+
+__all__ = [
+    "HookedToyModel",
+    "ToyConfig",
+    "Circuits",
+    "load",
+    "load_with_recipes",
+    "loss_rows",
+    "check_positive_int",
+]
 
 
 def check_positive_int(name: str, value: Any) -> None:
@@ -102,6 +134,8 @@ class HookedToyModel(HookedRootModule):
     input_dims: ClassVar[tuple[str, ...]] = ("batch", "inst", "feat")
     #: circuit families this model declares (design.md §4)
     circuit_families: ClassVar[tuple[str, ...]] = ()
+    #: the hook holding the learned representation (dimensionality reads it by default)
+    representation_hook: ClassVar[str] = "hook_out"
 
     def __init__(self, cfg: ToyConfig):
         super().__init__()
@@ -180,37 +214,41 @@ class HookedToyModel(HookedRootModule):
         numbers, but every intermediate stays small and cache-resident instead of allocating
         (and page-faulting) a fresh [batch, inst, width] tensor per operation. Hooks therefore
         see one chunk per call; use ``forward`` / ``run_with_cache`` to see whole batches.
+        While a chunk runs, :func:`loss_rows` tells hooks which rows of the whole batch they see
+        (so a penalty on activations can be scaled by the whole batch, not the chunk).
         """
         batch = as_batch(batch)
         rows = max(1, LOSS_CHUNK_ELEMENTS // (self.n_instances * self.width))
-        if len(batch) <= rows:
-            per = self.per_example_loss(batch)
-        else:
-            per = torch.cat(
-                [
-                    self.per_example_loss(
-                        Batch(
-                            batch.inputs[a : a + rows],
-                            None if batch.targets is None else batch.targets[a : a + rows],
-                        )
-                    )
-                    for a in range(0, len(batch), rows)
-                ]
-            )
         mask = batch.mask()
+        n_points = batch.n_points().to(batch.inputs.device, batch.inputs.dtype)
+        parts = []
+        for a in range(0, len(batch), rows):
+            chunk = batch if len(batch) <= rows else _rows(batch, a, a + rows)
+            token = _LOSS_ROWS.set((None if mask is None else mask[a : a + rows], n_points))
+            try:
+                parts.append(self.per_example_loss(chunk))
+            finally:
+                _LOSS_ROWS.reset(token)
+        per = parts[0] if len(parts) == 1 else torch.cat(parts)
         if mask is None:
             return per.mean(0)
         return torch.where(mask > 0, per, 0.0).sum(0) / mask.sum(0).clamp_min(1)
 
-    # ---------------------------------------------------------------- circuits
+    # ---------------------------------------------------------------- geometry and circuits
+    def feature_directions(self) -> Float[Tensor, "inst m feat"] | None:
+        """Each feature's direction in the representation (columns), if the model has them (the
+        bottleneck's ``W``); None otherwise. Feature dimensionality reads these."""
+        return None
+
     def circuits(self, train: Tensor | Batch) -> Circuits:
         """The model's circuits (design.md §4), with keys fixed at the current weights."""
         raise NotImplementedError(f"{type(self).__name__} declares no circuits")
 
     # ---------------------------------------------------------------- instances
-    def _with_instances(self, n: int, state: dict[str, Tensor]) -> HookedToyModel:
+    def with_instances(self, n: int, state: dict[str, Tensor]) -> HookedToyModel:
+        """A new model of this kind with ``n`` instances holding the weights ``state``."""
         cfg = dataclasses.replace(self.cfg, n_instances=n)
-        new = type(self)._from_config(cfg)
+        new = type(self).from_config(cfg)
         new.load_state_dict(state)
         return new.to(self.device)
 
@@ -222,7 +260,7 @@ class HookedToyModel(HookedRootModule):
             k: v.detach().repeat(copies, *([1] * (v.ndim - 1)))
             for k, v in self.state_dict().items()
         }
-        return self._with_instances(copies * self.n_instances, state)
+        return self.with_instances(copies * self.n_instances, state)
 
     def select_instances(self, idx: Sequence[int]) -> HookedToyModel:
         """A new model holding only the listed instances."""
@@ -232,30 +270,43 @@ class HookedToyModel(HookedRootModule):
                 f"instance indices must be in [0, {self.n_instances}), got {list(idx)}"
             )
         state = {k: v.detach()[idx_t.to(v.device)].clone() for k, v in self.state_dict().items()}
-        return self._with_instances(len(idx_t), state)
+        return self.with_instances(len(idx_t), state)
 
     @classmethod
-    def _from_config(cls, cfg: ToyConfig) -> HookedToyModel:
-        """Build from a config. Subclasses whose ``__init__`` takes keyword args override this."""
-        return cls(**dataclasses.asdict(cfg))
+    def from_config(cls, cfg: ToyConfig) -> HookedToyModel:
+        """Build from a config: ``__init__`` takes the config's fields as keyword arguments."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
 
     # ---------------------------------------------------------------- save / load
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the config (JSON) and the weights to ``path`` atomically."""
+    def registered_name(self) -> str:
+        """The name this model's class is registered under; raises if it is not registered."""
         name = MODELS.name_of(self)
         if name is None:
             raise ValueError(
                 f"{type(self).__name__} is not registered; register it with "
                 "@memlens.register_model(name) so memlens.load can find it"
             )
-        io.save_checkpoint(
-            path,
-            {
-                "model": name,
-                "config": json.dumps(self.cfg.to_dict(), sort_keys=True),
-                "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-            },
-        )
+        return name
+
+    def save(self, path: str | os.PathLike, recipes: Sequence[dict] | None = None) -> None:
+        """Write the config (JSON), the weights and, if given, the data recipe of each instance
+        (a spec per instance, see :class:`memlens.ModelBundle`) to ``path`` atomically. A
+        checkpoint with recipes can be probed and tempered from the CLI."""
+        name = self.registered_name()
+        payload = {
+            "model": name,
+            "config": json.dumps(self.cfg.to_dict(), sort_keys=True),
+            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+        }
+        if recipes is not None:
+            recipes = [dict(r) for r in recipes]
+            if len(recipes) != self.n_instances:
+                raise ValueError(
+                    f"recipes: {len(recipes)} data recipes for a model with "
+                    f"n_instances={self.n_instances}; give one per instance"
+                )
+            payload["recipes"] = json.dumps(io.jsonable(recipes), sort_keys=True)
+        io.save_checkpoint(path, payload)
 
     def extra_repr(self) -> str:
         return ", ".join(
@@ -263,20 +314,45 @@ class HookedToyModel(HookedRootModule):
         )
 
 
-def load(path: str | os.PathLike, device: str | torch.device | None = None) -> HookedToyModel:
-    """Load a model written by :meth:`HookedToyModel.save`; its class is found by registry name."""
-    payload = io.load_checkpoint(path)
+def _model_from_payload(path, payload: dict) -> HookedToyModel:
     name = payload.get("model")
     if not isinstance(name, str):
         raise ValueError(f"{path}: checkpoint has no model name")
-    cls = MODELS.get(name)  # ValueError listing the known models
+    cls = MODELS.get(name).model  # ValueError listing the known models
     try:
         cfg = cls.Config.from_dict(json.loads(payload["config"]))
     except (KeyError, TypeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: unreadable config for model {name!r}: {exc}") from exc
-    model = cls._from_config(cfg)
+    model = cls.from_config(cfg)
+    state = payload.get("state_dict")
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: checkpoint has no weights (state_dict)")
+    bad = [
+        k for k, v in state.items() if isinstance(v, Tensor) and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise ValueError(f"{path}: weights {bad} hold NaN or inf; refusing to load a broken model")
     try:
-        model.load_state_dict(payload["state_dict"])
+        model.load_state_dict(state)
     except (KeyError, RuntimeError) as exc:
         raise ValueError(f"{path}: weights do not fit model {name!r}: {exc}") from exc
+    return model
+
+
+def load(path: str | os.PathLike, device: str | torch.device | None = None) -> HookedToyModel:
+    """Load a model written by :meth:`HookedToyModel.save`; its class is found by registry name."""
+    model = _model_from_payload(path, io.load_checkpoint(path))
     return model.to(device) if device is not None else model
+
+
+def load_with_recipes(
+    path: str | os.PathLike, device: str | torch.device | None = None
+) -> tuple[HookedToyModel, list[dict]]:
+    """``(model, recipes)``: the model and each instance's data recipe (a spec; rebuild the data
+    with ``memlens.bundle_of(model).data(spec)``). ``recipes`` is empty when none was saved.
+    Reads the ``cells`` of checkpoints written by memlens 0.1 sweeps and ``memlens train`` too."""
+    payload = io.load_checkpoint(path)
+    model = _model_from_payload(path, payload)
+    raw = payload.get("recipes", payload.get("cells"))
+    recipes = json.loads(raw) if isinstance(raw, str) else []
+    return (model.to(device) if device is not None else model), recipes

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -21,6 +22,8 @@ __all__ = [
     "append_jsonl",
     "read_jsonl",
     "jsonable",
+    "number",
+    "dumps",
     "save_checkpoint",
     "load_checkpoint",
 ]
@@ -52,30 +55,48 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def jsonable(obj: Any) -> Any:
-    """Convert tensors, numpy values, dataclasses and tuples into JSON-safe Python values."""
+    """Convert tensors, numpy values, dataclasses and tuples into strict-JSON Python values.
+
+    Non-finite floats have no JSON token: NaN becomes ``None`` (null) and ±inf the strings
+    ``"inf"`` / ``"-inf"``; :func:`number` reads any of them back as a float.
+    """
     import numpy as np
 
     if isinstance(obj, torch.Tensor):
-        return obj.detach().cpu().tolist()
+        return jsonable(obj.detach().cpu().tolist())
     if isinstance(obj, np.ndarray):
-        return obj.tolist()
+        return jsonable(obj.tolist())
     if isinstance(obj, np.generic):
-        return obj.item()
+        return jsonable(obj.item())
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         return {f.name: jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [jsonable(v) for v in obj]
-    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
-        return None if obj != obj else (1e308 if obj > 0 else -1e308)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if obj != obj else ("inf" if obj > 0 else "-inf")
     if isinstance(obj, Path):
         return str(obj)
     return obj
 
 
+def number(v: Any) -> float:
+    """A float from a value written by :func:`jsonable`: ``None`` is NaN, ``"inf"`` is inf."""
+    if v is None:
+        return math.nan
+    if isinstance(v, str) and v in ("inf", "-inf"):
+        return float(v)
+    return float(v)
+
+
+def dumps(obj: Any, **kw: Any) -> str:
+    """Strict JSON (no NaN/Infinity tokens) of ``jsonable(obj)``."""
+    return json.dumps(jsonable(obj), allow_nan=False, **kw)
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(jsonable(obj), indent=2, sort_keys=True) + "\n")
+    atomic_write_text(path, dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -88,7 +109,7 @@ def append_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
     so a reader never sees half a line, and a crash leaves the previous table intact."""
     path = Path(path)
     old = path.read_text() if path.exists() else ""
-    new = "".join(json.dumps(jsonable(r), sort_keys=True) + "\n" for r in rows)
+    new = "".join(dumps(r, sort_keys=True) + "\n" for r in rows)
     atomic_write_text(path, old + new)
 
 

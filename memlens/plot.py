@@ -7,12 +7,14 @@ draws medians over seeds with the min-max range shaded, and returns the matplotl
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
+
+from memlens.io import number
 
 __all__ = [
     "by_T",
@@ -25,18 +27,28 @@ __all__ = [
     "report",
 ]
 
-SETTING_TITLES = {
-    "bottleneck": "bottleneck (TMS autoencoder)",
-    "mlp": "MLP block",
-    "unembed": "final layer (unembedding)",
-}
+
+def _bundle(config: Mapping | None):
+    """The registered bundle of a sweep's model, or None (unknown or unregistered model)."""
+    name = (config or {}).get("model")
+    if not name:
+        return None
+    from memlens.registry import MODELS
+
+    try:
+        return MODELS.get(name)
+    except ValueError:
+        return None
 
 
-LOSS_UNITS = {
-    "bottleneck": "loss per point (squared error summed over features)",
-    "mlp": "loss per point (squared error summed over outputs)",
-    "unembed": "loss per point (cross-entropy, nats)",
-}
+def _title(config: Mapping | None) -> str:
+    b = _bundle(config)
+    return b.display_title if b is not None else (config or {}).get("model", "")
+
+
+def _loss_units(config: Mapping | None) -> str:
+    b = _bundle(config)
+    return b.loss_units if b is not None else "loss per point"
 
 
 def _plt():
@@ -65,7 +77,8 @@ def by_T(
             head, tail = key.split(".", 1)
             sub = r.get(head)
             v = sub.get(tail) if isinstance(sub, Mapping) else None
-        if v is None or not np.isfinite(v):
+        v = number(v) if isinstance(v, (int, float, str)) or v is None else math.nan
+        if not np.isfinite(v):
             continue
         vals.setdefault(int(r["T"]), []).append(float(v))
     Ts = np.array(sorted(vals), dtype=float)
@@ -137,12 +150,10 @@ def double_descent(rows: Sequence[Mapping], config: Mapping | None = None, ax=No
         xscale="log",
         yscale="log",
         xlabel="T (training-set size, points)",
-        ylabel=LOSS_UNITS.get((config or {}).get("model"), "loss per point"),
+        ylabel=_loss_units(config),
     )
-    model = (config or {}).get("model", "")
     ax.set_title(
-        f"Double descent: {SETTING_TITLES.get(model, model)}\n"
-        f"median over {_n_seeds(rows)} seeds, band = min-max",
+        f"Double descent: {_title(config)}\nmedian over {_n_seeds(rows)} seeds, band = min-max",
         fontsize=10,
     )
     if ax.get_legend_handles_labels()[0]:
@@ -259,10 +270,26 @@ def dictionary(rows: Sequence[Mapping], config: Mapping | None = None, ax=None):
 
 
 def _hidden_geometry(model, train) -> tuple[np.ndarray, np.ndarray]:
-    """``(W [m, n], h [T, m])`` of a one-instance bottleneck."""
-    W = model.W.detach()[0]
-    h = torch.einsum("mn,tn->tm", W, train.inputs[:, 0]).numpy()
-    return W.numpy(), h
+    """``(W [m, n], h [T, m])`` of a one-instance model: its feature directions and the training
+    points' vectors at its representation hook."""
+    W = model.feature_directions()[0]
+    _, cache = model.run_with_cache(train.inputs, names_filter=model.representation_hook)
+    h = cache[model.representation_hook][:, 0].detach()
+    return W.numpy(), h.numpy()
+
+
+def _has_geometry(out, config: Mapping) -> bool:
+    """Whether a sweep's models have 2-d representations with feature directions."""
+    from memlens.sweep import build_cell_model
+
+    b = _bundle(config)
+    if b is None or b.make_task is None:
+        return False
+    spec = {**config["task"], "T": 1, "seed": 0}
+    spec = {k: v for k, v in spec.items() if k in b.spec_keys() or k in ("T", "seed")}
+    model = build_cell_model(config["model"], spec)
+    W = model.feature_directions()
+    return W is not None and W.shape[1] == 2
 
 
 def geometry(
@@ -271,14 +298,18 @@ def geometry(
     Ts: Sequence[int] | None = None,
     seed: int | None = None,
 ):
-    """For an m=2 bottleneck: hidden vectors of training points (top) and feature directions
+    """For models with 2-d representations and feature directions (an m=2 bottleneck): the
+    vectors of training points (top) and feature directions
     W_i (bottom) at a small and a large T (on either side of the test-loss peak)."""
     from memlens.sweep import load_cell, read_results
 
     plt = _plt()
     config, _ = read_results(out)
-    if config["model"] != "bottleneck" or config["task"].get("d_hidden") != 2:
-        raise ValueError("geometry plots need a bottleneck sweep with d_hidden=2")
+    if not _has_geometry(out, config):
+        raise ValueError(
+            "geometry plots need a sweep whose models have feature directions in 2 dimensions "
+            "(e.g. a bottleneck with d_hidden=2)"
+        )
     allT = sorted({int(r["T"]) for r in rows})
     if Ts is None:
         Ts = [allT[0], allT[-1]]
@@ -360,7 +391,7 @@ def report(out: str | os.PathLike, figures: str | os.PathLike | None = None) -> 
         plt.close(fig)
         written.append(dest / f"{name}.png")
     pk = find_peak(rows)
-    if config["model"] == "bottleneck" and config["task"].get("d_hidden") == 2:
+    if "d_hidden" not in config.get("grid", {}) and _has_geometry(out, config):
         allT = sorted({int(r["T"]) for r in rows})
         Ts = [allT[0]]
         if pk.get("interior"):

@@ -1,21 +1,30 @@
 """Probes: plugins that attach to a model's hook points (or read its weights) and return results.
 
-A probe declares the hooks it reads, as names (``hooks = ("hook_hidden",)``) or as a names filter
-(``names_filter = lambda name: name.endswith("post")``). Inside :func:`probing` it receives the
-activations of every forward pass through TransformerLens forward hooks; ``result()`` turns what
-it saw into a :class:`ProbeResult`. A probe that needs only the weights implements ``read(model)``.
+A probe names the hooks it reads, as ``hooks = ("hook_hidden",)`` or as a TransformerLens-style
+``names_filter`` (a name, a list of names, or a predicate ``lambda name: name.endswith("post")``).
+Inside :func:`probing` it receives the activations of every forward pass through TransformerLens
+forward hooks, in the hook layout ``[batch, inst, ...]``; ``result()`` turns what it saw into a
+:class:`ProbeResult`. A probe that needs only the weights implements ``read(model)``.
 
     with memlens.probing(model, "dimensionality") as (dim,):
         model(train)
     dim.result().max_data_dim
+
+A probe named by string takes arguments as a ``(name, {kwargs})`` pair:
+
+    with memlens.probing(mlp, ("dimensionality", {"hook": "hook_pre"}), train=train) as (dim,):
+        mlp(train.inputs)
+
+Probes that stream over tempered draws derive from :class:`StreamingProbe`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+import inspect
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar, Union
 
 from torch import Tensor
 
@@ -24,7 +33,10 @@ from memlens.hooked import HookedToyModel
 from memlens.io import jsonable
 from memlens.registry import PROBES
 
-__all__ = ["Probe", "ProbeResult", "probing", "resolve_probe"]
+__all__ = ["Probe", "ProbeResult", "ProbeSpec", "probing", "resolve_probe"]
+
+#: how a probe may be named: a registered name, ``(name, {kwargs})``, a class or an instance
+ProbeSpec = Union[str, tuple, type, "Probe"]
 
 
 @dataclasses.dataclass
@@ -46,59 +58,78 @@ class ProbeResult:
         raise NotImplementedError(f"{type(self).__name__} has no plot")
 
 
-class Probe:
-    """Base class of every probe.
+def _filter_fn(names_filter: Any) -> Callable[[str], bool] | None:
+    """A TransformerLens ``names_filter`` (None, a name, a list of names, a predicate) as a
+    predicate (None: no hooks)."""
+    if names_filter is None:
+        return None
+    if isinstance(names_filter, str):
+        return lambda n: n == names_filter
+    if isinstance(names_filter, (list, tuple, set, frozenset)):
+        wanted = set(names_filter)
+        return lambda n: n in wanted
+    if callable(names_filter):
+        return names_filter
+    raise ValueError(
+        f"names_filter must be None, a hook name, a list of names or a callable, "
+        f"got {names_filter!r}"
+    )
 
-    Class attributes:
+
+class Probe:
+    """Base class of every hook probe.
+
+    Class (or instance) attributes:
         hooks: the hook names this probe reads (empty for weight-only probes).
-        names_filter: alternatively, a predicate on hook names.
-    Instance state:
+        names_filter: alternatively, a TransformerLens-style filter on hook names.
+    State:
         model: the model this probe is attached to (set by :func:`probing` or :meth:`read`).
         acts: ``{hook name: [activation, ...]}`` captured during forward passes.
         train: the training set the probe may use (``Batch``), if given.
     """
 
     hooks: ClassVar[tuple[str, ...]] = ()
-    names_filter: ClassVar[Callable[[str], bool] | None] = None
+    names_filter: ClassVar[Any] = None
 
     def __init__(self, train: Tensor | Batch | None = None):
         self.model: HookedToyModel | None = None
         self.train = train
         self.acts: dict[str, list[Tensor]] = {}
 
-    # -- hooks ---------------------------------------------------------------------------------
     @property
     def registered_name(self) -> str:
         return PROBES.name_of(self) or type(self).__name__
 
+    def _names_filter(self) -> Callable[[str], bool] | None:
+        # a lambda stored on the class would become a bound method when read through self
+        if "names_filter" in vars(self):
+            raw = vars(self)["names_filter"]
+        else:
+            raw = inspect.getattr_static(type(self), "names_filter")
+            if isinstance(raw, (staticmethod, classmethod)):
+                raw = raw.__func__
+            elif inspect.isfunction(raw) and len(inspect.signature(raw).parameters) == 2:
+                raw = raw.__get__(self)  # written as a method: def names_filter(self, name)
+        return _filter_fn(raw)
+
     def hook_names(self, model: HookedToyModel) -> list[str]:
-        """The hook names this probe will attach to on ``model``; raises on unknown names."""
+        """The hook names this probe attaches to on ``model``; raises on unknown names."""
         known = list(model.hook_dict)
-        names = list(self.instance_hooks())
+        names = list(self.hooks)
         unknown = [n for n in names if n not in model.hook_dict]
         if unknown:
             raise ValueError(
                 f"probe {self.registered_name!r} reads hook(s) {unknown} that "
                 f"{type(model).__name__} lacks; its hooks are: {', '.join(known)}"
             )
-        if self.names_filter is not None:
-            names += [n for n in known if self.names_filter(n) and n not in names]
+        pred = self._names_filter()
+        if pred is not None:
+            names += [n for n in known if pred(n) and n not in names]
         return names
-
-    def instance_hooks(self) -> tuple[str, ...]:
-        """Hook names for this instance (override when the hook is a constructor argument)."""
-        return tuple(self.hooks)
 
     def capture(self, name: str, act: Tensor) -> None:
         """Called with every activation at a hook this probe reads. Default: keep it."""
         self.acts.setdefault(name, []).append(act.detach())
-
-    def _hook_fn(self, name: str):
-        def fn(act: Tensor, hook=None) -> None:
-            self.capture(name, act)
-            return None
-
-        return fn
 
     def bind(self, model: HookedToyModel) -> None:
         """Attach to ``model``: validate it (hooks, training set) before anything runs."""
@@ -136,25 +167,47 @@ class Probe:
         return self.result()
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(hooks={list(self.instance_hooks())})"
+        return f"{type(self).__name__}(hooks={list(self.hooks)})"
 
 
-def resolve_probe(p: str | Probe | type, **kwargs: Any) -> Probe:
-    """A probe instance from a registered name, a class, or an instance."""
+def resolve_probe(p: ProbeSpec, **defaults: Any) -> Probe:
+    """A probe instance from a registered name, a ``(name or class, {kwargs})`` pair, a class or
+    an instance. ``defaults`` (e.g. ``train=``) are passed to constructors the pair leaves out."""
     if isinstance(p, Probe):
         return p
+    kwargs: dict[str, Any] = {}
+    if isinstance(p, tuple):
+        if len(p) != 2 or not isinstance(p[1], Mapping):
+            raise ValueError(
+                f"a probe with arguments is a (name, {{argument: value}}) pair, got {p!r}"
+            )
+        p, kwargs = p[0], dict(p[1])
     if isinstance(p, str):
         p = PROBES.get(p)  # ValueError listing the known probes
-    if isinstance(p, type) and issubclass(p, Probe):
-        return p(**kwargs)
-    raise TypeError(f"expected a probe name, a Probe subclass or instance, got {p!r}")
+    if not (isinstance(p, type) and issubclass(p, Probe)):
+        raise TypeError(
+            f"expected a probe name, a (name, kwargs) pair, a Probe subclass or instance, got {p!r}"
+        )
+    kw = {**defaults, **kwargs}
+    params = inspect.signature(p.__init__).parameters
+    takes_any = any(v.kind is inspect.Parameter.VAR_KEYWORD for v in params.values())
+    unknown = [k for k in kwargs if k not in params and not takes_any]
+    if unknown:
+        allowed = [k for k in params if k != "self"]
+        raise ValueError(
+            f"probe {PROBES.name_of(p) or p.__name__!r} takes no argument(s) {unknown}; "
+            f"its arguments are: {', '.join(allowed) or 'none'}"
+        )
+    kw = {k: v for k, v in kw.items() if k in params or takes_any}
+    return p(**kw)
 
 
 @contextlib.contextmanager
 def probing(
-    model: HookedToyModel, *probes: str | Probe, train: Tensor | Batch | None = None
+    model: HookedToyModel, *probes: ProbeSpec, train: Tensor | Batch | None = None
 ) -> Iterator[tuple[Probe, ...]]:
-    """Attach probes (instances or registered names) to ``model`` for the duration of the block.
+    """Attach probes (instances, registered names, or ``(name, {kwargs})`` pairs) to ``model`` for
+    the duration of the block.
 
     Yields the probes as a tuple, in the order given. Every probe is validated (its hooks exist,
     its training set fits the model) before any hook is added; all hooks are removed on exit, also
@@ -171,6 +224,14 @@ def probing(
     for p in resolved:
         names = p.hook_names(model)  # raises before anything is attached
         p.bind(model)
-        fwd_hooks += [(n, p._hook_fn(n)) for n in names]
+        fwd_hooks += [(n, _hook_fn(p, n)) for n in names]
     with model.hooks(fwd_hooks=fwd_hooks):
         yield tuple(resolved)
+
+
+def _hook_fn(probe: Probe, name: str):
+    def fn(act: Tensor, hook=None) -> None:
+        probe.capture(name, act)
+        return None
+
+    return fn

@@ -21,20 +21,19 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from memlens import data as D
 from memlens.io import atomic_write_text, write_json
-from memlens.registry import get_model, get_probe
-from memlens.train import sparse_activations, train
+from memlens.registry import get_probe
+from memlens.training import sparse_activations, train
 
-# Three-model loss table: (task, model kwargs beyond the task's, small T, large T).
-LOSS_TABLE = {
-    "bottleneck": dict(
-        n_features=100, sparsity=0.95, d_model=None, extra={"d_hidden": 4}, T=(10, 2000)
-    ),
-    "mlp": dict(n_features=40, sparsity=0.9, d_model=10, extra={"d_mlp": 64}, T=(16, 2000)),
-    "unembed": dict(n_features=40, sparsity=0.9, d_model=10, extra={}, T=(16, 2000)),
-}
-TABLE_TRAIN = dict(steps=1500, lr=3e-3, weight_decay=1e-2, warmup=75, batch_size=512)
+QUICKSTART_PRESET = "quickstart"  # each model's two-regime settings (small T, large T)
+STORY_PRESET = "story"  # the model whose dictionary, D* and tempering the quickstart follows
+
+
+def _bundles_with(preset: str) -> list:
+    """Registered bundles that define ``preset``, in name order."""
+    from memlens.registry import MODELS, get_bundle
+
+    return [get_bundle(n) for n in MODELS.names() if preset in get_bundle(n).presets]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,28 +58,21 @@ class StoryConfig:
     localization: float = 1.0  # γ
 
 
-def _task(name: str, s: dict, seed: int) -> D.Task:
-    feats = D.SparseFeatures(s["n_features"], s["sparsity"], normalize=True)
-    if name == "bottleneck":
-        return D.BottleneckTask(feats, 1)
-    if name == "mlp":
-        return D.MLPTask(feats, s["d_model"], 1, seed=seed)
-    return D.UnembedTask(feats, s["d_model"], 1, seed=seed, labels="rule")
-
-
 def loss_table(seed: int, progress: bool, bar: tqdm) -> list[dict]:
+    """Each model with a quickstart preset, trained at its small T and its large T."""
     rows = []
-    for name, s in LOSS_TABLE.items():
-        cls = get_model(name)
-        for T, regime in zip(s["T"], ("memorising", "generalising"), strict=True):
-            tr, te = _task(name, s, seed).split(T, seed=seed)
-            model = cls(**_task(name, s, seed).model_kwargs(), **s["extra"], seed=seed)
-            kw = dict(TABLE_TRAIN)
+    for bundle in _bundles_with(QUICKSTART_PRESET):
+        p = bundle.preset(QUICKSTART_PRESET)
+        for T, regime in zip(p["grid"]["T"], ("memorising", "generalising"), strict=True):
+            spec = {**p["task"], "T": T, "seed": seed}
+            tr, te = bundle.data(spec)
+            model = bundle.build(spec)
+            kw = dict(p["train"])
             kw["batch_size"] = kw["batch_size"] if T > kw["batch_size"] else None
             res = train(model, tr, test=te, seed=seed, progress=False, **kw)
             rows.append(
                 {
-                    "model": name,
+                    "model": bundle.name,
                     "T": T,
                     "regime": regime,
                     "train_loss": float(res.train_loss[0]),
@@ -117,14 +109,20 @@ def run(
             f"{r['test_loss']:11.4g}"
         )
 
-    # 2. the MLP block twice
-    feats = D.SparseFeatures(cfg.n_features, cfg.sparsity, normalize=True)
-    task = D.MLPTask(feats, cfg.d_model, 1, seed=seed)
-    MLP = get_model("mlp")
+    # 2. the story model twice
+    bundle = _bundles_with(STORY_PRESET)[0]
+    base = {
+        "n_features": cfg.n_features,
+        "sparsity": cfg.sparsity,
+        "d_model": cfg.d_model,
+        "d_mlp": cfg.d_mlp,
+        "seed": seed,
+        "embed_seed": seed,
+    }
     models, data, runs = {}, {}, {}
     for regime, T in (("memorising", cfg.T_memorise), ("generalising", cfg.T_generalise)):
-        tr, te = task.split(T, seed=seed)
-        model = MLP(**task.model_kwargs(), d_mlp=cfg.d_mlp, seed=seed)
+        tr, te = bundle.data({**base, "T": T})
+        model = bundle.build({**base, "T": T})
         # Plain AdamW memorises with a distributed code (each neuron fires on about half the
         # points): no neuron-level lookup table. An L1 penalty on the activations, as in sparse
         # dictionary learning, makes each neuron store one or two points.
@@ -218,7 +216,7 @@ def run(
     numbers = {
         "seed": seed,
         "loss_table": rows,
-        "mlp": {
+        "story": {
             r: {
                 "T": len(data[r]),
                 "train_loss": float(runs[r].train_loss[0]),
@@ -239,8 +237,9 @@ def run(
         out / "config.json",
         {
             "story": dataclasses.asdict(cfg),
-            "loss_table": LOSS_TABLE,
-            "loss_table_train": TABLE_TRAIN,
+            "loss_table": {
+                b.name: b.preset(QUICKSTART_PRESET) for b in _bundles_with(QUICKSTART_PRESET)
+            },
             "seed": seed,
         },
     )
@@ -256,7 +255,7 @@ def run(
 
 
 def _summary_md(cfg, numbers, dics, surv, tempering) -> str:
-    mem, gen = numbers["mlp"]["memorising"], numbers["mlp"]["generalising"]
+    mem, gen = numbers["story"]["memorising"], numbers["story"]["generalising"]
     lines = [
         "# memlens quickstart report",
         "",

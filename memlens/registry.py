@@ -2,7 +2,8 @@
 
 Built-in models and probes are registered through entry points in ``pyproject.toml``, exactly as a
 third-party package registers its own; ``register_model`` / ``register_probe`` cover classes defined
-in a notebook. A duplicate name raises; a plugin that fails to import warns, naming it, and never
+in a notebook. A model plugin is a :class:`~memlens.bundle.ModelBundle` (a bare model class is
+wrapped in one). A duplicate name raises; a plugin that fails to import warns, naming it, and never
 breaks ``import memlens``.
 """
 
@@ -20,6 +21,8 @@ __all__ = [
     "register_model",
     "register_probe",
     "get_model",
+    "get_bundle",
+    "bundle_of",
     "get_probe",
     "list_models",
     "list_probes",
@@ -29,9 +32,10 @@ __all__ = [
 class Registry:
     """A name -> class table backed by one entry-point group, loaded lazily on first use."""
 
-    def __init__(self, group: str, kind: str):
+    def __init__(self, group: str, kind: str, wrap: Callable[[Any], Any] | None = None):
         self.group = group
         self.kind = kind
+        self._wrap = wrap or (lambda obj: obj)
         self._table: dict[str, Any] = {}
         self._sources: dict[str, str] = {}
         self._loaded = False
@@ -43,7 +47,7 @@ class Registry:
         self._loaded = True
         for ep in entry_points(group=self.group):
             try:
-                obj = ep.load()
+                obj = self._wrap(ep.load())
             except Exception as exc:  # a broken plugin must never break memlens
                 warnings.warn(
                     f"memlens: could not load {self.kind} plugin {ep.name!r} ({ep.value}) from "
@@ -55,9 +59,10 @@ class Registry:
             self._add(ep.name, obj, source=f"entry point {ep.value}")
 
     def _add(self, name: str, obj: Any, source: str) -> None:
+        obj = self._wrap(obj)
         existing = self._table.get(name)
         if existing is not None:
-            if existing is obj:
+            if existing is obj or existing == obj:
                 return
             raise ValueError(
                 f"duplicate {self.kind} name {name!r}: already registered by "
@@ -65,10 +70,6 @@ class Registry:
             )
         self._table[name] = obj
         self._sources[name] = source
-        try:
-            obj.registered_name = name
-        except (AttributeError, TypeError):
-            pass
 
     def reload(self) -> None:
         """Forget entry points and read them again (decorator registrations are kept)."""
@@ -91,7 +92,8 @@ class Registry:
 
         def deco(obj: Any) -> Any:
             self._load_entry_points()
-            self._add(name, obj, source=f"register_{self.kind}({name!r}) in {obj.__module__}")
+            where = getattr(getattr(obj, "model", obj), "__module__", "?")
+            self._add(name, obj, source=f"register_{self.kind}({name!r}) in {where}")
             return obj
 
         return deco
@@ -113,10 +115,11 @@ class Registry:
         return sorted(self._table)
 
     def name_of(self, obj: Any) -> str | None:
+        """The name ``obj``'s exact class is registered under (a subclass is not its parent)."""
         self._load_entry_points()
         cls = obj if isinstance(obj, type) else type(obj)
         for k, v in self._table.items():
-            if v is cls:
+            if v is cls or getattr(v, "model", None) is cls:
                 return k
         return None
 
@@ -125,12 +128,26 @@ class Registry:
         return self._sources[name]
 
 
-MODELS = Registry("memlens.models", "model")
+def _as_bundle(obj: Any) -> Any:
+    from memlens.bundle import ModelBundle
+    from memlens.hooked import HookedToyModel
+
+    if isinstance(obj, ModelBundle):
+        return obj
+    if isinstance(obj, type) and issubclass(obj, HookedToyModel):
+        return ModelBundle(model=obj)
+    raise TypeError(
+        f"a model plugin must be a memlens.ModelBundle or a HookedToyModel subclass, got {obj!r}"
+    )
+
+
+MODELS = Registry("memlens.models", "model", wrap=_as_bundle)
 PROBES = Registry("memlens.probes", "probe")
 
 
 def register_model(name: str):
-    """Decorator: register a :class:`memlens.HookedToyModel` subclass under ``name``."""
+    """Decorator: register a :class:`memlens.HookedToyModel` subclass (or call it on a
+    :class:`memlens.ModelBundle`) under ``name``. Returns what it was given."""
     return MODELS.register(name)
 
 
@@ -141,7 +158,26 @@ def register_probe(name: str):
 
 def get_model(name: str):
     """The model class registered as ``name``; a ``ValueError`` lists the known ones."""
+    return MODELS.get(name).model
+
+
+def get_bundle(name: str):
+    """The :class:`~memlens.bundle.ModelBundle` registered as ``name``."""
     return MODELS.get(name)
+
+
+def bundle_of(model: Any):
+    """The bundle of a model (instance or class): its own class's, else its nearest registered
+    ancestor's (so a subclass inherits its parent's data recipe and dictionary reader)."""
+    MODELS._load_entry_points()
+    cls = model if isinstance(model, type) else type(model)
+    for klass in cls.__mro__:
+        for b in MODELS._table.values():
+            if b.model is klass:
+                return b
+    from memlens.bundle import ModelBundle
+
+    return ModelBundle(model=cls)
 
 
 def get_probe(name: str):

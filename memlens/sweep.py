@@ -1,6 +1,6 @@
 """Resumable sweeps over grids (T, seed, width, sparsity, ...) packed into model instances.
 
-    rows = memlens.sweep("bottleneck", {"T": [10, 100, 1000], "seed": [0, 1, 2]},
+    rows = memlens.sweep(name, {"T": [10, 100, 1000], "seed": [0, 1, 2]},
                          task={"n_features": 1000, "sparsity": 0.99, "d_hidden": 2},
                          train={"steps": 4000, "lr": 1e-2, "warmup": 200, "weight_decay": 1e-2},
                          out="runs/dd")
@@ -24,7 +24,6 @@ skips finished groups; an ``out/`` holding a different sweep is refused.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import os
@@ -39,12 +38,12 @@ import torch
 from memlens import data as D
 from memlens import io
 from memlens.hooked import HookedToyModel
-from memlens.registry import MODELS, get_model, get_probe
-from memlens.train import train as train_fn
+from memlens.probe import resolve_probe
+from memlens.registry import MODELS, get_bundle
+from memlens.training import train as train_fn
 
 __all__ = [
     "sweep",
-    "PRESETS",
     "preset",
     "make_task",
     "cell_data",
@@ -62,28 +61,6 @@ MAX_GROUP_ELEMENTS = 2**25  # T_max * instances * width per activation, bounds m
 SWEEP_FORMAT = "memlens-sweep-v1"
 EXIT_AFTER_ENV = "MEMLENS_SWEEP_EXIT_AFTER"  # testing: os._exit after this many groups
 
-# The data (task) keys each setting understands, with defaults.
-TASK_KEYS: dict[str, dict[str, Any]] = {
-    "bottleneck": {"n_features": 1000, "sparsity": 0.99, "normalize": True, "n_test": 2048},
-    "mlp": {
-        "n_features": 100,
-        "sparsity": 0.99,
-        "normalize": True,
-        "d_model": 20,
-        "embed_seed": 0,
-        "n_test": 2048,
-    },
-    "unembed": {
-        "n_features": 100,
-        "sparsity": 0.99,
-        "normalize": True,
-        "d_model": 20,
-        "embed_seed": 0,
-        "labels": "rule",
-        "n_test": 2048,
-    },
-}
-TASK_CLASSES = {"bottleneck": D.BottleneckTask, "mlp": D.MLPTask, "unembed": D.UnembedTask}
 TRAIN_KEYS = ("steps", "lr", "weight_decay", "warmup", "schedule", "batch_size")
 TRAIN_DEFAULTS = {
     "steps": 1000,
@@ -95,166 +72,46 @@ TRAIN_DEFAULTS = {
 }
 
 
-def _logspace(lo: float, hi: float, n: int) -> list[int]:
-    vals = sorted({int(round(v)) for v in np.geomspace(lo, hi, n)})
-    return vals
+def make_probe(spec, model: str | None = None, train: D.Batch | None = None):
+    """A probe instance from a name or ``(name, {kwargs})``; probes that read a representation
+    default to the model's own (its bundle's ``representation_hook``)."""
+    return resolve_probe(spec, **({} if train is None else {"train": train}))
 
 
-# --------------------------------------------------------------------------------------- presets
-# paper: Anthropic's bottleneck scale (Henighan et al. 2023). cpu: n=1e3, S=0.99 (transition ~10x
-# lower in T), the fewest steps that still show it. smoke: seconds, for tests.
-PRESETS: dict[str, dict[str, dict]] = {
-    "bottleneck": {
-        "paper": {
-            "grid": {"T": _logspace(3, 50_000, 20), "seed": [0, 1, 2]},
-            "task": {"n_features": 10_000, "sparsity": 0.999, "d_hidden": 2},
-            "train": {"steps": 50_000, "lr": 1e-3, "warmup": 2_500, "weight_decay": 1e-2},
-        },
-        "cpu": {
-            "grid": {"T": _logspace(3, 1000, 12), "seed": [0, 1, 2]},
-            "task": {"n_features": 1000, "sparsity": 0.99, "d_hidden": 2, "n_test": 1000},
-            "train": {"steps": 1000, "lr": 1e-2, "warmup": 50, "weight_decay": 1e-2},
-        },
-        "smoke": {
-            "grid": {"T": [3, 6, 12, 24], "seed": [0, 1]},
-            "task": {"n_features": 40, "sparsity": 0.9, "d_hidden": 2, "n_test": 256},
-            "train": {"steps": 60, "lr": 1e-2, "warmup": 5, "weight_decay": 1e-2},
-        },
-    },
-    "mlp": {
-        "paper": {
-            "grid": {"T": _logspace(3, 50_000, 20), "seed": [0, 1, 2]},
-            "task": {"n_features": 10_000, "sparsity": 0.999, "d_model": 100, "d_mlp": 256},
-            "train": {"steps": 50_000, "lr": 1e-3, "warmup": 2_500, "weight_decay": 1e-2},
-        },
-        "cpu": {
-            "grid": {"T": _logspace(3, 3000, 13), "seed": [0, 1, 2]},
-            "task": {
-                "n_features": 100,
-                "sparsity": 0.99,
-                "d_model": 20,
-                "d_mlp": 64,
-                "n_test": 1000,
-            },
-            "train": {"steps": 1000, "lr": 1e-2, "warmup": 50, "weight_decay": 1e-2},
-        },
-        "smoke": {
-            "grid": {"T": [3, 6, 12, 24], "seed": [0, 1]},
-            "task": {"n_features": 30, "sparsity": 0.9, "d_model": 8, "d_mlp": 16, "n_test": 256},
-            "train": {"steps": 60, "lr": 1e-2, "warmup": 5, "weight_decay": 1e-2},
-        },
-    },
-    "unembed": {
-        "paper": {
-            "grid": {"T": _logspace(3, 50_000, 20), "seed": [0, 1, 2]},
-            "task": {"n_features": 10_000, "sparsity": 0.999, "d_model": 100},
-            "train": {"steps": 50_000, "lr": 1e-3, "warmup": 2_500, "weight_decay": 1e-2},
-        },
-        "cpu": {
-            "grid": {"T": _logspace(3, 3000, 13), "seed": [0, 1, 2]},
-            "task": {"n_features": 100, "sparsity": 0.99, "d_model": 20, "n_test": 1000},
-            "train": {"steps": 1000, "lr": 1e-2, "warmup": 50, "weight_decay": 1e-2},
-        },
-        "smoke": {
-            "grid": {"T": [3, 6, 12, 24], "seed": [0, 1]},
-            "task": {"n_features": 30, "sparsity": 0.9, "d_model": 8, "n_test": 256},
-            "train": {"steps": 60, "lr": 1e-2, "warmup": 5, "weight_decay": 1e-2},
-        },
-    },
-}
-
-
-# Which hook a probe reads in each setting, where the probe takes a ``hook`` argument: the learned
-# representation (the bottleneck's hidden vector, the MLP's neurons, the final layer's logits).
-PROBE_KWARGS: dict[str, dict[str, dict]] = {
-    "dimensionality": {"mlp": {"hook": "hook_post"}, "unembed": {"hook": "hook_logits"}},
-}
-
-
-def make_probe(name: str, model: str, train: D.Batch | None = None):
-    """A probe instance for a setting (using :data:`PROBE_KWARGS`)."""
-    kw = PROBE_KWARGS.get(name, {}).get(model, {})
-    return get_probe(name)(train=train, **kw)
-
-
-def preset(model: str, name: str) -> dict:  # noqa: D401
-    """``{"grid", "task", "train"}`` of a named preset (``paper``, ``cpu``, ``smoke``)."""
-    if model not in PRESETS:
-        raise ValueError(f"no presets for model {model!r}; presets exist for {sorted(PRESETS)}")
-    if name not in PRESETS[model]:
-        raise ValueError(
-            f"unknown preset {name!r} for model {model!r}; known presets: {sorted(PRESETS[model])}"
-        )
-    return copy.deepcopy(PRESETS[model][name])
+def preset(model: str, name: str) -> dict:
+    """``{"grid", "task", "train"}`` of a model's named preset (from its bundle)."""
+    return get_bundle(model).preset(name)
 
 
 _get_preset = preset
 
 
 # ------------------------------------------------------------------------------ specs and cells
-def _model_fields(model: str) -> dict[str, Any]:
-    """Model config fields a cell may set (not derived from the task), with their defaults."""
-    import dataclasses
-
-    cls = get_model(model)
-    derived = set(
-        TASK_CLASSES[model](
-            D.SparseFeatures(4, 0.5), **_task_ctor(model, {"d_model": 2})
-        ).model_kwargs()
-    ) | {"n_instances", "seed", "importance"}
-    return {f.name: f.default for f in dataclasses.fields(cls.Config) if f.name not in derived}
-
-
-def _task_ctor(model: str, spec: Mapping) -> dict:
-    if model == "bottleneck":
-        return {}
-    kw = {"d_model": int(spec["d_model"]), "seed": int(spec.get("embed_seed", 0))}
-    if model == "unembed":
-        kw["labels"] = spec.get("labels", "rule")
-    return kw
-
-
 def _check_model(model: str) -> None:
-    get_model(model)  # ValueError listing the known models
-    if model not in TASK_CLASSES:
-        raise ValueError(
-            f"memlens.sweep knows the data for models {sorted(TASK_CLASSES)}, not {model!r}"
-        )
+    get_bundle(model)._need_task("be swept")  # ValueError listing the known models
 
 
 def allowed_axes(model: str) -> list[str]:
-    return sorted(
-        {"T", "seed"}
-        | set(TASK_KEYS[model])
-        | set(_model_fields(model)) - {"n_test"}
-        | {"lr", "weight_decay", "steps", "warmup"}
-    )
+    keys = set(get_bundle(model).spec_keys()) - {"n_test"}
+    return sorted({"T", "seed"} | keys | {"lr", "weight_decay", "steps", "warmup"})
 
 
 def make_task(model: str, spec: Mapping) -> D.Task:
     """The one-instance task for a cell spec (task keys + grid values)."""
-    feats = D.SparseFeatures(
-        int(spec["n_features"]), float(spec["sparsity"]), normalize=bool(spec["normalize"])
-    )
-    return TASK_CLASSES[model](feats, n_instances=1, **_task_ctor(model, spec))
+    return get_bundle(model).task({k: v for k, v in spec.items() if k not in TRAIN_KEYS})
 
 
 def cell_data(model: str, spec: Mapping) -> tuple[D.Batch, D.Batch]:
     """The cell's training set (T points) and test set, exactly as when trained alone."""
-    return make_task(model, spec).split(
-        int(spec["T"]), seed=int(spec["seed"]), n_test=int(spec["n_test"])
-    )
+    return get_bundle(model).data({k: v for k, v in spec.items() if k not in TRAIN_KEYS})
 
 
 def build_cell_model(model: str, spec: Mapping) -> HookedToyModel:
     """The cell's model on its own: ``n_instances=1``, initialised from the cell's seed."""
-    task = make_task(model, spec)
-    fields = _model_fields(model)
-    kw = {k: spec[k] for k in fields if k in spec}
-    return get_model(model)(**task.model_kwargs(), **kw, seed=int(spec["seed"]))
+    return get_bundle(model).build({k: v for k, v in spec.items() if k not in TRAIN_KEYS})
 
 
-def _normalise(model, grid, task, train) -> tuple[dict, dict, dict]:
+def normalise(model, grid, task, train) -> tuple[dict, dict, dict]:
     if not isinstance(grid, Mapping) or not grid:
         raise ValueError(f"grid must be a non-empty mapping of axis -> values, got {grid!r}")
     axes = allowed_axes(model)
@@ -281,15 +138,13 @@ def _normalise(model, grid, task, train) -> tuple[dict, dict, dict]:
         if isinstance(s, bool) or not isinstance(s, int):
             raise ValueError(f"grid seed values must be ints, got {s!r}")
     task = dict(task or {})
-    known_task = set(TASK_KEYS[model]) | set(_model_fields(model))
+    known_task = get_bundle(model).spec_keys()
     bad = [k for k in task if k not in known_task]
     if bad:
         raise ValueError(
             f"unknown task key(s) {bad} for model {model!r}; known: {sorted(known_task)}"
         )
-    t = {**TASK_KEYS[model], **{k: v for k, v in _model_fields(model).items()}, **task}
-    if model == "bottleneck" and "d_hidden" not in task and "d_hidden" not in g:
-        t["d_hidden"] = 2
+    t = {**known_task, **task}
     train = dict(train or {})
     bad = [k for k in train if k not in TRAIN_KEYS]
     if bad:
@@ -360,7 +215,7 @@ def plan_groups(model: str, cells: list[dict], max_waste: float = MAX_WASTE) -> 
 def _pack(model: str, cells: list[dict]) -> tuple[HookedToyModel, D.Batch, D.Batch]:
     """One model whose instance i is cell i's own model, and padded train / stacked test data."""
     singles = [build_cell_model(model, c["spec"]) for c in cells]
-    packed = singles[0]._with_instances(
+    packed = singles[0].with_instances(
         len(cells),
         {k: torch.cat([s.state_dict()[k] for s in singles]) for k in singles[0].state_dict()},
     )
@@ -478,8 +333,7 @@ def sweep(
         train = {**p["train"], **(train or {})}
     if isinstance(probes, str):
         probes = (probes,)
-    probe_classes = [get_probe(n) for n in probes]
-    g, t, tr = _normalise(model, grid, task, train)
+    g, t, tr = normalise(model, grid, task, train)
     cells = _cells(g, t, tr)
     for c in cells[:1] + cells[-1:]:
         build_cell_model(model, {**c["spec"], "T": c["spec"]["T"]})  # config errors raise here
@@ -491,9 +345,8 @@ def sweep(
         if not 0 <= float(c["spec"]["sparsity"]) < 1:
             raise ValueError(f"sparsity must be in [0, 1), got {c['spec']['sparsity']!r}")
     probe_model = build_cell_model(model, cells[0]["spec"])
-    del probe_classes
     for n in probes:
-        make_probe(n, model).hook_names(probe_model)  # unknown hooks raise here
+        make_probe(n, model).hook_names(probe_model)  # unknown probes and hooks raise here
     groups = plan_groups(model, cells)
     config = _config(model, g, t, tr, probes, groups)
     out = Path(out)

@@ -57,11 +57,12 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from memlens.data import Batch, _mix, as_batch
+from memlens.data import Batch, as_batch
+from memlens.data import mix_seed as _mix
 from memlens.hooked import HookedToyModel
 from memlens.io import jsonable
 from memlens.probe import Probe, resolve_probe
-from memlens.train import evaluate
+from memlens.training import evaluate
 
 __all__ = [
     "temper",

@@ -289,9 +289,10 @@ class DimensionalityResult(ProbeResult):
 
 
 class DimensionalityProbe(Probe):
-    """Reads hidden vectors at ``hook`` (default ``hook_hidden``) for the training set and returns
-    data dimensionality, D* (leverage scores) and, when the model has a weight matrix ``W`` (the
-    Bottleneck), feature dimensionality.
+    """Reads hidden vectors at ``hook`` (default: the model's ``representation_hook``, e.g. the
+    bottleneck's ``hook_hidden``, the MLP block's ``hook_post``) for the training set and returns
+    data dimensionality, D* (leverage scores) and, when the model has feature directions
+    (``model.feature_directions()``, the Bottleneck's ``W``), feature dimensionality.
 
         with memlens.probing(model, "dimensionality", train=batch) as (dim,):
             model(batch.inputs)
@@ -301,14 +302,18 @@ class DimensionalityProbe(Probe):
     run exactly the training set (``Probe.run(model, train)`` does that in one call).
     """
 
-    def __init__(self, hook: str = "hook_hidden", train: Tensor | Batch | None = None):
-        if not isinstance(hook, str) or not hook:
-            raise ValueError(f"hook must be a non-empty hook name, got {hook!r}")
+    def __init__(self, hook: str | None = None, train: Tensor | Batch | None = None):
+        if hook is not None and (not isinstance(hook, str) or not hook):
+            raise ValueError(f"hook must be a hook name or None (the model's own), got {hook!r}")
         super().__init__(train=train)
         self.hook = hook
+        self.hooks = () if hook is None else (hook,)
 
-    def instance_hooks(self) -> tuple[str, ...]:
-        return (self.hook,)
+    def hook_names(self, model) -> list[str]:
+        if self.hook is None:  # the model's representation hook (its bundle says which)
+            self.hook = model.representation_hook
+            self.hooks = (self.hook,)
+        return super().hook_names(model)
 
     def hidden(self) -> Float[Tensor, "inst T m"]:
         acts = self.acts.get(self.hook)
@@ -333,7 +338,7 @@ class DimensionalityProbe(Probe):
         if mask is not None:
             D = D.masked_fill(~mask, float("nan"))
             Dstar = Dstar.masked_fill(~mask, float("nan"))
-        W = getattr(self.model, "W", None)
+        W = self.model.feature_directions()
         fdim = dpf = None
         if isinstance(W, Tensor) and W.ndim == 3:
             W = W.detach()

@@ -14,13 +14,22 @@ import math
 from dataclasses import dataclass
 
 import einops
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from memlens.data import Batch
+from memlens.bundle import ModelBundle
+from memlens.data import Batch, SparseFeatures, Task
 from memlens.hooked import Circuits, HookedToyModel, ToyConfig, check_positive_int
+from memlens.lookup import (
+    DictEntry,
+    DictionaryOptions,
+    DictionaryResult,
+    features_above,
+    padding_mask,
+)
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,7 @@ class Bottleneck(HookedToyModel):
 
     Config = BottleneckConfig
     circuit_families = ("feature", "datum")
+    representation_hook = "hook_hidden"
 
     def __init__(
         self,
@@ -105,6 +115,9 @@ class Bottleneck(HookedToyModel):
     def d_in(self) -> int:
         return self.cfg.n_features
 
+    def feature_directions(self) -> Float[Tensor, "inst m feat"]:
+        return self.W.detach()
+
     @property
     def decoder(self) -> Float[Tensor, "inst feat hidden"]:
         return self.W.transpose(1, 2) if self.cfg.tied else self.W_dec
@@ -148,13 +161,137 @@ class Bottleneck(HookedToyModel):
         names = [f"feature:{i}" for i in range(n)] + [f"datum:{j}" for j in range(len(train))]
         return Circuits(names=names, inputs=inputs, hooks=("hook_out",), readout=readout)
 
-    @classmethod
-    def _from_config(cls, cfg: BottleneckConfig) -> Bottleneck:
-        return cls(
-            n_features=cfg.n_features,
-            d_hidden=cfg.d_hidden,
-            n_instances=cfg.n_instances,
-            tied=cfg.tied,
-            importance=cfg.importance,
-            seed=cfg.seed,
+
+class BottleneckTask(Task):
+    """Autoencode the sparse features themselves (the TMS / memorisation setting)."""
+
+    def make_batch(self, f: Tensor, seed: int) -> Batch:
+        return Batch(inputs=f, targets=None, features=f)
+
+    def model_kwargs(self) -> dict:
+        kw = {"n_features": self.features.n_features, "n_instances": self.n_instances}
+        if self.features.importance is not None:
+            kw["importance"] = self.features.importance_tensor(self.n_instances).tolist()
+        return kw
+
+
+@torch.no_grad()
+def read_dictionary(
+    model: Bottleneck, train: Batch | None, opts: DictionaryOptions
+) -> DictionaryResult:
+    """Slot = the hidden direction h_j of a training point; value = the decoded pattern there,
+    ReLU(W_dec h_j + b); key = the training input that pattern matches best (cosine), which must
+    beat the runner-up by ``min_margin``. Read-back: the value reproduces the training point it
+    stores (relative L2 within ``rtol``), so the table returns the datum without the model."""
+    name = "bottleneck"
+    W, b = model.W.detach(), model.b.detach()  # [inst, m, n], [inst, n]
+    dec = model.decoder.detach()  # [inst, n, m]
+    if train is None:
+        cols = W.transpose(1, 2)  # feature directions as slots
+        out = torch.relu(einops.einsum(dec, cols, "inst n m, inst f m -> inst f n") + b[:, None])
+        entries = [
+            DictEntry(
+                i,
+                [f"direction:feature{f}"],
+                None,
+                [f],
+                out[i, f].tolist(),
+                features_above(out[i, f], opts.value_threshold),
+                float("nan"),
+            )
+            for i in range(W.shape[0])
+            for f in range(W.shape[2])
+            if W[i, :, f].norm() > 0
+        ]
+        return DictionaryResult(name, entries)
+    pad = padding_mask(train).to(W.device)
+    X = train.inputs.transpose(0, 1) * ~pad[..., None]
+    H = einops.einsum(X, W, "inst t n, inst m n -> inst t m")
+    out = torch.relu(einops.einsum(H, dec, "inst t m, inst n m -> inst t n") + b[:, None])
+    xn = X / X.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    on = out / out.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    cos = einops.einsum(on, xn, "inst s n, inst t n -> inst s t")  # slot s vs datum t
+    trivial = (X.norm(dim=-1) <= 1e-6) | (H.norm(dim=-1) <= 1e-6) | pad
+    cos = cos.masked_fill(trivial[:, None, :], -1.0)
+    best = cos.topk(min(2, cos.shape[-1]), dim=-1)
+    named = best.indices[..., 0]
+    match = best.values[..., 0]
+    runner = best.values[..., 1] if cos.shape[-1] > 1 else torch.full_like(match, -1.0)
+    T = X.shape[1]
+    own = named == torch.arange(T, device=named.device)[None]
+    specific = (match >= 1 - opts.rtol) & (match - runner >= opts.min_margin) & ~trivial
+    covered = own & specific
+    # read back: the value stored under key j, compared with the training point j itself
+    err = (out - X).norm(dim=-1)
+    read_back = covered & (err <= opts.rtol * X.norm(dim=-1).clamp_min(1e-12))
+    entries = [
+        DictEntry(
+            instance=i,
+            slots=[f"direction:{j}"],
+            key=int(named[i, j]),
+            key_features=features_above(X[i, j], 0.0),
+            value=[round(v, 5) for v in out[i, j].tolist()],
+            value_features=features_above(out[i, j], opts.value_threshold),
+            match=float(match[i, j]),
         )
+        for i, j in specific.nonzero().tolist()
+    ]
+    slot_keys = torch.where(specific, named, torch.full_like(named, -1))
+    return DictionaryResult(
+        name, entries, covered.cpu(), read_back.cpu(), trivial.cpu(), None, slot_keys.cpu()
+    )
+
+
+def baseline(batch: Batch) -> Tensor:
+    """Per instance: the loss of the best constant prediction (each feature's mean), in the
+    model's units (squared error summed over features; importance 1)."""
+    x = batch.target
+    return ((x - x.mean(0, keepdim=True)) ** 2).sum(-1).mean(0)
+
+
+def _task(spec) -> BottleneckTask:
+    feats = SparseFeatures(spec["n_features"], spec["sparsity"], normalize=spec["normalize"])
+    return BottleneckTask(feats, n_instances=1)
+
+
+def _logspace(lo: float, hi: float, n: int) -> list[int]:
+    return sorted({int(round(v)) for v in np.geomspace(lo, hi, n)})
+
+
+#: paper: Anthropic's scale (Henighan et al. 2023). cpu: n=1e3, S=0.99 (the transition ~10x lower
+#: in T), minutes on a laptop. smoke: seconds, for tests.
+PRESETS = {
+    "paper": {
+        "grid": {"T": _logspace(3, 50_000, 20), "seed": [0, 1, 2]},
+        "task": {"n_features": 10_000, "sparsity": 0.999, "d_hidden": 2},
+        "train": {"steps": 50_000, "lr": 1e-3, "warmup": 2_500, "weight_decay": 1e-2},
+    },
+    "cpu": {
+        "grid": {"T": _logspace(3, 1000, 12), "seed": [0, 1, 2]},
+        "task": {"n_features": 1000, "sparsity": 0.99, "d_hidden": 2, "n_test": 1000},
+        "train": {"steps": 1000, "lr": 1e-2, "warmup": 50, "weight_decay": 1e-2},
+    },
+    "smoke": {
+        "grid": {"T": [3, 6, 12, 24], "seed": [0, 1]},
+        "task": {"n_features": 40, "sparsity": 0.9, "d_hidden": 2, "n_test": 256},
+        "train": {"steps": 60, "lr": 1e-2, "warmup": 5, "weight_decay": 1e-2},
+    },
+    # the quickstart's table: a memorising (small T) and a generalising (large T) model
+    "quickstart": {
+        "grid": {"T": [10, 2000]},
+        "task": {"n_features": 100, "sparsity": 0.95, "d_hidden": 4},
+        "train": {"steps": 1500, "lr": 3e-3, "weight_decay": 1e-2, "warmup": 75, "batch_size": 512},
+    },
+}
+
+BUNDLE = ModelBundle(
+    model=Bottleneck,
+    make_task=_task,
+    task_defaults={"n_features": 1000, "sparsity": 0.99, "normalize": True, "n_test": 2048},
+    model_fields=("d_hidden", "tied"),
+    presets=PRESETS,
+    title="bottleneck (TMS autoencoder)",
+    loss_units="loss per point (squared error summed over features)",
+    baseline=baseline,
+    read_dictionary=read_dictionary,
+)

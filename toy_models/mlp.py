@@ -12,13 +12,22 @@ import math
 from dataclasses import dataclass
 
 import einops
+import numpy as np
 import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from memlens.data import Batch
+from memlens.bundle import ModelBundle
+from memlens.data import Batch, EmbeddedTask, SparseFeatures
 from memlens.hooked import Circuits, HookedToyModel, ToyConfig, check_positive_int
+from memlens.lookup import (
+    DictEntry,
+    DictionaryOptions,
+    DictionaryResult,
+    features_above,
+    padding_mask,
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class MLPBlock(HookedToyModel):
     Config = MLPConfig
     input_dims = ("batch", "inst", "d_model")
     circuit_families = ("neuron", "datum")
+    representation_hook = "hook_post"
 
     def __init__(self, d_model: int, d_mlp: int, d_out: int, n_instances: int = 1, seed: int = 0):
         cfg = MLPConfig(
@@ -118,12 +128,172 @@ class MLPBlock(HookedToyModel):
         ]
         return Circuits(names=names, inputs=x, hooks=("hook_post", "hook_out"), readout=readout)
 
-    @classmethod
-    def _from_config(cls, cfg: MLPConfig) -> MLPBlock:
-        return cls(
-            d_model=cfg.d_model,
-            d_mlp=cfg.d_mlp,
-            d_out=cfg.d_out,
-            n_instances=cfg.n_instances,
-            seed=cfg.seed,
+
+class MLPTask(EmbeddedTask):
+    """Residual input r = E f into an MLP block whose target is the features f themselves."""
+
+    def make_batch(self, f: Tensor, seed: int) -> Batch:
+        return Batch(inputs=self.embed(f), targets=f, features=f)
+
+    def model_kwargs(self) -> dict:
+        return {
+            "d_model": self.d_model,
+            "d_out": self.features.n_features,
+            "n_instances": self.n_instances,
+        }
+
+
+NAME = "mlp"
+
+
+@torch.no_grad()
+def read_dictionary(
+    model: MLPBlock, train: Batch | None, opts: DictionaryOptions
+) -> DictionaryResult:
+    """Slot = neuron. Its key ``(W_in[k], b_in[k])`` is matched against the training inputs; its
+    value ``W_out[:, k]`` times its activation is decoded into output features. With fewer neurons
+    than points the dictionary is *superposed*: each datum is decompiled into a **sparse code**,
+    the smallest set of neurons (greedily, by their contribution along the datum's output) whose
+    values reproduce the output to within ``rtol``, capped at ``max_code`` neurons. A datum is
+    covered when its code's neurons spend at least ``min_share`` of their activation over the
+    training set on it; read back when its code reproduces the model's output."""
+    W_in, b_in = model.W_in.detach(), model.b_in.detach()  # [inst, K, d], [inst, K]
+    W_out, b_out = model.W_out.detach(), model.b_out.detach()  # [inst, O, K], [inst, O]
+    inst, K = b_in.shape
+    if train is None:
+        entries = [
+            DictEntry(
+                i,
+                [f"neuron:{k}"],
+                None,
+                [],
+                W_out[i, :, k].tolist(),
+                features_above(W_out[i, :, k], opts.value_threshold),
+                float("nan"),
+            )
+            for i in range(inst)
+            for k in range(K)
+            if W_out[i, :, k].norm() > 0
+        ]
+        return DictionaryResult(NAME, entries)
+    R = train.inputs.transpose(0, 1)  # [inst, T, d]
+    A = torch.relu(einops.einsum(R, W_in, "inst t d, inst k d -> inst t k") + b_in[:, None])
+    A = A * ~padding_mask(train).to(A.device)[..., None]  # padded rows store nothing
+    C = A[:, :, None, :] * W_out[:, None]  # [inst, T, O, K] each neuron's write
+    delta = C.sum(-1)  # model output minus b_out
+    dn = delta.norm(dim=-1)  # [inst, T]
+    trivial = (dn <= 1e-6 + 1e-3 * dn.amax(-1, keepdim=True)) | padding_mask(train)
+    proj = (C * delta[..., None]).sum(2) / (dn**2).clamp_min(1e-30)[..., None]
+    order = proj.argsort(-1, descending=True)  # [inst, T, K]
+    L = min(opts.max_code, K)
+    top = order[..., :L]
+    Cs = torch.gather(C, 3, top[:, :, None, :].expand(-1, -1, C.shape[2], -1))
+    cum = Cs.cumsum(-1)  # [inst, T, O, L]
+    res = (cum - delta[..., None]).norm(dim=2) / dn.clamp_min(1e-30)[..., None]
+    ok = res <= opts.rtol
+    found = ok.any(-1) & ~trivial
+    code = torch.where(found, ok.float().argmax(-1) + 1, torch.zeros_like(dn).long())
+    # specificity: the share of the code neurons' activation (over the set) spent on j; a
+    # datum without a code within max_code is judged on its max_code strongest neurons
+    size = torch.where(found, code, torch.full_like(code, L))
+    used = torch.arange(L)[None, None, :] < size[..., None]  # [inst, T, L]
+    a_own = torch.gather(A, 2, top) * used
+    a_all = torch.gather(A.sum(1, keepdim=True).expand(-1, A.shape[1], -1), 2, top) * used
+    share = a_own.sum(-1) / a_all.sum(-1).clamp_min(1e-30)
+    covered = (share >= opts.min_share) & ~trivial
+    read_back = covered & found
+    amax, slot_keys = A.max(1)  # [inst, K]
+    slot_keys = torch.where(amax > 0, slot_keys, torch.full_like(slot_keys, -1))
+    entries = []
+    feats = None if train.features is None else train.features.transpose(0, 1)
+    for i, j in covered.nonzero().tolist():
+        c = int(size[i, j])
+        pred = b_out[i] + cum[i, j, :, c - 1]
+        entries.append(
+            DictEntry(
+                instance=i,
+                slots=[f"neuron:{k}" for k in top[i, j, :c].tolist()],
+                key=j,
+                key_features=[] if feats is None else features_above(feats[i, j], 0.0),
+                value=[round(v, 5) for v in pred.tolist()],
+                value_features=features_above(pred, opts.value_threshold),
+                match=float(share[i, j]),
+            )
         )
+    return DictionaryResult(
+        "mlp",
+        entries,
+        covered.cpu(),
+        read_back.cpu(),
+        trivial.cpu(),
+        code.cpu(),
+        slot_keys.cpu(),
+        sparse_code=found.cpu(),
+    )
+
+
+def baseline(batch: Batch) -> Tensor:
+    """Per instance: the loss of the best constant prediction (each output's mean), in the
+    model's units (squared error summed over outputs)."""
+    y = batch.target
+    return ((y - y.mean(0, keepdim=True)) ** 2).sum(-1).mean(0)
+
+
+def _task(spec) -> MLPTask:
+    feats = SparseFeatures(spec["n_features"], spec["sparsity"], normalize=spec["normalize"])
+    return MLPTask(feats, spec["d_model"], n_instances=1, seed=spec["embed_seed"])
+
+
+def _logspace(lo: float, hi: float, n: int) -> list[int]:
+    return sorted({int(round(v)) for v in np.geomspace(lo, hi, n)})
+
+
+PRESETS = {
+    "paper": {
+        "grid": {"T": _logspace(3, 50_000, 20), "seed": [0, 1, 2]},
+        "task": {"n_features": 10_000, "sparsity": 0.999, "d_model": 100, "d_mlp": 256},
+        "train": {"steps": 50_000, "lr": 1e-3, "warmup": 2_500, "weight_decay": 1e-2},
+    },
+    "cpu": {
+        "grid": {"T": _logspace(3, 3000, 13), "seed": [0, 1, 2]},
+        "task": {"n_features": 100, "sparsity": 0.99, "d_model": 20, "d_mlp": 64, "n_test": 1000},
+        "train": {"steps": 1000, "lr": 1e-2, "warmup": 50, "weight_decay": 1e-2},
+    },
+    "smoke": {
+        "grid": {"T": [3, 6, 12, 24], "seed": [0, 1]},
+        "task": {"n_features": 30, "sparsity": 0.9, "d_model": 8, "d_mlp": 16, "n_test": 256},
+        "train": {"steps": 60, "lr": 1e-2, "warmup": 5, "weight_decay": 1e-2},
+    },
+    # the quickstart's table: a memorising (small T) and a generalising (large T) model
+    "quickstart": {
+        "grid": {"T": [16, 2000]},
+        "task": {"n_features": 40, "sparsity": 0.9, "d_model": 10, "d_mlp": 64},
+        "train": {"steps": 1500, "lr": 3e-3, "weight_decay": 1e-2, "warmup": 75, "batch_size": 512},
+    },
+    # the quickstart's story: a memorising and a generalising MLP block, an L1 penalty on the
+    # activations so that each neuron stores one or two points (a lookup table)
+    "story": {
+        "grid": {"T": [16, 2048]},
+        "task": {"n_features": 64, "sparsity": 0.9, "d_model": 8, "d_mlp": 32},
+        "train": {"steps": 2000, "lr": 1e-2, "weight_decay": 1e-2, "warmup": 100, "l1": 0.1},
+    },
+}
+
+BUNDLE = ModelBundle(
+    model=MLPBlock,
+    make_task=_task,
+    task_defaults={
+        "n_features": 100,
+        "sparsity": 0.99,
+        "normalize": True,
+        "d_model": 20,
+        "embed_seed": 0,
+        "n_test": 2048,
+    },
+    model_fields=("d_mlp",),
+    presets=PRESETS,
+    title="MLP block",
+    loss_units="loss per point (squared error summed over outputs)",
+    baseline=baseline,
+    read_dictionary=read_dictionary,
+)

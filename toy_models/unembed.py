@@ -11,14 +11,23 @@ import math
 from dataclasses import dataclass
 
 import einops
+import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
-from memlens.data import Batch
+from memlens.bundle import ModelBundle
+from memlens.data import Batch, EmbeddedTask, SparseFeatures, instance_generators
 from memlens.hooked import Circuits, HookedToyModel, ToyConfig, check_positive_int
+from memlens.lookup import (
+    DictEntry,
+    DictionaryOptions,
+    DictionaryResult,
+    features_above,
+    padding_mask,
+)
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class Unembed(HookedToyModel):
     Config = UnembedConfig
     input_dims = ("batch", "inst", "d_model")
     circuit_families = ("datum",)
+    representation_hook = "hook_logits"
 
     def __init__(self, d_model: int, d_vocab: int, n_instances: int = 1, seed: int = 0):
         cfg = UnembedConfig(n_instances=n_instances, seed=seed, d_model=d_model, d_vocab=d_vocab)
@@ -79,7 +89,7 @@ class Unembed(HookedToyModel):
         if y is None or y.dtype not in (torch.long, torch.int64, torch.int32):
             raise ValueError(
                 "Unembed needs integer token targets [batch, inst] (a Batch with "
-                "targets), e.g. from memlens.data.UnembedTask"
+                "targets), e.g. from toy_models.UnembedTask"
             )
         if tuple(y.shape) != tuple(batch.inputs.shape[:2]):
             raise ValueError(
@@ -107,8 +117,168 @@ class Unembed(HookedToyModel):
             names=names, inputs=train.inputs.detach(), hooks=("hook_logits",), readout=readout
         )
 
-    @classmethod
-    def _from_config(cls, cfg: UnembedConfig) -> Unembed:
-        return cls(
-            d_model=cfg.d_model, d_vocab=cfg.d_vocab, n_instances=cfg.n_instances, seed=cfg.seed
+
+class UnembedTask(EmbeddedTask):
+    """Residual input r = E f into an unembedding; the target is a token.
+
+    ``labels="rule"``: the index of the largest active feature (token ``n_features`` when no
+    feature is active), a rule a model can generalise. ``labels="random"``: uniform random tokens,
+    which can only be memorised. The vocabulary has ``n_features + 1`` tokens.
+    """
+
+    LABELS = ("rule", "random")
+
+    def __init__(
+        self,
+        features: SparseFeatures,
+        d_model: int,
+        n_instances: int | None = None,
+        seed: int = 0,
+        labels: str = "rule",
+    ):
+        super().__init__(features, d_model, n_instances, seed)
+        if labels not in self.LABELS:
+            raise ValueError(f"labels must be one of {self.LABELS}, got {labels!r}")
+        self.labels = labels
+
+    @property
+    def d_vocab(self) -> int:
+        return self.features.n_features + 1
+
+    def rule(self, f: Tensor) -> Tensor:
+        top = f.argmax(dim=-1)
+        return torch.where(f.amax(dim=-1) > 0, top, torch.full_like(top, self.features.n_features))
+
+    def make_batch(self, f: Tensor, seed: int) -> Batch:
+        if self.labels == "rule":
+            y = self.rule(f)
+        else:
+            gens = instance_generators(seed, self.n_instances, 9)
+            y = torch.stack(
+                [torch.randint(self.d_vocab, (f.shape[0],), generator=g) for g in gens], dim=1
+            )
+        return Batch(inputs=self.embed(f), targets=y, features=f)
+
+    def model_kwargs(self) -> dict:
+        return {"d_model": self.d_model, "d_vocab": self.d_vocab, "n_instances": self.n_instances}
+
+
+NAME = "unembed"
+
+
+def _leverage(R: Tensor) -> Tensor:
+    """``[inst, T]`` leverage scores r_jᵀ (RᵀR)⁺ r_j of the rows of ``R`` ``[inst, T, d]``."""
+    Rd = R.double()
+    G = Rd.transpose(1, 2) @ Rd
+    # singular values of R below 10·d·eps(R's dtype)·σ_max are rounding noise; G holds their squares
+    rtol = (10 * R.shape[-1] * torch.finfo(R.dtype).eps) ** 2
+    return ((Rd @ torch.linalg.pinv(G, rtol=rtol, hermitian=True)) * Rd).sum(-1).float()
+
+
+@torch.no_grad()
+def read_dictionary(
+    model: Unembed, train: Batch | None, opts: DictionaryOptions
+) -> DictionaryResult:
+    """Slot = the training input's direction; value = the token ``W_U`` maps it to, checked
+    against the label. The layer is linear, so a datum can have an entry of its own only if its
+    input has a direction of its own among the training inputs: its match score is its leverage
+    (maximal data dimensionality) D*, which must reach ``min_share``."""
+    W_U, b_U = model.W_U.detach(), model.b_U.detach()  # [inst, V, d], [inst, V]
+    inst = W_U.shape[0]
+    if train is None:
+        entries = [
+            DictEntry(i, [f"token:{v}"], None, [], v, [v], float("nan"))
+            for i in range(inst)
+            for v in range(W_U.shape[1])
+        ]
+        return DictionaryResult(NAME, entries)
+    R = train.inputs.transpose(0, 1) * ~padding_mask(train).to(W_U.device)[..., None]
+    logits = einops.einsum(R, W_U, "inst t d, inst v d -> inst t v") + b_U[:, None]
+    token = logits.argmax(-1)
+    labels = train.targets.transpose(0, 1)
+    trivial = (R.norm(dim=-1) <= 1e-6) | padding_mask(train)
+    dstar = _leverage(R)
+    # the dictionary's token for j is read from W_U along j's own direction; it predicts the
+    # model (read back) when it is the label the model was trained on and the model agrees
+    covered = (dstar >= opts.min_share) & (token == labels) & ~trivial
+    read_back = covered.clone()
+    feats = None if train.features is None else train.features.transpose(0, 1)
+    entries = [
+        DictEntry(
+            instance=i,
+            slots=[f"input:{j}"],
+            key=j,
+            key_features=[] if feats is None else features_above(feats[i, j], 0.0),
+            value=int(token[i, j]),
+            value_features=[int(token[i, j])],
+            match=float(dstar[i, j].clamp(0, 1)),
         )
+        for i, j in covered.nonzero().tolist()
+    ]
+    return DictionaryResult(NAME, entries, covered.cpu(), read_back.cpu(), trivial.cpu())
+
+
+def baseline(batch: Batch) -> Tensor:
+    """Per instance: the cross-entropy (nats) of the best constant prediction, the empirical label
+    distribution of ``batch``: its entropy."""
+    y = batch.targets
+    counts = torch.zeros(y.shape[1], int(y.max()) + 1).scatter_add_(
+        1, y.T.long().cpu(), torch.ones(y.T.shape)
+    )
+    p = counts / counts.sum(1, keepdim=True)
+    return -(p * p.clamp_min(1e-30).log()).sum(1)
+
+
+def _task(spec) -> UnembedTask:
+    feats = SparseFeatures(spec["n_features"], spec["sparsity"], normalize=spec["normalize"])
+    return UnembedTask(
+        feats, spec["d_model"], n_instances=1, seed=spec["embed_seed"], labels=spec["labels"]
+    )
+
+
+def _logspace(lo: float, hi: float, n: int) -> list[int]:
+    return sorted({int(round(v)) for v in np.geomspace(lo, hi, n)})
+
+
+PRESETS = {
+    "paper": {
+        "grid": {"T": _logspace(3, 50_000, 20), "seed": [0, 1, 2]},
+        "task": {"n_features": 10_000, "sparsity": 0.999, "d_model": 100},
+        "train": {"steps": 50_000, "lr": 1e-3, "warmup": 2_500, "weight_decay": 1e-2},
+    },
+    "cpu": {
+        "grid": {"T": _logspace(3, 3000, 13), "seed": [0, 1, 2]},
+        "task": {"n_features": 100, "sparsity": 0.99, "d_model": 20, "n_test": 1000},
+        "train": {"steps": 1000, "lr": 1e-2, "warmup": 50, "weight_decay": 1e-2},
+    },
+    "smoke": {
+        "grid": {"T": [3, 6, 12, 24], "seed": [0, 1]},
+        "task": {"n_features": 30, "sparsity": 0.9, "d_model": 8, "n_test": 256},
+        "train": {"steps": 60, "lr": 1e-2, "warmup": 5, "weight_decay": 1e-2},
+    },
+    # the quickstart's table: a memorising (small T) and a generalising (large T) model
+    "quickstart": {
+        "grid": {"T": [16, 2000]},
+        "task": {"n_features": 40, "sparsity": 0.9, "d_model": 10},
+        "train": {"steps": 1500, "lr": 3e-3, "weight_decay": 1e-2, "warmup": 75, "batch_size": 512},
+    },
+}
+
+BUNDLE = ModelBundle(
+    model=Unembed,
+    make_task=_task,
+    task_defaults={
+        "n_features": 100,
+        "sparsity": 0.99,
+        "normalize": True,
+        "d_model": 20,
+        "embed_seed": 0,
+        "labels": "rule",
+        "n_test": 2048,
+    },
+    presets=PRESETS,
+    title="final layer (unembedding)",
+    loss_units="loss per point (cross-entropy, nats)",
+    baseline=baseline,
+    read_dictionary=read_dictionary,
+)

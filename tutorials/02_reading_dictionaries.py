@@ -31,9 +31,10 @@ import matplotlib.pyplot as plt
 import torch
 
 import memlens as ml
-from memlens.data import BottleneckTask, MLPTask, SparseFeatures, UnembedTask
-from probes.dictionary import DictionaryProbe, sparse_activations
-from toy_models import Bottleneck, MLPBlock, Unembed
+from memlens import sparse_activations
+from memlens.data import SparseFeatures
+from probes.dictionary import DictionaryProbe
+from toy_models import Bottleneck, BottleneckTask, MLPBlock, MLPTask, Unembed, UnembedTask
 
 FAST = os.environ.get("MEMLENS_FAST") == "1"
 STEPS = 300 if FAST else 2000

@@ -31,9 +31,9 @@ import matplotlib.pyplot as plt
 import torch
 
 import memlens as ml
-from memlens.data import Batch, BottleneckTask, SparseFeatures
+from memlens.data import Batch, SparseFeatures
 from probes.dimensionality import max_data_dimensionality
-from toy_models import Bottleneck
+from toy_models import Bottleneck, BottleneckTask
 
 FAST = os.environ.get("MEMLENS_FAST") == "1"
 N, S, M = (60, 0.9, 2) if FAST else (1000, 0.99, 2)

@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 import memlens as ml
-from memlens.data import MLPTask, SparseFeatures
+from memlens.data import SparseFeatures
+from toy_models import MLPTask
 
 FAST = os.environ.get("MEMLENS_FAST") == "1"
 

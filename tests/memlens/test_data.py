@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from memlens.data import Batch, BottleneckTask, MLPTask, SparseFeatures, UnembedTask
+from memlens.data import Batch, SparseFeatures
+from toy_models import BottleneckTask, MLPTask, UnembedTask
 
 
 def test_sparsity_and_value_distribution():

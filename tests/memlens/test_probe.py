@@ -86,7 +86,7 @@ def test_unknown_hook_raises_before_anything_runs(model, x):
     assert ran == [] and n_hooks(model) == 0
     mlp = MLPBlock(d_model=3, d_mlp=4, d_out=2)
     with pytest.raises(ValueError, match="hook_post"):  # lists the model's own hooks
-        with ml.probing(mlp, "dimensionality"):  # default hook_hidden is not an MLP hook
+        with ml.probing(mlp, ("dimensionality", {"hook": "hook_hidden"})):  # not an MLP hook
             pass
 
 

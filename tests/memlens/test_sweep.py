@@ -12,7 +12,7 @@ import torch
 
 import memlens
 import memlens.sweep  # noqa: F401
-from memlens.train import train
+from memlens.training import train
 
 S = sys.modules["memlens.sweep"]
 
@@ -61,7 +61,7 @@ def test_packed_cell_equals_cell_trained_alone(tmp_path):
 
 
 def test_grouping_keeps_padding_waste_bounded():
-    g, t, tr = S._normalise(
+    g, t, tr = S.normalise(
         "bottleneck",
         {"T": [2, 3, 5, 9, 17, 33, 65, 129, 257, 513], "seed": [0, 1, 2]},
         SMOKE_TASK,
@@ -117,6 +117,7 @@ def test_resume_after_kill_gives_same_table(tmp_path):
         assert ra["cell"] == rb["cell"]
 
 
+@pytest.mark.user_errors
 @pytest.mark.parametrize(
     "kwargs, match",
     [
@@ -168,7 +169,7 @@ def test_presets_cover_every_setting():
         for name in ("paper", "cpu", "smoke"):
             p = S.preset(model, name)
             assert set(p) == {"grid", "task", "train"}
-            S._normalise(model, p["grid"], p["task"], p["train"])
+            S.normalise(model, p["grid"], p["task"], p["train"])
     paper = S.preset("bottleneck", "paper")
     assert paper["task"]["n_features"] == 10_000 and paper["task"]["sparsity"] == 0.999
     assert paper["train"] == {"steps": 50_000, "lr": 1e-3, "warmup": 2_500, "weight_decay": 1e-2}

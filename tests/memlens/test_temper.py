@@ -219,6 +219,7 @@ def test_calibrate_table_and_recommendation():
     assert cal.plot() is not None
 
 
+@pytest.mark.user_errors
 @pytest.mark.parametrize(
     "kw, match",
     [

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import memlens as ml
-from memlens.data import Batch, MLPTask, SparseFeatures
-from memlens.train import lr_at
-from toy_models import Bottleneck, MLPBlock
+from memlens.data import Batch, SparseFeatures
+from memlens.training import lr_at
+from toy_models import Bottleneck, MLPBlock, MLPTask
 
 
 def test_schedule_is_linear_warmup_then_cosine_to_zero():

@@ -113,6 +113,7 @@ def test_scale_invariance_permutation_equivariance_and_batching():
     assert torch.allclose(feature_dimensionality(W[:, :, p10]), fd[:, p10], atol=1e-6)
 
 
+@pytest.mark.user_errors
 def test_bad_input():
     H = torch.randn(10, 3)
     H[4, 1] = float("nan")

@@ -81,8 +81,7 @@ def _extremes(model, train):
 
 @pytest.mark.filterwarnings("ignore:chains barely move")
 def test_mlp_block_neuron_and_datum_circuits_at_the_extremes():
-    from memlens.data import MLPTask
-    from toy_models import MLPBlock
+    from toy_models import MLPBlock, MLPTask
 
     train = MLPTask(SparseFeatures(n_features=8, sparsity=0.7), d_model=4, n_instances=2).sample(
         T=12, seed=0
@@ -102,8 +101,7 @@ def test_mlp_block_neuron_and_datum_circuits_at_the_extremes():
 
 @pytest.mark.filterwarnings("ignore:chains barely move")
 def test_unembed_datum_circuits_at_the_extremes():
-    from memlens.data import UnembedTask
-    from toy_models import Unembed
+    from toy_models import Unembed, UnembedTask
 
     task = UnembedTask(
         SparseFeatures(n_features=8, sparsity=0.7), d_model=4, n_instances=2, labels="random"

@@ -7,8 +7,8 @@ import torch
 from transformer_lens import HookedRootModule
 
 import memlens as ml
-from memlens.data import Batch, MLPTask, SparseFeatures, UnembedTask
-from toy_models import Bottleneck, MLPBlock, Unembed
+from memlens.data import Batch, SparseFeatures
+from toy_models import Bottleneck, MLPBlock, MLPTask, Unembed, UnembedTask
 
 INST = 3
 
@@ -174,6 +174,7 @@ def test_load_truncated_and_unknown_class_give_clear_errors(tmp_path):
         ml.load(tmp_path / "bad.pt")
 
 
+@pytest.mark.user_errors
 def test_bad_input_raises_naming_the_field():
     with pytest.raises(ValueError, match="d_hidden"):
         Bottleneck(10, 0)

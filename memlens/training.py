@@ -18,7 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from memlens.data import Batch, SparseFeatures, Task, as_batch
-from memlens.hooked import HookedToyModel
+from memlens.hooked import HookedToyModel, loss_rows
 
 __all__ = ["train", "TrainResult", "lr_at", "evaluate", "sparse_activations"]
 
@@ -129,7 +129,7 @@ def _stream(model, data, batch_size, seed) -> tuple[Iterator[Batch], Batch | Non
     if isinstance(data, (SparseFeatures, Task)):
         if batch_size is None:
             raise ValueError("infinite data (SparseFeatures or a Task) needs a batch_size")
-        n = data.n_instances if isinstance(data, Task) else data._check_instances(model.n_instances)
+        n = data.n_instances if isinstance(data, Task) else data.check_instances(model.n_instances)
         if n != model.n_instances:
             raise ValueError(
                 f"instance-count mismatch: the data has {n} instances but the model "
@@ -179,6 +179,8 @@ def train(
     batch_size: int | None = None,
     seed: int = 0,
     test: Tensor | Batch | None = None,
+    l1: float = 0.0,
+    l1_hook: str | None = None,
     progress: bool = True,
     desc: str = "train",
 ) -> TrainResult:
@@ -193,14 +195,25 @@ def train(
         batch_size: points per instance per step; ``None`` means full batch.
         seed: seeds the minibatch stream (initialisation is seeded by the model's config).
         test: an optional test set; its loss is reported per instance at the end.
+        l1: coefficient of an L1 penalty on the activations at ``l1_hook`` (default: the model's
+            representation hook), averaged over points (see :func:`sparse_activations`); it
+            shapes the gradient only, the reported losses are the task's.
     Raises:
         ValueError before any step on bad arguments; FloatingPointError naming the step and the
         instances if a loss becomes NaN or inf.
     """
     _validate(model, steps, lr, weight_decay, warmup, schedule, batch_size)
-    if test is not None:
-        test = model.check_batch(test).to(model.device)
-    stream, full = _stream(model, data, batch_size, seed)
+    penalty = (
+        sparse_activations(model, l1, l1_hook) if l1 != 0 or l1_hook else contextlib.nullcontext()
+    )
+    penalty.__enter__()  # validates l1 and l1_hook now; the scoped hook is removed at the end
+    try:
+        if test is not None:
+            test = model.check_batch(test).to(model.device)
+        stream, full = _stream(model, data, batch_size, seed)
+    except BaseException:
+        penalty.__exit__(None, None, None)
+        raise
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     history = torch.empty(steps, model.n_instances, device=model.device)
@@ -226,6 +239,7 @@ def train(
                 bar.set_postfix(loss=f"{history[step].mean().item():.3g}")
     finally:
         bar.close()
+        penalty.__exit__(None, None, None)
     model.eval()
     train_loss = evaluate(model, full) if full is not None else history[-1].clone()
     test_loss = evaluate(model, test) if test is not None else None
@@ -237,6 +251,7 @@ def train(
         "schedule": schedule,
         "batch_size": batch_size,
         "seed": seed,
+        "l1": l1,
     }
     return TrainResult(
         history=history.cpu(),
@@ -263,26 +278,39 @@ def _check_finite(history: Tensor, start: int, stop: int) -> None:
 
 @contextlib.contextmanager
 def sparse_activations(
-    model: HookedToyModel, coeff: float, hook: str = "hook_post"
+    model: HookedToyModel, coeff: float, hook: str | None = None
 ) -> Iterator[None]:
-    """Training aid: add the gradient of an L1 penalty ``coeff · mean_batch Σ_k |a_k|`` on the
-    activations at ``hook`` (through a scoped hook; the reported loss is unchanged).
+    """Training aid: add the gradient of an L1 penalty ``coeff · mean_points Σ_k |a_k|`` on the
+    activations at ``hook`` (default: the model's representation hook) through a scoped hook; the
+    reported loss is unchanged. Inside :meth:`HookedToyModel.loss` the mean runs over the whole
+    batch's real points per instance (padding excluded), whatever the row chunking.
 
     Plain AdamW training of an MLP block memorises with a *distributed* code (each neuron fires on
     about half the points), which is no lookup table; an activation-sparsity penalty, like the
     L1 of sparse dictionary learning, makes each neuron store one or two points.
+    ``memlens.train(..., l1=coeff)`` does the same.
     """
-    if not (isinstance(coeff, (int, float)) and coeff >= 0):
-        raise ValueError(f"coeff must be >= 0, got {coeff!r}")
+    if isinstance(coeff, bool) or not isinstance(coeff, (int, float)) or not 0 <= coeff < math.inf:
+        raise ValueError(f"coeff (the L1 coefficient) must be a finite number >= 0, got {coeff!r}")
+    hook = model.representation_hook if hook is None else hook
     if hook not in model.hook_dict:
         raise ValueError(
             f"{type(model).__name__} has no hook {hook!r}; hooks: {list(model.hook_dict)}"
         )
 
     def fn(act: Tensor, hook=None):
-        if act.requires_grad:
-            n = act.shape[0]
-            act.register_hook(lambda g: g + coeff * torch.sign(act.detach()) / n)
+        if act.requires_grad and coeff > 0:
+            rows = loss_rows()
+            if rows is None:  # a plain forward pass: the mean over this batch
+                w = torch.full(act.shape[:2], 1.0 / act.shape[0], device=act.device)
+            else:
+                mask, n_points = rows
+                w = (1.0 / n_points.clamp_min(1))[None, :].expand(act.shape[:2])
+                if mask is not None:
+                    w = w * mask
+            w = w.reshape(*act.shape[:2], *([1] * (act.ndim - 2))).to(act.dtype)
+            sign = torch.sign(act.detach())
+            act.register_hook(lambda g: g + coeff * sign * w)
         return act
 
     with model.hooks(fwd_hooks=[(hook, fn)]):

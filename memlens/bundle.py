@@ -1,0 +1,130 @@
+"""``ModelBundle``: everything the core knows about one kind of model, registered as one plugin.
+
+The core never names a model. Sweeps, reports, the quickstart, the CLI and the dictionary probe
+look a model up in the ``memlens.models`` registry and find its bundle:
+
+* ``model``: the :class:`~memlens.hooked.HookedToyModel` subclass (its ``Config``, its
+  ``representation_hook``, its ``circuits``);
+* ``make_task`` and ``task_defaults``: the data recipe. A *spec* is a flat JSON-safe dict of task
+  keys (``n_features``, ``sparsity``, ``normalize``, ``n_test``, and the plugin's own), model fields
+  (``model_fields``, e.g. ``d_hidden``) and the cell's ``T`` and ``seed``. ``make_task(spec)``
+  turns it into a one-instance :class:`~memlens.data.Task`, so any checkpoint that stores its spec
+  can rebuild its training set;
+* ``presets``: named ``{"grid", "task", "train"}`` settings for sweeps (``smoke``, ``cpu``, ...);
+* ``title`` and ``loss_units`` for figures and tables; ``baseline(batch)``, the per-instance loss
+  of the best constant predictor, for judging whether a loss means anything;
+* ``read_dictionary(model, train, options)``: reads the memorised lookup table off the weights.
+
+A third-party package registers its own bundle through the ``memlens.models`` entry-point group,
+exactly as the built-in ones do (``bottleneck = "toy_models.bottleneck:BUNDLE"``). Registering a
+bare model class still works (``@memlens.register_model("name")``); it can be trained, probed and
+tempered, and the core says what to add where a data recipe is needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from memlens.data import Batch, Task
+    from memlens.hooked import HookedToyModel
+
+__all__ = ["ModelBundle", "GENERIC_TASK_KEYS"]
+
+#: task keys every sparse-feature recipe understands, with their defaults
+GENERIC_TASK_KEYS: dict[str, Any] = {
+    "n_features": 100,
+    "sparsity": 0.99,
+    "normalize": True,
+    "n_test": 2048,
+}
+
+
+@dataclass(frozen=True)
+class ModelBundle:
+    """One model plugin: the model class and what the core needs to train, sweep and read it."""
+
+    model: type
+    make_task: Callable[[Mapping[str, Any]], Task] | None = None
+    task_defaults: Mapping[str, Any] = field(default_factory=dict)
+    model_fields: tuple[str, ...] = ()
+    presets: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+    title: str = ""
+    loss_units: str = "loss per point"
+    baseline: Callable[[Batch], Any] | None = None
+    read_dictionary: Callable[..., Any] | None = None
+
+    # -------------------------------------------------------------------------- derived
+    @property
+    def name(self) -> str:
+        from memlens.registry import MODELS
+
+        return MODELS.name_of(self.model) or self.model.__name__
+
+    @property
+    def representation_hook(self) -> str:
+        """The hook holding the learned representation (what dimensionality reads by default)."""
+        return self.model.representation_hook
+
+    @property
+    def display_title(self) -> str:
+        return self.title or self.name
+
+    def _need_task(self, what: str) -> None:
+        if self.make_task is None:
+            raise ValueError(
+                f"model {self.name!r} has no data recipe, so it cannot {what}: register a "
+                "memlens.ModelBundle with make_task= and task_defaults= for it"
+            )
+
+    def spec_keys(self) -> dict[str, Any]:
+        """Every key a spec may set (task keys and model fields), with its default."""
+        self._need_task("build data from a spec")
+        fields = {f.name: f.default for f in dataclasses.fields(self.model.Config)}
+        return {
+            **GENERIC_TASK_KEYS,
+            **self.task_defaults,
+            **{k: fields[k] for k in self.model_fields},
+        }
+
+    def full_spec(self, spec: Mapping[str, Any]) -> dict[str, Any]:
+        """``spec`` with every missing key filled by its default; unknown keys raise."""
+        keys = self.spec_keys()
+        unknown = sorted(set(spec) - set(keys) - {"T", "seed"})
+        if unknown:
+            raise ValueError(
+                f"unknown setting(s) {unknown} for model {self.name!r}; known: {sorted(keys)}"
+            )
+        return {**keys, **spec}
+
+    # -------------------------------------------------------------------------- building
+    def task(self, spec: Mapping[str, Any]) -> Task:
+        """The one-instance data recipe of ``spec``."""
+        self._need_task("build data")
+        return self.make_task(self.full_spec(spec))
+
+    def build(self, spec: Mapping[str, Any]) -> HookedToyModel:
+        """The model of ``spec`` alone (``n_instances=1``), initialised from ``spec['seed']``."""
+        spec = self.full_spec(spec)
+        kw = {k: spec[k] for k in self.model_fields}
+        return self.model(**self.task(spec).model_kwargs(), **kw, seed=int(spec.get("seed", 0)))
+
+    def data(self, spec: Mapping[str, Any]) -> tuple[Batch, Batch]:
+        """``(train, test)`` of ``spec``: ``T`` training points and ``n_test`` fresh test points."""
+        spec = self.full_spec(spec)
+        if "T" not in spec:
+            raise ValueError("a data spec needs T, the number of training points")
+        return self.task(spec).split(
+            int(spec["T"]), seed=int(spec.get("seed", 0)), n_test=int(spec["n_test"])
+        )
+
+    def preset(self, name: str) -> dict:
+        """``{"grid", "task", "train"}`` of a named preset (a deep copy)."""
+        if name not in self.presets:
+            known = sorted(self.presets) or "none"
+            raise ValueError(f"unknown preset {name!r} for model {self.name!r}; known: {known}")
+        return copy.deepcopy(dict(self.presets[name]))
