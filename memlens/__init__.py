@@ -11,24 +11,79 @@ The core never imports the plugin packages (``toy_models``, ``probes``): it find
 the registry (:mod:`memlens.registry`), as it finds a third party's.
 """
 
-from memlens import data, io
-from memlens.bundle import ModelBundle
-from memlens.data import Batch, SparseFeatures
-from memlens.hooked import Circuits, HookedToyModel, ToyConfig, load, load_with_recipes
-from memlens.probe import Probe, ProbeResult, probing
-from memlens.registry import (
-    bundle_of,
-    get_bundle,
-    get_model,
-    get_probe,
-    list_models,
-    list_probes,
-    register_model,
-    register_probe,
-)
-from memlens.sweep import sweep
-from memlens.temper import Tempering, calibrate, estimate_llc, temper
-from memlens.training import TrainResult, evaluate, sparse_activations, train
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Public names are imported lazily (PEP 562): `import memlens` and `memlens --help` stay fast,
+# and torch / transformer_lens load on first use of a model, a probe or a job.
+_LAZY = {
+    "data": ("memlens.data", None),
+    "io": ("memlens.io", None),
+    "ModelBundle": ("memlens.bundle", "ModelBundle"),
+    "Batch": ("memlens.data", "Batch"),
+    "SparseFeatures": ("memlens.data", "SparseFeatures"),
+    "Circuits": ("memlens.hooked", "Circuits"),
+    "HookedToyModel": ("memlens.hooked", "HookedToyModel"),
+    "ToyConfig": ("memlens.hooked", "ToyConfig"),
+    "load": ("memlens.hooked", "load"),
+    "load_with_recipes": ("memlens.hooked", "load_with_recipes"),
+    "Probe": ("memlens.probe", "Probe"),
+    "ProbeResult": ("memlens.probe", "ProbeResult"),
+    "probing": ("memlens.probe", "probing"),
+    "bundle_of": ("memlens.registry", "bundle_of"),
+    "get_bundle": ("memlens.registry", "get_bundle"),
+    "get_model": ("memlens.registry", "get_model"),
+    "get_probe": ("memlens.registry", "get_probe"),
+    "list_models": ("memlens.registry", "list_models"),
+    "list_probes": ("memlens.registry", "list_probes"),
+    "register_model": ("memlens.registry", "register_model"),
+    "register_probe": ("memlens.registry", "register_probe"),
+    "sweep": ("memlens.sweep", "sweep"),
+    "Tempering": ("memlens.temper", "Tempering"),
+    "calibrate": ("memlens.temper", "calibrate"),
+    "estimate_llc": ("memlens.temper", "estimate_llc"),
+    "temper": ("memlens.temper", "temper"),
+    "TrainResult": ("memlens.training", "TrainResult"),
+    "evaluate": ("memlens.training", "evaluate"),
+    "sparse_activations": ("memlens.training", "sparse_activations"),
+    "train": ("memlens.training", "train"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'memlens' has no attribute {name!r}") from None
+    mod = importlib.import_module(module)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
+    from memlens import data, io
+    from memlens.bundle import ModelBundle
+    from memlens.data import Batch, SparseFeatures
+    from memlens.hooked import Circuits, HookedToyModel, ToyConfig, load, load_with_recipes
+    from memlens.probe import Probe, ProbeResult, probing
+    from memlens.registry import (
+        bundle_of,
+        get_bundle,
+        get_model,
+        get_probe,
+        list_models,
+        list_probes,
+        register_model,
+        register_probe,
+    )
+    from memlens.sweep import sweep
+    from memlens.temper import Tempering, calibrate, estimate_llc, temper
+    from memlens.training import TrainResult, evaluate, sparse_activations, train
 
 __version__ = "0.1.0"
 

@@ -10,13 +10,17 @@ Conventions
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from memlens import validate
 
 __all__ = [
     "Batch",
@@ -133,6 +137,29 @@ def _per_instance(value, n_instances: int, name: str) -> Tensor:
     return t
 
 
+def _reals(name: str, value: Any) -> Tensor:
+    """Numbers (a number, a list, nested lists, an array or a tensor) as a float64 tensor;
+    strings, bools and other types are refused rather than coerced."""
+    if isinstance(value, Tensor):
+        if value.dtype == torch.bool or value.is_complex():
+            raise ValueError(f"{name} must hold real numbers, got a {value.dtype} tensor")
+        return value.detach().to("cpu", torch.float64)
+
+    def ok(v: Any) -> bool:
+        if isinstance(v, (list, tuple)):
+            return all(ok(x) for x in v)
+        return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+
+    if isinstance(value, np.ndarray):
+        value = value.tolist()
+    if not ok(value):
+        raise ValueError(f"{name} must be a number or a list of numbers, got {value!r}")
+    try:
+        return torch.as_tensor(value, dtype=torch.float64)
+    except (ValueError, TypeError) as exc:  # ragged lists
+        raise ValueError(f"{name} must be a number or a regular list of numbers: {exc}") from None
+
+
 class SparseFeatures:
     """Sparse features: each is 0 with probability ``sparsity`` and U[0, 1] otherwise.
 
@@ -153,34 +180,33 @@ class SparseFeatures:
         importance: Sequence[float] | Sequence[Sequence[float]] | Tensor | None = None,
         normalize: bool = False,
     ):
-        if not isinstance(n_features, (int, np.integer)) or n_features <= 0:
-            raise ValueError(f"n_features must be a positive int, got {n_features!r}")
+        validate.positive_int("n_features", n_features)
         if (sparsity is None) == (feature_probability is None):
             raise ValueError("give exactly one of sparsity=S or feature_probability=1-S")
         if sparsity is None:
-            fp = torch.as_tensor(feature_probability, dtype=torch.float64)
+            fp = _reals("feature_probability", feature_probability)
             if fp.numel() == 0 or not bool(((fp > 0) & (fp <= 1)).all()):
                 raise ValueError(
                     f"feature_probability must be in (0, 1], got {feature_probability!r}"
                 )
             sparsity = (1 - fp).tolist()
-        s = torch.as_tensor(sparsity, dtype=torch.float64)
+        s = _reals("sparsity", sparsity)
         if s.ndim > 1 or s.numel() == 0 or not bool(((s >= 0) & (s < 1)).all()):
             raise ValueError(f"sparsity must be in [0, 1) (0 = dense), got {sparsity!r}")
         self.n_features = int(n_features)
         self.sparsity = s.to(torch.float32)
         if importance is not None:
-            imp = torch.as_tensor(importance, dtype=torch.float32)
-            if imp.shape[-1] != n_features or imp.ndim > 2:
+            imp = _reals("importance", importance).to(torch.float32)
+            if imp.ndim not in (1, 2) or imp.shape[-1] != n_features:
                 raise ValueError(
                     f"importance must have shape [feat={n_features}] or [inst, feat], got "
                     f"{tuple(imp.shape)}"
                 )
-            if bool((imp < 0).any()):
-                raise ValueError("importance must be non-negative")
+            if not bool(torch.isfinite(imp).all()) or bool((imp < 0).any()):
+                raise ValueError(f"importance must be finite and non-negative, got {importance!r}")
             importance = imp
         self.importance = importance
-        self.normalize = bool(normalize)
+        self.normalize = validate.boolean("normalize", normalize)
 
     def __repr__(self) -> str:
         s = self.sparsity.tolist()

@@ -21,11 +21,12 @@ from jaxtyping import Float
 from torch import Tensor
 from transformer_lens import HookedRootModule
 
-from memlens import io
+from memlens import io, threads, validate
 from memlens.data import Batch, as_batch, instance_generators
 from memlens.registry import MODELS
 
 LOSS_CHUNK_ELEMENTS = 2**20
+threads.record_initial()  # PyTorch's thread count before memlens touched it (see memlens.threads)
 
 #: (mask [rows, inst] or None, points per instance [inst]) of the batch whose loss is being
 #: evaluated; set by ``HookedToyModel.loss`` around each row chunk (see :func:`loss_rows`)
@@ -62,8 +63,8 @@ __all__ = [
 
 
 def check_positive_int(name: str, value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    """Refuse anything but a positive int (configs call this for their sizes)."""
+    validate.positive_int(name, value)
 
 
 @dataclass(frozen=True)
@@ -78,8 +79,7 @@ class ToyConfig:
 
     def validate(self) -> None:
         check_positive_int("n_instances", self.n_instances)
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        validate.seed("seed", self.seed)
 
     def to_dict(self) -> dict:
         return io.jsonable(dataclasses.asdict(self))
@@ -173,9 +173,34 @@ class HookedToyModel(HookedRootModule):
                 f"{f}={self.d_in}], got {got}"
             )
 
-    def check_batch(self, batch: Tensor | Batch) -> Batch:
-        """Validate a training or test batch against this model; return it as a Batch."""
+    def check_batch(self, batch: Tensor | Batch, name: str = "data") -> Batch:
+        """Validate a training or test batch against this model; return it as a Batch.
+
+        Inputs (and real-valued targets) of another floating dtype are converted to the model's;
+        integer inputs, and NaN or inf anywhere, are refused naming ``name`` and the first bad
+        index."""
         batch = as_batch(batch)
+        if not isinstance(batch.inputs, Tensor):
+            raise ValueError(f"{name} inputs must be a tensor, got {type(batch.inputs).__name__}")
+        dtype = next(self.parameters()).dtype
+        if not batch.inputs.is_floating_point():
+            raise ValueError(
+                f"{name} inputs must be floating point ({dtype}), got {batch.inputs.dtype}"
+            )
+        tgt = batch.targets
+        if batch.inputs.dtype != dtype or (
+            tgt is not None and tgt.is_floating_point() and tgt.dtype != dtype
+        ):
+            conv = None if tgt is None or not tgt.is_floating_point() else tgt.to(dtype)
+            batch = Batch(
+                batch.inputs.to(dtype),
+                tgt if conv is None else conv,
+                batch.features,
+                batch.lengths,
+            )
+        mask = batch.mask()  # padding rows of packed sweeps are never read: not checked
+        validate.finite_tensor(f"{name} inputs", batch.inputs, mask)
+        validate.finite_tensor(f"{name} targets", batch.targets, mask)
         if batch.inputs.ndim == 3 and batch.inputs.shape[1] != self.n_instances:
             raise ValueError(
                 f"instance-count mismatch: the data has {batch.inputs.shape[1]} instances "

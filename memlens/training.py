@@ -17,6 +17,7 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from memlens import threads
 from memlens.data import Batch, SparseFeatures, Task, as_batch
 from memlens.hooked import HookedToyModel, loss_rows
 
@@ -167,6 +168,12 @@ def _stream(model, data, batch_size, seed) -> tuple[Iterator[Batch], Batch | Non
     return minibatches(), full
 
 
+def _train_work(model, data=None, *args, batch_size=None, **kw) -> int:
+    rows = batch_size or (len(as_batch(data)) if isinstance(data, (Tensor, Batch)) else 1)
+    return rows * model.n_instances * model.width
+
+
+@threads.managed(_train_work)
 def train(
     model: HookedToyModel,
     data: Tensor | Batch | SparseFeatures | Task,
@@ -209,7 +216,7 @@ def train(
     penalty.__enter__()  # validates l1 and l1_hook now; the scoped hook is removed at the end
     try:
         if test is not None:
-            test = model.check_batch(test).to(model.device)
+            test = model.check_batch(test, "test").to(model.device)
         stream, full = _stream(model, data, batch_size, seed)
     except BaseException:
         penalty.__exit__(None, None, None)

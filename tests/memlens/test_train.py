@@ -55,11 +55,16 @@ def test_minibatches_respect_padding_lengths():
     assert torch.isfinite(res.train_loss).all() and torch.isfinite(model.W).all()
 
 
-def test_nan_loss_stops_naming_step_and_instances():
+def test_non_finite_data_is_refused_before_any_step_naming_the_first_bad_index():
     x = torch.rand(8, 3, 5)
-    x[:, 1, 0] = float("inf")
-    with pytest.raises(FloatingPointError, match=r"step 0 in instance\(s\) \[1\]"):
-        ml.train(Bottleneck(5, 2, n_instances=3), x, steps=5, progress=False)
+    x[2, 1, 0] = float("inf")
+    model = Bottleneck(5, 2, n_instances=3)
+    before = model.W.detach().clone()
+    with pytest.raises(
+        ValueError, match=r"data inputs contains NaN or inf \(first at index \[2, 1, 0\]"
+    ):
+        ml.train(model, x, steps=5, progress=False)
+    assert torch.equal(model.W, before)  # refused before any step
 
 
 @pytest.mark.parametrize(
