@@ -18,6 +18,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from memlens.data import Batch, SparseFeatures, Task, as_batch
+from memlens.fused import Rows, fused_step
 from memlens.hooked import HookedToyModel
 
 __all__ = ["train", "TrainResult", "lr_at", "evaluate", "sparse_activations"]
@@ -124,8 +125,9 @@ def _validate(model, steps, lr, weight_decay, warmup, schedule, batch_size):
         )
 
 
-def _stream(model, data, batch_size, seed) -> tuple[Iterator[Batch], Batch | None]:
-    """The batches to train on, and the finite training set (None for infinite data)."""
+def _stream(model, data, batch_size, seed) -> tuple[Iterator[Batch | Rows], Batch | None]:
+    """The batches to train on (a minibatch of a finite set comes as its ``Rows``), and the
+    finite training set (None for infinite data)."""
     if isinstance(data, (SparseFeatures, Task)):
         if batch_size is None:
             raise ValueError("infinite data (SparseFeatures or a Task) needs a batch_size")
@@ -158,11 +160,11 @@ def _stream(model, data, batch_size, seed) -> tuple[Iterator[Batch], Batch | Non
     g = torch.Generator(device="cpu").manual_seed(seed)
     n_pts = full.n_points().to(torch.float32)
 
-    def minibatches() -> Iterator[Batch]:
+    def minibatches() -> Iterator[Rows]:
         while True:
             u = torch.rand(batch_size, model.n_instances, generator=g)
             idx = (u * n_pts).long().clamp_max(len(full) - 1).to(model.device)
-            yield full.gather(idx)
+            yield Rows(full, idx)
 
     return minibatches(), full
 
@@ -193,6 +195,12 @@ def train(
         batch_size: points per instance per step; ``None`` means full batch.
         seed: seeds the minibatch stream (initialisation is seeded by the model's config).
         test: an optional test set; its loss is reported per instance at the end.
+
+    On the CPU, a model with a fused step (``fused_loss_and_grads``: losses and gradients in one
+    pass, see :mod:`memlens.fused`) uses it when no hook is attached; otherwise, and with
+    ``MEMLENS_COMPILE=0``, each step is the eager forward and autograd backward. Both give the
+    same numbers to float rounding.
+
     Raises:
         ValueError before any step on bad arguments; FloatingPointError naming the step and the
         instances if a loss becomes NaN or inf.
@@ -201,8 +209,10 @@ def train(
     if test is not None:
         test = model.check_batch(test).to(model.device)
     stream, full = _stream(model, data, batch_size, seed)
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    params = [p for _, p in named]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    fused = fused_step(model)
     history = torch.empty(steps, model.n_instances, device=model.device)
     checked = 0
     t0 = time.perf_counter()
@@ -213,10 +223,19 @@ def train(
             lr_now = lr_at(step, steps=steps, lr=lr, warmup=warmup, schedule=schedule)
             for group in opt.param_groups:
                 group["lr"] = lr_now
-            batch = next(stream)
-            losses = model.loss(batch)
-            opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
+            item = next(stream)
+            out = None
+            if fused is not None:
+                out = fused(item.full, item.idx) if isinstance(item, Rows) else fused(item)
+            if out is None:
+                batch = item.gather() if isinstance(item, Rows) else item
+                losses = model.loss(batch)
+                opt.zero_grad(set_to_none=True)
+                losses.sum().backward()
+            else:
+                losses, grads = out
+                for name, p in named:
+                    p.grad = grads[name]
             opt.step()
             history[step] = losses.detach()
             if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:

@@ -18,7 +18,10 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from memlens.data import Batch
+from memlens.fused import DerivedCache, blocks, gather_instance_major, instance_major, row_counts
 from memlens.hooked import Circuits, HookedToyModel, ToyConfig, check_positive_int
+
+_inputs, _targets = DerivedCache(), DerivedCache()  # instance-major copies of a training set
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,57 @@ class MLPBlock(HookedToyModel):
 
     def per_example_loss(self, batch: Batch) -> Float[Tensor, "batch inst"]:
         return ((self(batch.inputs) - batch.target) ** 2).sum(-1)
+
+    def fused_loss_and_grads(self, batch: Batch, rows: Tensor | None = None):
+        """Losses and hand-derived gradients without autograd, for ``memlens.train``.
+
+        Works on instance-major copies of the data (made once per training set) in blocks of
+        about 2**19 activations, with the matmuls batched over the block's instances:
+
+            pre = r W_inᵀ + b_in,  a = ReLU(pre),  d = a W_outᵀ + b_out - y  (0 on padded rows)
+            loss = Σ d² / N,  gW_out = 2/N dᵀ a,  gb_out = 2/N Σ d,
+            ga = (d W_out) ⊙ [a > 0],  gW_in = 2/N gaᵀ r,  gb_in = 2/N Σ ga
+        """
+        r, y = batch.inputs, batch.target
+        if r.device.type != "cpu" or r.dtype != torch.float32 or y.dtype != torch.float32:
+            return None
+        if rows is None:
+            rI, yI, counts = instance_major(r, _inputs), instance_major(y, _targets), None
+            if batch.lengths is not None:
+                counts = row_counts(batch)
+        else:
+            rI = gather_instance_major(instance_major(r, _inputs), rows)
+            yI = gather_instance_major(instance_major(y, _targets), rows)
+            counts = None
+        inst, T = rI.shape[:2]
+        W_in, b_in, W_out, b_out = (
+            p.detach() for p in (self.W_in, self.b_in, self.W_out, self.b_out)
+        )
+        g_W_in, g_b_in = torch.zeros_like(W_in), torch.zeros_like(b_in)
+        g_W_out, g_b_out = torch.zeros_like(W_out), torch.zeros_like(b_out)
+        loss = torch.zeros(inst, dtype=torch.float64)
+        for si, sr in blocks(inst, T, max(self.cfg.d_mlp, self.cfg.d_out)):
+            rc = rI[si, sr]
+            a = torch.baddbmm(b_in[si, None], rc, W_in[si].transpose(1, 2)).relu_()
+            d = torch.baddbmm(b_out[si, None], a, W_out[si].transpose(1, 2)).sub_(yI[si, sr])
+            if counts is not None:
+                keep = torch.arange(sr.start, sr.stop)[None, :] < counts[si, None]
+                d.mul_(keep[..., None])
+            flat = d.flatten(1)
+            loss[si] += torch.linalg.vecdot(flat, flat).double()
+            g_W_out[si].baddbmm_(d.transpose(1, 2), a)
+            g_b_out[si] += d.sum(1)
+            ga = torch.ops.aten.threshold_backward(torch.bmm(d, W_out[si]), a, 0)
+            g_W_in[si].baddbmm_(ga.transpose(1, 2), rc)
+            g_b_in[si] += ga.sum(1)
+        n = torch.full((inst,), float(T)) if counts is None else counts.clamp_min(1).float()
+        s = 2.0 / n
+        return (loss / n.double()).float(), {
+            "W_in": g_W_in.mul_(s[:, None, None]),
+            "b_in": g_b_in.mul_(s[:, None]),
+            "W_out": g_W_out.mul_(s[:, None, None]),
+            "b_out": g_b_out.mul_(s[:, None]),
+        }
 
     def _check_targets(self, batch: Batch) -> None:
         t = batch.target

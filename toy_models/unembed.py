@@ -18,7 +18,10 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from memlens.data import Batch
+from memlens.fused import DerivedCache, blocks, gather_instance_major, instance_major, row_counts
 from memlens.hooked import Circuits, HookedToyModel, ToyConfig, check_positive_int
+
+_inputs, _targets = DerivedCache(), DerivedCache()  # instance-major copies of a training set
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,50 @@ class Unembed(HookedToyModel):
         return F.cross_entropy(
             logits.flatten(0, 1), batch.targets.flatten(), reduction="none"
         ).view(logits.shape[:2])
+
+    def fused_loss_and_grads(self, batch: Batch, rows: Tensor | None = None):
+        """Cross-entropy losses and hand-derived gradients without autograd, for
+        ``memlens.train``, on instance-major copies of the data in blocks of about 2**19 logits:
+
+            z = r W_Uᵀ + b_U,  loss = Σ (logsumexp z - z_y) / N,
+            g = softmax(z) - onehot(y)  (0 on padded rows),  gW_U = gᵀ r / N,  gb_U = Σ g / N
+        """
+        r, y = batch.inputs, batch.targets
+        if r.device.type != "cpu" or r.dtype != torch.float32:
+            return None
+        if rows is None:
+            rI, yI = instance_major(r, _inputs), instance_major(y, _targets)
+            counts = None if batch.lengths is None else row_counts(batch)
+        else:
+            rI = gather_instance_major(instance_major(r, _inputs), rows)
+            yI = gather_instance_major(y.t(), rows).contiguous()
+            counts = None
+        inst, T = rI.shape[:2]
+        W_U, b_U = self.W_U.detach(), self.b_U.detach()
+        g_W, g_b = torch.zeros_like(W_U), torch.zeros_like(b_U)
+        loss = torch.zeros(inst, dtype=torch.float64)
+        for si, sr in blocks(inst, T, self.cfg.d_vocab):
+            rc, yc = rI[si, sr], yI[si, sr].long()[..., None]
+            z = torch.baddbmm(b_U[si, None], rc, W_U[si].transpose(1, 2))
+            top = z.amax(-1, keepdim=True)
+            z_y = z.gather(-1, yc)
+            e = z.sub_(top).exp_()  # one exp per logit: softmax and logsumexp share it
+            total = e.sum(-1, keepdim=True)
+            per = (total.log() + top - z_y).squeeze(-1)
+            g = e.div_(total).scatter_add_(-1, yc, torch.full(yc.shape, -1.0))
+            if counts is not None:
+                keep = torch.arange(sr.start, sr.stop)[None, :] < counts[si, None]
+                per = per * keep
+                g.mul_(keep[..., None])
+            loss[si] += per.sum(1).double()
+            g_W[si].baddbmm_(g.transpose(1, 2), rc)
+            g_b[si] += g.sum(1)
+        n = torch.full((inst,), float(T)) if counts is None else counts.clamp_min(1).float()
+        s = 1.0 / n
+        return (loss / n.double()).float(), {
+            "W_U": g_W.mul_(s[:, None, None]),
+            "b_U": g_b.mul_(s[:, None]),
+        }
 
     def _check_targets(self, batch: Batch) -> None:
         y = batch.targets
