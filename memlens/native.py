@@ -27,6 +27,7 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import warnings
@@ -49,6 +50,7 @@ BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 # Tried in order: the first set that compiles is used (no OpenMP, no -march=native: still correct).
 FLAG_SETS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native",), ())
 
+_INTERNAL = ("memlens", "toy_models", "probes")
 _lock = threading.Lock()
 _libraries: dict[str, ctypes.CDLL | None] = {}
 _warned = False
@@ -86,8 +88,16 @@ def warn_fallback(reason: str) -> None:
         f"memlens: {reason}; training uses the eager (autograd) step, which is correct but "
         "several times slower",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=_user_stacklevel(),
     )
+
+
+def _user_stacklevel() -> int:
+    """The stacklevel of the first caller outside memlens and its built-in plugins."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_globals.get("__name__", "").startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def reset_fallback_warning() -> None:

@@ -64,7 +64,13 @@ EXIT_AFTER_ENV = "MEMLENS_SWEEP_EXIT_AFTER"  # testing: os._exit after this many
 
 # The data (task) keys each setting understands, with defaults.
 TASK_KEYS: dict[str, dict[str, Any]] = {
-    "bottleneck": {"n_features": 1000, "sparsity": 0.99, "normalize": True, "n_test": 2048},
+    "bottleneck": {
+        "n_features": 1000,
+        "sparsity": 0.99,
+        "normalize": True,
+        "n_test": 2048,
+        "data_version": D.DATA_VERSION,
+    },
     "mlp": {
         "n_features": 100,
         "sparsity": 0.99,
@@ -72,6 +78,7 @@ TASK_KEYS: dict[str, dict[str, Any]] = {
         "d_model": 20,
         "embed_seed": 0,
         "n_test": 2048,
+        "data_version": D.DATA_VERSION,
     },
     "unembed": {
         "n_features": 100,
@@ -81,6 +88,7 @@ TASK_KEYS: dict[str, dict[str, Any]] = {
         "embed_seed": 0,
         "labels": "rule",
         "n_test": 2048,
+        "data_version": D.DATA_VERSION,
     },
 }
 TASK_CLASSES = {"bottleneck": D.BottleneckTask, "mlp": D.MLPTask, "unembed": D.UnembedTask}
@@ -232,9 +240,13 @@ def allowed_axes(model: str) -> list[str]:
 
 
 def make_task(model: str, spec: Mapping) -> D.Task:
-    """The one-instance task for a cell spec (task keys + grid values)."""
+    """The one-instance task for a cell spec (task keys + grid values). A spec without a
+    ``data_version`` (recorded before there were versions) rebuilds its data with version 1."""
     feats = D.SparseFeatures(
-        int(spec["n_features"]), float(spec["sparsity"]), normalize=bool(spec["normalize"])
+        int(spec["n_features"]),
+        float(spec["sparsity"]),
+        normalize=bool(spec["normalize"]),
+        data_version=int(spec.get("data_version", 1)),
     )
     return TASK_CLASSES[model](feats, n_instances=1, **_task_ctor(model, spec))
 
@@ -480,6 +492,8 @@ def sweep(
         probes = (probes,)
     probe_classes = [get_probe(n) for n in probes]
     g, t, tr = _normalise(model, grid, task, train)
+    if "data_version" not in (task or {}) and _legacy_data(out):
+        del t["data_version"]  # resuming a sweep recorded before data versions: keep its data
     cells = _cells(g, t, tr)
     for c in cells[:1] + cells[-1:]:
         build_cell_model(model, {**c["spec"], "T": c["spec"]["T"]})  # config errors raise here
@@ -555,6 +569,12 @@ def sweep(
     order = {c["key"]: i for i, c in enumerate(cells)}
     rows = sorted(io.read_jsonl(table), key=lambda r: order.get(r["key"], len(order)))
     return rows
+
+
+def _legacy_data(out: str | os.PathLike) -> bool:
+    """True if ``out`` holds a sweep whose recipes predate data versions (version 1 data)."""
+    path = Path(out) / "config.json"
+    return path.exists() and "data_version" not in io.read_json(path).get("task", {})
 
 
 def _run_group(model, gi, grp, probes, out, progress, device) -> list[dict]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -21,7 +21,7 @@ from memlens.data import Batch, SparseFeatures, Task, as_batch
 from memlens.fused import Rows, fused_step
 from memlens.hooked import HookedToyModel
 
-__all__ = ["train", "TrainResult", "lr_at", "evaluate", "sparse_activations"]
+__all__ = ["train", "TrainResult", "lr_at", "evaluate", "sparse_activations", "step_once"]
 
 CHECK_EVERY = 100  # steps between finiteness checks (one host sync each)
 
@@ -209,8 +209,7 @@ def train(
     if test is not None:
         test = model.check_batch(test).to(model.device)
     stream, full = _stream(model, data, batch_size, seed)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    params = [p for _, p in named]
+    params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     fused = fused_step(model)
     history = torch.empty(steps, model.n_instances, device=model.device)
@@ -223,21 +222,7 @@ def train(
             lr_now = lr_at(step, steps=steps, lr=lr, warmup=warmup, schedule=schedule)
             for group in opt.param_groups:
                 group["lr"] = lr_now
-            item = next(stream)
-            out = None
-            if fused is not None:
-                out = fused(item.full, item.idx) if isinstance(item, Rows) else fused(item)
-            if out is None:
-                batch = item.gather() if isinstance(item, Rows) else item
-                losses = model.loss(batch)
-                opt.zero_grad(set_to_none=True)
-                losses.sum().backward()
-            else:
-                losses, grads = out
-                for name, p in named:
-                    p.grad = grads[name]
-            opt.step()
-            history[step] = losses.detach()
+            history[step] = step_once(model, opt, next(stream), fused)
             if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
                 _check_finite(history, checked, step + 1)
                 checked = step + 1
@@ -265,6 +250,32 @@ def train(
         seconds=time.perf_counter() - t0,
         config=cfg,
     )
+
+
+def step_once(
+    model: HookedToyModel,
+    opt: torch.optim.Optimizer,
+    item: Batch | Rows,
+    fused: Callable | None = None,
+) -> Tensor:
+    """One optimizer step on a batch (or on the ``Rows`` of a minibatch); returns the detached
+    per-instance losses. ``fused`` is :func:`memlens.fused.fused_step`'s answer for the model:
+    the fused step when it applies to this batch, else the eager forward and autograd backward."""
+    out = None
+    if fused is not None:
+        out = fused(item.full, item.idx) if isinstance(item, Rows) else fused(item)
+    if out is None:
+        batch = item.gather() if isinstance(item, Rows) else item
+        losses = model.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+    else:
+        losses, grads = out
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.grad = grads[name]
+    opt.step()
+    return losses.detach()
 
 
 def _check_finite(history: Tensor, start: int, stop: int) -> None:
