@@ -18,10 +18,25 @@ from torch import Tensor, nn
 from transformer_lens.hook_points import HookPoint
 
 from memlens.data import Batch
-from memlens.fused import DerivedCache, blocks, gather_instance_major, instance_major, row_counts
+from memlens.fused import (
+    DerivedCache,
+    blocks,
+    gather_instance_major,
+    instance_major,
+    row_counts,
+)
 from memlens.hooked import Circuits, HookedToyModel, ToyConfig, check_positive_int
 
 _inputs, _targets = DerivedCache(), DerivedCache()  # instance-major copies of a training set
+
+
+def _with_ones(r: Tensor) -> Tensor:
+    """``[inst, batch, d_model + 1]``: ``r`` instance-major with a column of ones (cached)."""
+
+    def make() -> Tensor:
+        return torch.cat([r.transpose(0, 1), r.new_ones(r.shape[1], r.shape[0], 1)], -1)
+
+    return _inputs.get(r, make)
 
 
 @dataclass(frozen=True)
@@ -91,35 +106,33 @@ class MLPBlock(HookedToyModel):
     def fused_loss_and_grads(self, batch: Batch, rows: Tensor | None = None):
         """Losses and hand-derived gradients without autograd, for ``memlens.train``.
 
-        Works on instance-major copies of the data (made once per training set) in blocks of
-        about 2**19 activations, with the matmuls batched over the block's instances:
+        Works on an instance-major copy of the data with a column of ones appended (made once per
+        training set, so ``b_in`` rides in ``W_in``'s matmul), in blocks of about 2**19
+        activations, the matmuls batched over the block's instances:
 
-            pre = r W_inᵀ + b_in,  a = ReLU(pre),  d = a W_outᵀ + b_out - y  (0 on padded rows)
+            pre = [r 1] [W_in b_in]ᵀ,  a = ReLU(pre),  d = (b_out - y) + a W_outᵀ  (0 if padded)
             loss = Σ d² / N,  gW_out = 2/N dᵀ a,  gb_out = 2/N Σ d,
-            ga = (d W_out) ⊙ [a > 0],  gW_in = 2/N gaᵀ r,  gb_in = 2/N Σ ga
+            ga = (d W_out) ⊙ [a > 0],  [gW_in gb_in] = 2/N gaᵀ [r 1]
         """
         r, y = batch.inputs, batch.target
         if r.device.type != "cpu" or r.dtype != torch.float32 or y.dtype != torch.float32:
             return None
         if rows is None:
-            rI, yI, counts = instance_major(r, _inputs), instance_major(y, _targets), None
-            if batch.lengths is not None:
-                counts = row_counts(batch)
+            r1, yI = _with_ones(r), instance_major(y, _targets)
+            counts = None if batch.lengths is None else row_counts(batch)
         else:
-            rI = gather_instance_major(instance_major(r, _inputs), rows)
+            r1 = gather_instance_major(_with_ones(r), rows)
             yI = gather_instance_major(instance_major(y, _targets), rows)
             counts = None
-        inst, T = rI.shape[:2]
-        W_in, b_in, W_out, b_out = (
-            p.detach() for p in (self.W_in, self.b_in, self.W_out, self.b_out)
-        )
-        g_W_in, g_b_in = torch.zeros_like(W_in), torch.zeros_like(b_in)
-        g_W_out, g_b_out = torch.zeros_like(W_out), torch.zeros_like(b_out)
+        inst, T, d_in = r1.shape[0], r1.shape[1], r1.shape[2] - 1
+        W_out, b_out = self.W_out.detach(), self.b_out.detach()
+        W1 = torch.cat([self.W_in.detach(), self.b_in.detach()[..., None]], -1)  # [inst, k, d+1]
+        g_W1, g_W_out, g_b_out = (torch.zeros_like(t) for t in (W1, W_out, b_out))
         loss = torch.zeros(inst, dtype=torch.float64)
         for si, sr in blocks(inst, T, max(self.cfg.d_mlp, self.cfg.d_out)):
-            rc = rI[si, sr]
-            a = torch.baddbmm(b_in[si, None], rc, W_in[si].transpose(1, 2)).relu_()
-            d = torch.baddbmm(b_out[si, None], a, W_out[si].transpose(1, 2)).sub_(yI[si, sr])
+            rc = r1[si, sr]
+            a = torch.bmm(rc, W1[si].transpose(1, 2)).relu_()
+            d = torch.sub(b_out[si, None], yI[si, sr]).baddbmm_(a, W_out[si].transpose(1, 2))
             if counts is not None:
                 keep = torch.arange(sr.start, sr.stop)[None, :] < counts[si, None]
                 d.mul_(keep[..., None])
@@ -128,13 +141,13 @@ class MLPBlock(HookedToyModel):
             g_W_out[si].baddbmm_(d.transpose(1, 2), a)
             g_b_out[si] += d.sum(1)
             ga = torch.ops.aten.threshold_backward(torch.bmm(d, W_out[si]), a, 0)
-            g_W_in[si].baddbmm_(ga.transpose(1, 2), rc)
-            g_b_in[si] += ga.sum(1)
+            g_W1[si].baddbmm_(ga.transpose(1, 2), rc)
         n = torch.full((inst,), float(T)) if counts is None else counts.clamp_min(1).float()
         s = 2.0 / n
+        g_W1.mul_(s[:, None, None])
         return (loss / n.double()).float(), {
-            "W_in": g_W_in.mul_(s[:, None, None]),
-            "b_in": g_b_in.mul_(s[:, None]),
+            "W_in": g_W1[..., :d_in].contiguous(),
+            "b_in": g_W1[..., d_in].contiguous(),
             "W_out": g_W_out.mul_(s[:, None, None]),
             "b_out": g_b_out.mul_(s[:, None]),
         }
