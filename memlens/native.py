@@ -78,15 +78,15 @@ def find_compiler() -> str | None:
 
 
 def warn_fallback(reason: str) -> None:
-    """Warn, once per process, that training falls back to the eager (autograd) step."""
+    """Warn, once per process, that training falls back to slower, uncompiled code."""
     global _warned
     with _lock:
         if _warned:
             return
         _warned = True
     warnings.warn(
-        f"memlens: {reason}; training uses the eager (autograd) step, which is correct but "
-        "several times slower",
+        f"memlens: {reason}; training falls back to slower code (the eager autograd step, or "
+        "uncompiled torch), which gives the same numbers",
         RuntimeWarning,
         stacklevel=_user_stacklevel(),
     )

@@ -366,6 +366,12 @@ def take_rows(sp: SparseRows, rows: Tensor) -> SparseRows:
     """Rows ``rows[:, i]`` (``[B, inst]``, each in [0, T)) of instance ``i``, for every instance."""
     lib = _library()
     rows = rows.to("cpu", torch.long).contiguous()
+    if rows.ndim != 2 or rows.shape[1] != sp.n_instances:
+        raise ValueError(f"rows must be [B, inst={sp.n_instances}], got {tuple(rows.shape)}")
+    if rows.numel() and (int(rows.min()) < 0 or int(rows.max()) >= sp.T):
+        raise ValueError(
+            f"rows must be in [0, T={sp.T}), got values in [{int(rows.min())}, {int(rows.max())}]"
+        )
     B, inst = rows.shape
     src = rows.t() + torch.arange(inst)[:, None] * sp.T  # [inst, B], CSR row of each pick
     counts = (sp.row_ptr[src + 1] - sp.row_ptr[src]).flatten()

@@ -79,11 +79,15 @@ class Unembed(HookedToyModel):
 
     def fused_loss_and_grads(self, batch: Batch, rows: Tensor | None = None):
         """Cross-entropy losses and hand-derived gradients without autograd, for
-        ``memlens.train``, on instance-major copies of the data in blocks of about 2**19 logits:
+        ``memlens.train``: the C++ kernel of :mod:`toy_models.unembed_kernel`, or without a
+        compiler the same maths in torch, on instance-major copies of the data in blocks of
+        about 2**19 logits:
 
             z = r W_Uᵀ + b_U,  loss = Σ (logsumexp z - z_y) / N,
             g = softmax(z) - onehot(y)  (0 on padded rows),  gW_U = gᵀ r / N,  gb_U = Σ g / N
         """
+        from toy_models import unembed_kernel
+
         r, y = batch.inputs, batch.targets
         if r.device.type != "cpu" or r.dtype != torch.float32:
             return None
@@ -94,6 +98,12 @@ class Unembed(HookedToyModel):
             rI = gather_instance_major(instance_major(r, _inputs), rows)
             yI = gather_instance_major(y.t(), rows).contiguous()
             counts = None
+        full = counts if counts is not None else torch.full((rI.shape[0],), rI.shape[1])
+        out = unembed_kernel.loss_and_grads(rI, yI, full, self.W_U, self.b_U)
+        return out if out is not None else self._blocked_step(rI, yI, counts)
+
+    def _blocked_step(self, rI: Tensor, yI: Tensor, counts: Tensor | None):
+        """The fused step's maths in torch ops, in blocks (used when no kernel is available)."""
         inst, T = rI.shape[:2]
         W_U, b_U = self.W_U.detach(), self.b_U.detach()
         g_W, g_b = torch.zeros_like(W_U), torch.zeros_like(b_U)

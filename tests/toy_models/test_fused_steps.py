@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from memlens.data import Batch, MLPTask, SparseFeatures, UnembedTask
-from toy_models import Bottleneck, MLPBlock, Unembed
+from toy_models import Bottleneck, MLPBlock, Unembed, bottleneck_kernel, unembed_kernel
 
 RTOL = 2e-5  # relative to the largest entry of each gradient (float32 sums in another order)
 
@@ -100,6 +100,26 @@ def test_bottleneck_nan_weight_gives_nan_loss_like_eager():
     torch.testing.assert_close(losses[[0, 2]], want[[0, 2]], rtol=1e-5, atol=1e-7)
 
 
+def test_sparse_rows_round_trip_and_bad_rows():
+    x = SparseFeatures(13, 0.6).sample(9, 3, seed=0)
+    sp = bottleneck_kernel.to_sparse_rows(x)
+    dense = torch.zeros(3 * 9, 13)
+    rows = torch.repeat_interleave(torch.arange(27), sp.row_ptr.diff())
+    dense[rows, sp.col.long()] = sp.val
+    assert torch.equal(dense.view(3, 9, 13).transpose(0, 1), x)  # rows ordered (instance, t)
+    picks = torch.tensor([[8, 0, 3], [2, 2, 7]])
+    taken = bottleneck_kernel.take_rows(sp, picks)
+    want = bottleneck_kernel.to_sparse_rows(ml_gather(x, picks))
+    assert torch.equal(taken.row_ptr, want.row_ptr) and torch.equal(taken.val, want.val)
+    for bad in (torch.tensor([[9, 0, 0]]), torch.tensor([[-1, 0, 0]]), torch.tensor([[0, 0]])):
+        with pytest.raises(ValueError, match="rows must be"):
+            bottleneck_kernel.take_rows(sp, bad)
+
+
+def ml_gather(x, idx):
+    return Batch(x, None, x).gather(idx).inputs
+
+
 def test_bottleneck_declines_what_it_cannot_do():
     model, batch = bottleneck_case(20, 2, T=10, inst=2, tied=True, importance=False)
     other = Batch(batch.inputs, batch.inputs.flip(0), batch.inputs)  # targets other than inputs
@@ -119,13 +139,27 @@ def embedded_case(task_cls, model_cls, T, inst=4, **kw):
     return model, batch
 
 
-@pytest.mark.parametrize(
-    "task_cls,model_cls,kw",
-    [(MLPTask, MLPBlock, {"d_mlp": 16}), (UnembedTask, Unembed, {})],
-    ids=["mlp", "unembed"],
-)
+@pytest.fixture(params=["kernel", "torch"])
+def unembed_path(request, monkeypatch):
+    """Unembed's two fused paths: the C++ kernel, and the blocked torch step used without it."""
+    if request.param == "torch":
+        monkeypatch.setattr(unembed_kernel, "_library", lambda: None)
+    return request.param
+
+
+CASES = {
+    "mlp": (MLPTask, MLPBlock, {"d_mlp": 16}, False),
+    "unembed-kernel": (UnembedTask, Unembed, {}, False),
+    "unembed-torch": (UnembedTask, Unembed, {}, True),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
 @pytest.mark.parametrize("T", [7, 300, 5000])  # 5000: several row blocks per instance
-def test_embedded_models_full_padded_and_minibatch(task_cls, model_cls, kw, T):
+def test_embedded_models_full_padded_and_minibatch(case, T, monkeypatch):
+    task_cls, model_cls, kw, without_kernel = CASES[case]
+    if without_kernel:
+        monkeypatch.setattr(unembed_kernel, "_library", lambda: None)
     model, batch = embedded_case(task_cls, model_cls, T, **kw)
     assert_matches(model, batch)
     assert_matches(model, padded(batch, [T, max(1, T // 3), 0, 1]))
@@ -133,7 +167,25 @@ def test_embedded_models_full_padded_and_minibatch(task_cls, model_cls, kw, T):
     assert_matches(model, batch, rows)
 
 
-def test_random_labels_unembed():
+def test_unembed_kernel_two_threads_and_bad_label():
+    model, batch = embedded_case(UnembedTask, Unembed, 700, inst=2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        assert_matches(model, batch)
+        assert_matches(model, padded(batch, [700, 300]))
+    finally:
+        torch.set_num_threads(before)
+    bad = Batch(batch.inputs, batch.targets.clone(), None)
+    bad.targets[3, 1] = model.cfg.d_vocab  # out of range: the kernel must not index with it
+    rI, yI = bad.inputs.transpose(0, 1), bad.targets.t()
+    assert (
+        unembed_kernel.loss_and_grads(rI, yI, torch.tensor([700, 700]), model.W_U, model.b_U)
+        is None
+    )
+
+
+def test_random_labels_unembed(unembed_path):
     task = UnembedTask(SparseFeatures(30, 0.8), 8, n_instances=3, labels="random")
     batch = task.sample(64, seed=0)
     assert_matches(Unembed(**task.model_kwargs(), seed=0), batch)
