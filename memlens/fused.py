@@ -129,22 +129,16 @@ class DerivedCache:
     def __init__(self) -> None:
         self._ref: weakref.ref | None = None
         self._version = -1
-        self._extra: Any = None
         self._value: Any = None
 
-    def get(self, t: Tensor, make: Callable[[], Any], extra: Any = None) -> Any:
-        """``make()``'s value for ``t`` (and ``extra``, compared with ``==``), computed once."""
-        if (
-            self._ref is not None
-            and self._ref() is t
-            and self._version == t._version
-            and self._extra == extra
-        ):
+    def get(self, t: Tensor, make: Callable[[], Any]) -> Any:
+        """``make()``'s value for ``t``, computed once while ``t`` lives unmodified."""
+        if self._ref is not None and self._ref() is t and self._version == t._version:
             return self._value
         self._ref, self._value = None, None  # free the old value before making the new one
         value = make()
         self._ref = weakref.ref(t, self._drop)  # the value dies with its tensor
-        self._version, self._extra, self._value = t._version, extra, value
+        self._version, self._value = t._version, value
         return value
 
     def _drop(self, ref: weakref.ref) -> None:

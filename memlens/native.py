@@ -182,7 +182,10 @@ def _load_uncached(name: str, source: str) -> tuple[ctypes.CDLL | None, str]:
     ).hexdigest()[:20]
     target = cache_dir() / f"{name}-{digest}.so"
     if not target.exists():
-        err = _build(cxx, source, target)
+        try:
+            err = _build(cxx, source, target)
+        except OSError as exc:  # an unwritable cache directory, a full disk
+            err = f"{type(exc).__name__}: {exc}"
         if err is not None:
             return None, f"compiling the {name} kernel failed ({err})"
     try:

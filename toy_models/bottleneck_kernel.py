@@ -270,14 +270,11 @@ extern "C" void ml_bottleneck_step(int64_t I, int64_t T, int64_t n, int64_t M,
                                                        row_ptr, col, val, W, q,       \
                                                        q + M * n8, q + (M + 1) * n8,  \
                                                        gE, a, a + M * n8, &lacc[k])
-    switch (M) {
+    switch (M) {  // widths with code of their own; others share the runtime-width loop
       case 1: ML_RUN(1); break;
       case 2: ML_RUN(2); break;
       case 3: ML_RUN(3); break;
       case 4: ML_RUN(4); break;
-      case 5: ML_RUN(5); break;
-      case 6: ML_RUN(6); break;
-      case 8: ML_RUN(8); break;
       default: ML_RUN(0); break;
     }
 #undef ML_RUN
