@@ -50,7 +50,6 @@ BASE_FLAGS = ("-O3", "-std=c++17", "-shared", "-fPIC", "-fno-math-errno")
 # Tried in order: the first set that compiles is used (no OpenMP, no -march=native: still correct).
 FLAG_SETS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native",), ())
 
-_INTERNAL = ("memlens", "toy_models", "probes")
 _lock = threading.Lock()
 _libraries: dict[str, ctypes.CDLL | None] = {}
 _warned = False
@@ -93,9 +92,16 @@ def warn_fallback(reason: str) -> None:
 
 
 def _user_stacklevel() -> int:
-    """The stacklevel of the first caller outside memlens and its built-in plugins."""
+    """The stacklevel of the first caller outside memlens and the packages of its plugins."""
+    from memlens.registry import MODELS, PROBES
+
+    internal = {"memlens"}
+    for registry in (MODELS, PROBES):
+        for name in registry.names():
+            internal.add(registry.get(name).__module__.split(".")[0])
+    internal.discard("__main__")  # a plugin defined in the user's own script
     frame, level = sys._getframe(1), 1
-    while frame is not None and frame.f_globals.get("__name__", "").startswith(_INTERNAL):
+    while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in internal:
         frame, level = frame.f_back, level + 1
     return level
 

@@ -153,14 +153,16 @@ def test_subclass_that_changes_the_maths_trains_eagerly():
     assert F.fused_step(Leaky(10, 2)) is None
 
 
+PROBE_SOURCE = 'extern "C" int ml_probe(int x) { return 3 * x + 1; }\n'
+
+
 def test_kernel_cache_is_reused_across_processes(monkeypatch, tmp_path):
     """A second process (here: an empty in-memory cache) loads the built library, no compile."""
-    from toy_models import bottleneck_kernel
-
     monkeypatch.setenv(native.COMPILE_ENV, "1")
     monkeypatch.setenv(native.CACHE_ENV, str(tmp_path))
     monkeypatch.setattr(native, "_libraries", {})
-    assert native.load_library("cache_probe", bottleneck_kernel.SOURCE) is not None
+    lib = native.load_library("cache_probe", PROBE_SOURCE)
+    assert lib is not None and lib.ml_probe(4) == 13
     built = list(tmp_path.glob("cache_probe-*.so"))
     assert len(built) == 1
     monkeypatch.setattr(native, "_libraries", {})
@@ -169,7 +171,12 @@ def test_kernel_cache_is_reused_across_processes(monkeypatch, tmp_path):
         raise AssertionError("rebuilt although the library was cached on disk")
 
     monkeypatch.setattr(native, "_build", no_build)
-    assert native.load_library("cache_probe", bottleneck_kernel.SOURCE) is not None
+    assert native.load_library("cache_probe", PROBE_SOURCE).ml_probe(2) == 7
+    # another source is another library: it needs a build (here one that fails -> a fallback)
+    monkeypatch.setattr(native, "_build", lambda *args: "refused")
+    native.reset_fallback_warning()
+    with pytest.warns(RuntimeWarning, match="compiling the cache_probe kernel failed"):
+        assert native.load_library("cache_probe", PROBE_SOURCE + "// v2\n") is None
 
 
 def test_derived_cache_follows_identity_and_version():
@@ -188,3 +195,15 @@ def test_derived_cache_follows_identity_and_version():
     assert len(made) == 2
     cache.get(t.clone(), make)  # another tensor, equal values
     assert len(made) == 3
+
+
+@pytest.mark.parametrize(
+    "inst,rows,width,elements",
+    [(39, 3000, 100, 2**19), (5, 7, 3, 64), (3, 1000, 50, 100), (1, 1, 1, 1)],
+)
+def test_blocks_cover_every_row_of_every_instance_once(inst, rows, width, elements):
+    seen = torch.zeros(inst, rows, dtype=torch.int32)
+    for si, sr in F.blocks(inst, rows, width, elements):
+        assert (si.stop - si.start) * (sr.stop - sr.start) * width <= max(elements, rows * width)
+        seen[si, sr] += 1
+    assert bool((seen == 1).all())
