@@ -26,15 +26,17 @@ reach, so a kernel can come in under this roofline):
   (6) = 6m + 7 flops; per active input: the encoder and its gradient, 4m flops; plus AdamW,
   about 15 flops and 28 bytes per parameter. Bytes: the sparse input, 8 bytes per active entry
   (index and value) + 8 per row. The benchmark step (I = 32, n = 1000, m = 2, T = 1000, S = 0.99)
-  is 0.61 GFLOP and 2.8 MB: compute-bound. Read dense, as the issue first counted it, the step
-  is 30 flops per element (0.96 GFLOP) plus the 128 MB input.
+  is 0.61 GFLOP and 5.5 MB (2.8 MB of sparse input, 2.7 MB of AdamW state): compute-bound.
+  Read dense, as the issue first counted it, the step is 30 flops per element (0.96 GFLOP) plus
+  the 128 MB input.
 * MLP block, d -> k -> o: matmuls 2IT(2dk + 3ko) flops (forward two, backward three); per hidden
   unit 4 element-wise flops (bias, ReLU, mask, bias gradient), per output 5 (bias, residual,
   square-and-sum, bias gradient). Bytes: inputs and targets, 4IT(d + o). The benchmark step
-  (I = 39, 20 -> 64 -> 100, T = 3000) is 5.2 GFLOP and 56 MB.
+  (I = 39, 20 -> 64 -> 100, T = 3000) is 5.2 GFLOP and 65 MB (56 MB of data).
 * unembed, d -> V logits, cross-entropy: matmuls 4ITdV; per logit 7 element-wise flops (bias,
   max, subtract, exp counted as ONE flop, sum, divide, bias gradient). Bytes: inputs and int64
-  targets, IT(4d + 8). The benchmark step (I = 39, d = 20, V = 101, T = 3000) is 1.03 GFLOP.
+  targets, IT(4d + 8). The benchmark step (I = 39, d = 20, V = 101, T = 3000) is 1.03 GFLOP and
+  13 MB.
 
 The last line reads ``bottleneck step: F.F ms fused vs E.E ms eager = R.Rx roofline``.
 """
