@@ -41,6 +41,7 @@ GENERIC_TASK_KEYS: dict[str, Any] = {
     "sparsity": 0.99,
     "normalize": True,
     "n_test": 2048,
+    "data_version": 2,  # the sparse-feature generator (memlens.data.DATA_VERSION); 1 = memlens 0.1
 }
 
 

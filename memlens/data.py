@@ -6,6 +6,10 @@ Conventions
 * Each feature is 0 with probability ``sparsity`` (S) and U[0, 1] otherwise.
 * Every instance draws from its own random stream, derived from ``(seed, instance index)``: instance
   ``i`` of ``sample(T, n, seed)`` is the same whatever ``n`` is, and instances never share data.
+* The generator is versioned (``SparseFeatures(data_version=...)``): version 2, the default, draws
+  only the active entries; version 1 is the original generator (two dense uniform draws per
+  point), kept so that recipes recorded before version 2 rebuild their data exactly. A recipe
+  without a ``data_version`` means version 1.
 """
 
 from __future__ import annotations
@@ -30,7 +34,12 @@ __all__ = [
     "instance_generators",
     "mix_seed",
     "as_batch",
+    "DATA_VERSION",
+    "DATA_VERSIONS",
 ]
+
+DATA_VERSION = 2  # the generator new data sets use (recorded in sweep recipes)
+DATA_VERSIONS = (1, 2)  # 1: two dense draws of [T, n] per instance; 2: only the active entries
 
 
 def mix_seed(*ints: int) -> int:
@@ -125,6 +134,27 @@ def as_batch(data: Tensor | Batch) -> Batch:
     )
 
 
+def _active_entries(cells: int, p: float, g: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Each of ``cells`` cells is active with probability ``p``: the active cells' indices (int64,
+    increasing) and their U[0, 1) values. The gaps between active cells are geometric, drawn by
+    inversion (``1 + floor(log U / log(1 - p))``) in chunks, so the work is proportional to the
+    number of active cells, not of cells."""
+    if p >= 1.0:
+        return torch.arange(cells), torch.rand(cells, generator=g)
+    log_q = float(np.log1p(-p))
+    mean = cells * p
+    chunk = int(mean + 6.0 * mean**0.5 + 16)
+    parts, last = [], -1.0
+    while last < cells:
+        u = 1.0 - torch.rand(chunk, dtype=torch.float64, generator=g)  # (0, 1]
+        pos = last + torch.cumsum(torch.floor(torch.log(u) / log_q) + 1.0, 0)
+        parts.append(pos)
+        last = float(pos[-1])
+    pos = torch.cat(parts)
+    pos = pos[pos < cells].long()
+    return pos, torch.rand(len(pos), generator=g)
+
+
 def _per_instance(value, n_instances: int, name: str) -> Tensor:
     t = torch.as_tensor(value, dtype=torch.float32)
     if t.ndim == 0:
@@ -169,6 +199,9 @@ class SparseFeatures:
             ``feature_probability`` (= 1 - S), not both.
         importance: per-feature loss weights I_i, ``[feat]`` or ``[inst, feat]``; None means 1.
         normalize: rescale each nonzero point to unit L2 norm (the memorisation papers' setting).
+        data_version: the generator (see the module docstring): 2 (default) draws only the
+            active entries, geometric gaps between them, in time proportional to their number;
+            1 rebuilds data recorded by earlier versions of memlens exactly.
     """
 
     def __init__(
@@ -179,8 +212,11 @@ class SparseFeatures:
         feature_probability: float | Sequence[float] | None = None,
         importance: Sequence[float] | Sequence[Sequence[float]] | Tensor | None = None,
         normalize: bool = False,
+        data_version: int = DATA_VERSION,
     ):
         validate.positive_int("n_features", n_features)
+        if isinstance(data_version, bool) or data_version not in DATA_VERSIONS:
+            raise ValueError(f"data_version must be one of {DATA_VERSIONS}, got {data_version!r}")
         if (sparsity is None) == (feature_probability is None):
             raise ValueError("give exactly one of sparsity=S or feature_probability=1-S")
         if sparsity is None:
@@ -207,12 +243,13 @@ class SparseFeatures:
             importance = imp
         self.importance = importance
         self.normalize = validate.boolean("normalize", normalize)
+        self.data_version = int(data_version)
 
     def __repr__(self) -> str:
         s = self.sparsity.tolist()
         return (
             f"SparseFeatures(n_features={self.n_features}, sparsity={s}, "
-            f"normalize={self.normalize})"
+            f"normalize={self.normalize}, data_version={self.data_version})"
         )
 
     @property
@@ -246,6 +283,25 @@ class SparseFeatures:
         return self.importance.expand(n_instances, self.n_features).clone()
 
     def _draw(self, T: int, gens: list[torch.Generator], sparsity: Tensor) -> Tensor:
+        if self.data_version == 1:
+            return self._draw_dense(T, gens, sparsity)
+        n, inst = self.n_features, len(gens)
+        flat, vals = [], []
+        for i, g in enumerate(gens):
+            pos, val = _active_entries(T * n, 1.0 - float(sparsity[i]), g)
+            if self.normalize:
+                norm2 = torch.zeros(T, dtype=torch.float64).index_add_(
+                    0, pos // n, val.double() ** 2
+                )
+                val = val / norm2.sqrt().clamp_min(1e-12).float()[pos // n]
+            flat.append((pos // n) * (inst * n) + i * n + pos % n)  # [T, inst, n] row-major
+            vals.append(val)
+        x = torch.zeros(T, inst, n)
+        x.view(-1)[torch.cat(flat)] = torch.cat(vals)
+        return x
+
+    def _draw_dense(self, T: int, gens: list[torch.Generator], sparsity: Tensor) -> Tensor:
+        """Data version 1: two dense uniform draws of ``[T, n]`` per instance."""
         cols = []
         for i, g in enumerate(gens):
             active = torch.rand(T, self.n_features, generator=g) >= sparsity[i]

@@ -324,7 +324,10 @@ class HookedToyModel(HookedRootModule):
             "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
         }
         if recipes is not None:
-            recipes = [dict(r) for r in recipes]
+            from memlens.registry import bundle_of
+
+            bundle = bundle_of(self)  # complete specs: defaults (and the data version) recorded
+            recipes = [bundle.full_spec(r) if bundle.make_task else dict(r) for r in recipes]
             if len(recipes) != self.n_instances:
                 raise ValueError(
                     f"recipes: {len(recipes)} data recipes for a model with "
@@ -380,4 +383,6 @@ def load_with_recipes(
     model = _model_from_payload(path, payload)
     raw = payload.get("recipes", payload.get("cells"))
     recipes = json.loads(raw) if isinstance(raw, str) else []
+    for r in recipes:  # written before data versions: memlens 0.1's generator
+        r.setdefault("data_version", 1)
     return (model.to(device) if device is not None else model), recipes

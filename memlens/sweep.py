@@ -334,6 +334,8 @@ def sweep(
     if isinstance(probes, str):
         probes = (probes,)
     g, t, tr = normalise(model, grid, task, train)
+    if "data_version" not in (task or {}) and _legacy_data(out):
+        t["data_version"] = 1  # resuming a sweep recorded before data versions: keep its data
     cells = _cells(g, t, tr)
     for c in cells[:1] + cells[-1:]:
         build_cell_model(model, {**c["spec"], "T": c["spec"]["T"]})  # config errors raise here
@@ -353,6 +355,7 @@ def sweep(
     cfg_path, table = out / "config.json", out / "results.jsonl"
     if cfg_path.exists():
         old = io.read_json(cfg_path)
+        old.setdefault("task", {}).setdefault("data_version", 1)  # recorded before versions
         mine = io.jsonable({k: config[k] for k in _IDENTITY})
         theirs = {k: old.get(k) for k in _IDENTITY}
         if json.dumps(mine, sort_keys=True) != json.dumps(theirs, sort_keys=True):
@@ -408,6 +411,12 @@ def sweep(
     order = {c["key"]: i for i, c in enumerate(cells)}
     rows = sorted(io.read_jsonl(table), key=lambda r: order.get(r["key"], len(order)))
     return rows
+
+
+def _legacy_data(out: str | os.PathLike) -> bool:
+    """True if ``out`` holds a sweep whose recipes predate data versions (version 1 data)."""
+    path = Path(out) / "config.json"
+    return path.exists() and "data_version" not in io.read_json(path).get("task", {})
 
 
 def _run_group(model, gi, grp, probes, out, progress, device) -> list[dict]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -19,9 +19,10 @@ from tqdm.auto import tqdm
 
 from memlens import threads
 from memlens.data import Batch, SparseFeatures, Task, as_batch
+from memlens.fused import Rows, fused_step
 from memlens.hooked import HookedToyModel, loss_rows
 
-__all__ = ["train", "TrainResult", "lr_at", "evaluate", "sparse_activations"]
+__all__ = ["train", "TrainResult", "lr_at", "evaluate", "sparse_activations", "step_once"]
 
 CHECK_EVERY = 100  # steps between finiteness checks (one host sync each)
 
@@ -125,8 +126,9 @@ def _validate(model, steps, lr, weight_decay, warmup, schedule, batch_size):
         )
 
 
-def _stream(model, data, batch_size, seed) -> tuple[Iterator[Batch], Batch | None]:
-    """The batches to train on, and the finite training set (None for infinite data)."""
+def _stream(model, data, batch_size, seed) -> tuple[Iterator[Batch | Rows], Batch | None]:
+    """The batches to train on (a minibatch of a finite set comes as its ``Rows``), and the
+    finite training set (None for infinite data)."""
     if isinstance(data, (SparseFeatures, Task)):
         if batch_size is None:
             raise ValueError("infinite data (SparseFeatures or a Task) needs a batch_size")
@@ -159,11 +161,11 @@ def _stream(model, data, batch_size, seed) -> tuple[Iterator[Batch], Batch | Non
     g = torch.Generator(device="cpu").manual_seed(seed)
     n_pts = full.n_points().to(torch.float32)
 
-    def minibatches() -> Iterator[Batch]:
+    def minibatches() -> Iterator[Rows]:
         while True:
             u = torch.rand(batch_size, model.n_instances, generator=g)
             idx = (u * n_pts).long().clamp_max(len(full) - 1).to(model.device)
-            yield full.gather(idx)
+            yield Rows(full, idx)
 
     return minibatches(), full
 
@@ -205,6 +207,12 @@ def train(
         l1: coefficient of an L1 penalty on the activations at ``l1_hook`` (default: the model's
             representation hook), averaged over points (see :func:`sparse_activations`); it
             shapes the gradient only, the reported losses are the task's.
+
+    On the CPU, a model with a fused step (``fused_loss_and_grads``: losses and gradients in one
+    pass, see :mod:`memlens.fused`) uses it when no hook is attached (the L1 penalty is a hook, so
+    it trains eagerly); otherwise, and with ``MEMLENS_COMPILE=0``, each step is the eager forward
+    and autograd backward. Both give the same numbers to float rounding.
+
     Raises:
         ValueError before any step on bad arguments; FloatingPointError naming the step and the
         instances if a loss becomes NaN or inf.
@@ -223,6 +231,7 @@ def train(
         raise
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    fused = fused_step(model)
     history = torch.empty(steps, model.n_instances, device=model.device)
     checked = 0
     t0 = time.perf_counter()
@@ -233,12 +242,7 @@ def train(
             lr_now = lr_at(step, steps=steps, lr=lr, warmup=warmup, schedule=schedule)
             for group in opt.param_groups:
                 group["lr"] = lr_now
-            batch = next(stream)
-            losses = model.loss(batch)
-            opt.zero_grad(set_to_none=True)
-            losses.sum().backward()
-            opt.step()
-            history[step] = losses.detach()
+            history[step] = step_once(model, opt, next(stream), fused)
             if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
                 _check_finite(history, checked, step + 1)
                 checked = step + 1
@@ -268,6 +272,32 @@ def train(
         seconds=time.perf_counter() - t0,
         config=cfg,
     )
+
+
+def step_once(
+    model: HookedToyModel,
+    opt: torch.optim.Optimizer,
+    item: Batch | Rows,
+    fused: Callable | None = None,
+) -> Tensor:
+    """One optimizer step on a batch (or on the ``Rows`` of a minibatch); returns the detached
+    per-instance losses. ``fused`` is :func:`memlens.fused.fused_step`'s answer for the model:
+    the fused step when it applies to this batch, else the eager forward and autograd backward."""
+    out = None
+    if fused is not None:
+        out = fused(item.full, item.idx) if isinstance(item, Rows) else fused(item)
+    if out is None:
+        batch = item.gather() if isinstance(item, Rows) else item
+        losses = model.loss(batch)
+        opt.zero_grad(set_to_none=True)
+        losses.sum().backward()
+    else:
+        losses, grads = out
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.grad = grads[name]
+    opt.step()
+    return losses.detach()
 
 
 def _check_finite(history: Tensor, start: int, stop: int) -> None:

@@ -135,6 +135,14 @@ class Bottleneck(HookedToyModel):
         out = self(batch.inputs)
         return ((out - batch.target) ** 2 * self.importance).sum(-1)
 
+    def fused_loss_and_grads(self, batch: Batch, rows: Tensor | None = None):
+        """Losses and gradients in one pass of a C++ kernel that reads the sparse input only at
+        its active entries (:mod:`toy_models.bottleneck_kernel`); None where it does not apply.
+        ``memlens.train`` calls it (see :mod:`memlens.fused`)."""
+        from toy_models.bottleneck_kernel import loss_and_grads
+
+        return loss_and_grads(self, batch, rows)
+
     def _check_targets(self, batch: Batch) -> None:
         if batch.targets is not None and batch.targets.shape != batch.inputs.shape:
             raise ValueError(
@@ -250,7 +258,12 @@ def baseline(batch: Batch) -> Tensor:
 
 
 def _task(spec) -> BottleneckTask:
-    feats = SparseFeatures(spec["n_features"], spec["sparsity"], normalize=spec["normalize"])
+    feats = SparseFeatures(
+        spec["n_features"],
+        spec["sparsity"],
+        normalize=spec["normalize"],
+        data_version=spec["data_version"],
+    )
     return BottleneckTask(feats, n_instances=1)
 
 

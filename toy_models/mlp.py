@@ -20,6 +20,13 @@ from transformer_lens.hook_points import HookPoint
 
 from memlens.bundle import ModelBundle
 from memlens.data import Batch, EmbeddedTask, SparseFeatures
+from memlens.fused import (
+    DerivedCache,
+    blocks,
+    gather_instance_major,
+    instance_major,
+    row_counts,
+)
 from memlens.hooked import Circuits, HookedToyModel, ToyConfig, check_positive_int
 from memlens.lookup import (
     DictEntry,
@@ -28,6 +35,17 @@ from memlens.lookup import (
     features_above,
     padding_mask,
 )
+
+_inputs, _targets = DerivedCache(), DerivedCache()  # instance-major copies of a training set
+
+
+def _with_ones(r: Tensor) -> Tensor:
+    """``[inst, batch, d_model + 1]``: ``r`` instance-major with a column of ones (cached)."""
+
+    def make() -> Tensor:
+        return torch.cat([r.transpose(0, 1), r.new_ones(r.shape[1], r.shape[0], 1)], -1)
+
+    return _inputs.get(r, make)
 
 
 @dataclass(frozen=True)
@@ -94,6 +112,55 @@ class MLPBlock(HookedToyModel):
 
     def per_example_loss(self, batch: Batch) -> Float[Tensor, "batch inst"]:
         return ((self(batch.inputs) - batch.target) ** 2).sum(-1)
+
+    def fused_loss_and_grads(self, batch: Batch, rows: Tensor | None = None):
+        """Losses and hand-derived gradients without autograd, for ``memlens.train``.
+
+        Works on an instance-major copy of the data with a column of ones appended (made once per
+        training set, so ``b_in`` rides in ``W_in``'s matmul), in blocks of about 2**19
+        activations, the matmuls batched over the block's instances:
+
+            pre = [r 1] [W_in b_in]ᵀ,  a = ReLU(pre),  d = (b_out - y) + a W_outᵀ  (0 if padded)
+            loss = Σ d² / N,  gW_out = 2/N dᵀ a,  gb_out = 2/N Σ d,
+            ga = (d W_out) ⊙ [a > 0],  [gW_in gb_in] = 2/N gaᵀ [r 1]
+        """
+        r, y = batch.inputs, batch.target
+        if r.device.type != "cpu" or r.dtype != torch.float32 or y.dtype != torch.float32:
+            return None
+        if rows is None:
+            r1, yI = _with_ones(r), instance_major(y, _targets)
+            counts = None if batch.lengths is None else row_counts(batch)
+        else:
+            r1 = gather_instance_major(_with_ones(r), rows)
+            yI = gather_instance_major(instance_major(y, _targets), rows)
+            counts = None
+        inst, T, d_in = r1.shape[0], r1.shape[1], r1.shape[2] - 1
+        W_out, b_out = self.W_out.detach(), self.b_out.detach()
+        W1 = torch.cat([self.W_in.detach(), self.b_in.detach()[..., None]], -1)  # [inst, k, d+1]
+        g_W1, g_W_out, g_b_out = (torch.zeros_like(t) for t in (W1, W_out, b_out))
+        loss = torch.zeros(inst, dtype=torch.float64)
+        for si, sr in blocks(inst, T, max(self.cfg.d_mlp, self.cfg.d_out)):
+            rc = r1[si, sr]
+            a = torch.bmm(rc, W1[si].transpose(1, 2)).relu_()
+            d = torch.sub(b_out[si, None], yI[si, sr]).baddbmm_(a, W_out[si].transpose(1, 2))
+            if counts is not None:
+                keep = torch.arange(sr.start, sr.stop)[None, :] < counts[si, None]
+                d.mul_(keep[..., None])
+            flat = d.flatten(1)
+            loss[si] += torch.linalg.vecdot(flat, flat).double()
+            g_W_out[si].baddbmm_(d.transpose(1, 2), a)
+            g_b_out[si] += d.sum(1)
+            ga = torch.ops.aten.threshold_backward(torch.bmm(d, W_out[si]), a, 0)
+            g_W1[si].baddbmm_(ga.transpose(1, 2), rc)
+        n = torch.full((inst,), float(T)) if counts is None else counts.clamp_min(1).float()
+        s = 2.0 / n
+        g_W1.mul_(s[:, None, None])
+        return (loss / n.double()).float(), {
+            "W_in": g_W1[..., :d_in].contiguous(),
+            "b_in": g_W1[..., d_in].contiguous(),
+            "W_out": g_W_out.mul_(s[:, None, None]),
+            "b_out": g_b_out.mul_(s[:, None]),
+        }
 
     def _check_targets(self, batch: Batch) -> None:
         t = batch.target
@@ -240,7 +307,12 @@ def baseline(batch: Batch) -> Tensor:
 
 
 def _task(spec) -> MLPTask:
-    feats = SparseFeatures(spec["n_features"], spec["sparsity"], normalize=spec["normalize"])
+    feats = SparseFeatures(
+        spec["n_features"],
+        spec["sparsity"],
+        normalize=spec["normalize"],
+        data_version=spec["data_version"],
+    )
     return MLPTask(feats, spec["d_model"], n_instances=1, seed=spec["embed_seed"])
 
 

@@ -20,6 +20,7 @@ from transformer_lens.hook_points import HookPoint
 
 from memlens.bundle import ModelBundle
 from memlens.data import Batch, EmbeddedTask, SparseFeatures, instance_generators
+from memlens.fused import DerivedCache, blocks, gather_instance_major, instance_major, row_counts
 from memlens.hooked import Circuits, HookedToyModel, ToyConfig, check_positive_int
 from memlens.lookup import (
     DictEntry,
@@ -28,6 +29,8 @@ from memlens.lookup import (
     features_above,
     padding_mask,
 )
+
+_inputs, _targets = DerivedCache(), DerivedCache()  # instance-major copies of a training set
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,60 @@ class Unembed(HookedToyModel):
         return F.cross_entropy(
             logits.flatten(0, 1), batch.targets.flatten(), reduction="none"
         ).view(logits.shape[:2])
+
+    def fused_loss_and_grads(self, batch: Batch, rows: Tensor | None = None):
+        """Cross-entropy losses and hand-derived gradients without autograd, for
+        ``memlens.train``: the C++ kernel of :mod:`toy_models.unembed_kernel`, or without a
+        compiler the same maths in torch, on instance-major copies of the data in blocks of
+        about 2**19 logits:
+
+            z = r W_Uᵀ + b_U,  loss = Σ (logsumexp z - z_y) / N,
+            g = softmax(z) - onehot(y)  (0 on padded rows),  gW_U = gᵀ r / N,  gb_U = Σ g / N
+        """
+        from toy_models import unembed_kernel
+
+        r, y = batch.inputs, batch.targets
+        if r.device.type != "cpu" or r.dtype != torch.float32:
+            return None
+        if rows is None:
+            rI, yI = instance_major(r, _inputs), instance_major(y, _targets)
+            counts = None if batch.lengths is None else row_counts(batch)
+        else:
+            rI = gather_instance_major(instance_major(r, _inputs), rows)
+            yI = gather_instance_major(y.t(), rows).contiguous()
+            counts = None
+        full = counts if counts is not None else torch.full((rI.shape[0],), rI.shape[1])
+        out = unembed_kernel.loss_and_grads(rI, yI, full, self.W_U, self.b_U)
+        return out if out is not None else self._blocked_step(rI, yI, counts)
+
+    def _blocked_step(self, rI: Tensor, yI: Tensor, counts: Tensor | None):
+        """The fused step's maths in torch ops, in blocks (used when no kernel is available)."""
+        inst, T = rI.shape[:2]
+        W_U, b_U = self.W_U.detach(), self.b_U.detach()
+        g_W, g_b = torch.zeros_like(W_U), torch.zeros_like(b_U)
+        loss = torch.zeros(inst, dtype=torch.float64)
+        for si, sr in blocks(inst, T, self.cfg.d_vocab):
+            rc, yc = rI[si, sr], yI[si, sr].long()[..., None]
+            z = torch.baddbmm(b_U[si, None], rc, W_U[si].transpose(1, 2))
+            top = z.amax(-1, keepdim=True)
+            z_y = z.gather(-1, yc)
+            e = z.sub_(top).exp_()  # one exp per logit: softmax and logsumexp share it
+            total = e.sum(-1, keepdim=True)
+            per = (total.log() + top - z_y).squeeze(-1)
+            g = e.div_(total).scatter_add_(-1, yc, torch.full(yc.shape, -1.0))
+            if counts is not None:
+                keep = torch.arange(sr.start, sr.stop)[None, :] < counts[si, None]
+                per = per * keep
+                g.mul_(keep[..., None])
+            loss[si] += per.sum(1).double()
+            g_W[si].baddbmm_(g.transpose(1, 2), rc)
+            g_b[si] += g.sum(1)
+        n = torch.full((inst,), float(T)) if counts is None else counts.clamp_min(1).float()
+        s = 1.0 / n
+        return (loss / n.double()).float(), {
+            "W_U": g_W.mul_(s[:, None, None]),
+            "b_U": g_b.mul_(s[:, None]),
+        }
 
     def _check_targets(self, batch: Batch) -> None:
         y = batch.targets
@@ -230,7 +287,12 @@ def baseline(batch: Batch) -> Tensor:
 
 
 def _task(spec) -> UnembedTask:
-    feats = SparseFeatures(spec["n_features"], spec["sparsity"], normalize=spec["normalize"])
+    feats = SparseFeatures(
+        spec["n_features"],
+        spec["sparsity"],
+        normalize=spec["normalize"],
+        data_version=spec["data_version"],
+    )
     return UnembedTask(
         feats, spec["d_model"], n_instances=1, seed=spec["embed_seed"], labels=spec["labels"]
     )

@@ -43,6 +43,7 @@ def test_packed_cell_equals_cell_trained_alone(tmp_path):
             **SMOKE_TASK,
             "tied": True,
             "normalize": True,
+            "data_version": memlens.data.DATA_VERSION,  # what the sweep recorded
             "T": r["T"],
             "seed": r["seed"],
         }

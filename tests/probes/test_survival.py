@@ -103,8 +103,11 @@ def test_mlp_block_neuron_and_datum_circuits_at_the_extremes():
 def test_unembed_datum_circuits_at_the_extremes():
     from toy_models import Unembed, UnembedTask
 
-    task = UnembedTask(
-        SparseFeatures(n_features=8, sparsity=0.7), d_model=4, n_instances=2, labels="random"
+    task = UnembedTask(  # data_version=1: the data this claim was checked on
+        SparseFeatures(n_features=8, sparsity=0.7, data_version=1),
+        d_model=4,
+        n_instances=2,
+        labels="random",
     )
     train = task.sample(T=12, seed=0)
     model = Unembed(d_model=4, d_vocab=task.d_vocab, n_instances=2, seed=0)

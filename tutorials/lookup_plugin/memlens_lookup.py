@@ -186,7 +186,12 @@ def read_dictionary(model: SoftLookup, train: Batch | None, opts: DictionaryOpti
 
 
 def _task(spec) -> LookupTask:
-    feats = SparseFeatures(spec["n_features"], spec["sparsity"], normalize=spec["normalize"])
+    feats = SparseFeatures(
+        spec["n_features"],
+        spec["sparsity"],
+        normalize=spec["normalize"],
+        data_version=spec["data_version"],
+    )
     return LookupTask(feats, spec["d_model"], n_instances=1, seed=spec["embed_seed"])
 
 
