@@ -385,8 +385,14 @@ class DimensionalityResult(ProbeResult):
 
         return plot_result(self, ax=ax, instances=instances, top=top)
 
+    @classmethod
+    def compare(cls, results, labels, instance: int | list[int] = 0, ax=None):
+        """:func:`compare_max_data_dim` as a classmethod, for code that holds a result but does
+        not import this module (``res.compare([mem, gen], ["memorising", "generalising"])``)."""
+        return compare_max_data_dim(results, labels, instance=instance, ax=ax)
 
-def compare_max_data_dim(results, labels, instance: int = 0, ax=None):
+
+def compare_max_data_dim(results, labels, instance: int | list[int] = 0, ax=None):
     """One figure comparing D* per point across results (e.g. a memorising and a generalising
     model): sorted D* curves and the distribution of log D*, each with its rank/T reference.
     See :func:`probes.dimensionality_plots.compare_max_data_dim`."""

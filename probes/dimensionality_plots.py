@@ -47,9 +47,13 @@ def _sorted(dstar: torch.Tensor) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def _rank_axis(ax, n: int) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     if n > 30:
         ax.set_xscale("log")
         _plain_log_ticks(ax.xaxis)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(0.8 if n > 30 else 0.5, n * (1.25 if n > 30 else 1) + (0 if n > 30 else 0.5))
 
 
@@ -198,76 +202,73 @@ def plot_result(res, ax=None, instances: Sequence[int] | None = None, top: int =
     return fig
 
 
-def compare_max_data_dim(results, labels: Sequence[str], instance: int = 0, ax=None):
+def compare_max_data_dim(
+    results, labels: Sequence[str], instance: int | Sequence[int] = 0, ax=None
+):
     """D* per training point of several results (e.g. a memorising and a generalising model) in
-    one figure: left, each result's D* sorted (log-log), with its rank/T as a dashed line of the
-    same colour; right, the distribution of D* (fraction of points per log-spaced bin). With ``ax``
-    given, draws only the sorted curves there. Returns the figure."""
-    results, labels = list(results), list(labels)
+    one figure: left, each result's D* sorted (log-log), with its rank/T (the mean D*) as a dashed
+    line of the same colour; right, the distribution of D* (fraction of points per log-spaced
+    bin). ``instance`` picks the instance of every result, or one per result (to compare the
+    instances of one packed sweep). With ``ax`` given, draws only the sorted curves there.
+    Returns the figure; its legend sits below the panels, one entry per result."""
+    from matplotlib.legend_handler import HandlerTuple
+
+    results, labels = list(results), [str(lab) for lab in labels]
     if not results:
         raise ValueError("compare_max_data_dim needs at least one result")
     if len(labels) != len(results):
         raise ValueError(f"labels: need one per result ({len(results)}), got {len(labels)}")
-    for r in results:
+    insts = [instance] * len(results) if isinstance(instance, int) else list(instance)
+    if len(insts) != len(results):
+        raise ValueError(f"instance: need one per result ({len(results)}), got {len(insts)}")
+    for r, i in zip(results, insts, strict=True):
         if not hasattr(r, "max_data_dim"):
             raise TypeError(f"expected DimensionalityResult objects, got {type(r).__name__}")
-        if not 0 <= instance < r.n_instances:
-            raise ValueError(f"instance must be in [0, {r.n_instances}), got {instance}")
+        if not isinstance(i, int) or not 0 <= i < r.n_instances:
+            raise ValueError(f"instance must be an int in [0, {r.n_instances}), got {i!r}")
     plt = _plt()
     if ax is None:
         fig, (ax, ax_h) = plt.subplots(1, 2, figsize=(10.5, 4.8), layout="constrained")
     else:
         fig, ax_h = ax.figure, None
-    curves = []
-    for k, (res, lab) in enumerate(zip(results, labels, strict=True)):
-        idx, d, zero = _sorted(res.max_data_dim[instance])
-        T = int((~res.max_data_dim[instance].isnan()).sum())
-        rank = float(res.rank()[instance])
-        med = float(np.median(d)) if len(d) else 0.0
-        c = f"C{k}"
-        x = np.arange(1, len(d) + 1)
+    curves, handles, entries = [], [], []
+    for k, (res, lab, i) in enumerate(zip(results, labels, insts, strict=True)):
+        _, d, zero = _sorted(res.max_data_dim[i])
+        T = int((~res.max_data_dim[i].isnan()).sum())
+        rank = float(res.rank()[i])
+        c = f"C{k % 10}"
+        marker = "o" if len(d) <= 40 else None
+        (curve,) = ax.plot(np.arange(1, len(d) + 1), d, color=c, lw=2, marker=marker, ms=3)
+        (ref,) = ax.plot([1, max(T, 2)], [rank / T] * 2, color=c, ls="--", lw=1, gid="rank/T")
+        med = f"median D* {np.median(d):.2g}" if len(d) else "no D* > 0"
         zeros = f", {zero} with D* = 0" if zero else ""
-        ax.plot(
-            x,
-            d,
-            color=c,
-            lw=2,
-            marker="o" if len(d) <= 40 else None,
-            ms=3,
-            label=f"{lab}: T = {T}, median D* = {med:.2g}{zeros}",
-        )
-        ax.plot(
-            [1, max(T, 2)],
-            [rank / T] * 2,
-            color=c,
-            ls="--",
-            lw=1,
-            label=f"{lab}: rank/T = {rank:.3g}/{T} = {rank / T:.2g}",
-        )
-        curves.append((d, T, rank, c, lab))
-    lo = min([min(d.min(), rk / T) for d, T, rk, *_ in curves if len(d)] + [1.0])
+        handles.append((curve, ref))
+        head = lab if f"T = {T}" in lab else f"{lab} (T = {T})"
+        entries.append(f"{head}: {med}{zeros}; rank/T = {rank:.3g}/{T} = {rank / T:.2g}")
+        curves.append((d, T, rank, c))
+    lo = min([min(d.min(), rk / T) for d, T, rk, _ in curves if len(d)] + [1.0])
     ax.set(
         xscale="log",
         yscale="log",
         ylim=(lo / 3, 2.0),
+        xlim=(0.8, max(T for _, T, *_ in curves) * 1.3),
         xlabel="training point, sorted by D* (rank)",
         ylabel=D_STAR_LABEL,
-        title="D* of every training point, sorted",
+        title="D* of every training point, sorted (dashed: rank/T)",
     )
-    ax.set_xlim(0.8, max(T for _, T, *_ in curves) * 1.3)
     _plain_log_ticks(ax.xaxis)
     _plain_log_ticks(ax.yaxis)
     ax.grid(alpha=0.3, which="major")
+    legend = {"handler_map": {tuple: HandlerTuple(ndivide=None)}, "fontsize": 8}
     if ax_h is None:
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(handles, entries, loc="lower left", **legend)
         return fig
     bins = np.logspace(np.log10(lo / 3), np.log10(2.0), 41)
-    for d, T, rank, c, _ in curves:
+    for d, T, rank, c in curves:
         if len(d):
-            ax_h.hist(d, bins=bins, weights=np.full(len(d), 1 / len(d)), color=c, alpha=0.35)
-            ax_h.hist(
-                d, bins=bins, weights=np.full(len(d), 1 / len(d)), color=c, histtype="step", lw=1.5
-            )
+            w = np.full(len(d), 1 / len(d))
+            ax_h.hist(d, bins=bins, weights=w, color=c, alpha=0.3)
+            ax_h.hist(d, bins=bins, weights=w, color=c, histtype="step", lw=1.5)
         ax_h.axvline(rank / T, color=c, ls="--", lw=1)
     ax_h.set(
         xscale="log",
@@ -277,7 +278,13 @@ def compare_max_data_dim(results, labels: Sequence[str], instance: int = 0, ax=N
     )
     _plain_log_ticks(ax_h.xaxis)
     ax_h.grid(alpha=0.3, which="major")
-    handles, labs = ax.get_legend_handles_labels()
-    fig.legend(handles, labs, loc="outside lower center", ncol=2, fontsize=8, frameon=False)
-    fig.suptitle(f"Maximal data dimensionality D* per training point (instance {instance})")
+    fig.legend(
+        handles,
+        entries,
+        loc="outside lower center",
+        ncol=1 if len(entries) < 4 else 2,
+        frameon=False,
+        **legend,
+    )
+    fig.suptitle("Maximal data dimensionality D* per training point")
     return fig

@@ -396,12 +396,13 @@ def test_compare_figure_separates_regimes(tmp_path):
     assert ax.get_yscale() == "log"
     labels = [str(t.get_text()) for t in fig.legends[0].get_texts()]
     assert any("memorising" in t for t in labels) and any("generalising" in t for t in labels)
-    refs = sorted(
-        float(ln.get_ydata()[0]) for ln in ax.get_lines() if "rank/T" in str(ln.get_label())
-    )
+    refs = sorted(float(ln.get_ydata()[0]) for ln in ax.get_lines() if ln.get_gid() == "rank/T")
     assert np.allclose(refs, [8 / 500, 8 / 8], rtol=1e-4)
     renderer = fig.canvas.get_renderer()
     legend_box = fig.legends[0].get_window_extent(renderer)
     assert not any(_overlaps(legend_box, a.get_window_extent(renderer)) for a in fig.axes)
     with pytest.raises(ValueError, match="labels"):
         compare_max_data_dim([mem, gen], labels=["only one"])
+    # the same figure from a result, for code that does not import this module (the quickstart)
+    again = mem.compare([mem, gen], ["memorising", "generalising"])
+    assert [t.get_text() for t in again.legends[0].get_texts()] == labels
