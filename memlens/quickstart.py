@@ -204,7 +204,9 @@ def run(
     # 5. the report
     figs = {
         "dictionary.png": dics["memorising"].plot(),
-        "max_data_dim.png": dims["memorising"].plot(),
+        "max_data_dim.png": dims["memorising"].compare(
+            [dims["memorising"], dims["generalising"]], ["memorising", "generalising"]
+        ),
         "survival.png": surv.plot(),
         "llc.png": tempering.spectrum().plot(),
         "training.png": runs["memorising"].plot(),
@@ -286,7 +288,7 @@ def _summary_md(cfg, numbers, dics, surv, tempering) -> str:
         dics["memorising"].to_table(max_rows=12),
         "```",
         "",
-        "## Maximal data dimensionality D* (hook_post, memorising model)",
+        "## Maximal data dimensionality D* (hook_post, memorising vs generalising model)",
         "",
         f"Mean D* {mem['mean_max_data_dim']:.3g} (memorising) vs {gen['mean_max_data_dim']:.3g} "
         "(generalising).",

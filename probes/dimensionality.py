@@ -4,17 +4,34 @@ Definitions (background.md §3; Elhage et al. 2022, Henighan et al. 2023, Hobbha
 
 * feature dimensionality ``D_i = ‖W_i‖² / Σ_j (Ŵ_i·W_j)²`` for the columns ``W_i`` of ``W`` (m × n);
 * dimensions per feature ``D* = m / ‖W‖_F²``;
-* data dimensionality ``D_i = ‖h_i‖² / Σ_j (ĥ_i·h_j)²`` for the rows ``h_i`` of ``H`` (T × m);
+* data dimensionality ``D_i = ‖h_i‖² / Σ_j (ĥ_i·h_j)²`` for the hidden vectors ``h_i`` (m dims);
 * maximal data dimensionality ``D*_i = sup_v (v·h_i)² / Σ_j (v·h_j)² = h_iᵀ (HᵀH)⁺ h_i``, the
   statistical leverage score, so ``Σ_i D*_i = rank(H)``.
 
-Every sum over j is rewritten through the m × m Gram matrix (``Σ_j (u·h_j)² = uᵀ HᵀH u``), so
-nothing materialises a T × T matrix: O(T·m² + m³) time, O(T·m) memory, batched over instances.
+**Layouts.** Activations come in the hook layout ``[batch, inst, ...]``, exactly as a hook or
+``cache["hook_hidden"]`` gives them; trailing axes are flattened into the m hidden dimensions.
+Because ``[batch, inst, m]`` and the transposed ``[inst, batch, m]`` cannot be told apart by their
+shapes, every function that takes activations also requires ``n_instances`` (keyword-only) and
+refuses a tensor whose axis 1 does not match it; a 2-D ``[batch, m]`` tensor is refused with a
+message saying to add the instance axis (``H[:, None]``). The one case no check can catch is
+``batch == n_instances``. Weights keep the model's parameter layout: ``W`` is ``[inst, m, n]``.
+Results are ``[inst, batch]`` per point and ``[inst, n]`` per feature, instances first.
+A zero row / column gets dimensionality 0.
 
-Layouts: ``W`` is ``[m, n]`` or ``[inst, m, n]`` (the Bottleneck's ``W``); ``H`` is ``[T, m]`` or
-``[inst, T, m]`` (instances first, like ``W``; a hook's ``[batch, inst, m]`` activation is
-``H.transpose(0, 1)``). Results are ``[n]`` / ``[T]`` or ``[inst, n]`` / ``[inst, T]``.
-A zero column / row gets dimensionality 0.
+**Cost.** Every sum over j goes through the m × m Gram matrix ``G = HᵀH``
+(``Σ_j (u·h_j)² = uᵀ G u``), so nothing materialises a T × T matrix. With ``G = V Λ Vᵀ`` and
+``z = Vᵀh``, all three per-point quantities are weighted sums of ``z²``: ``‖h‖² = Σ z_k²``,
+``hᵀGh = Σ λ_k z_k²`` and ``D* = Σ_{kept} z_k² / λ_k``. So D and D* together cost two passes
+over H: one for G, one for ``z = Vᵀh``, each in cache-sized row chunks.
+
+**Precision.** For float32 activations (and lower precision, computed in float32) G is summed in
+float32 per chunk and the chunks are reduced in float64. Its error is ``δ·λ_max`` with δ about
+1e-8 to 2e-7 (measured, T = 10³ to 10⁶), which perturbs D and D* by about ``δ·λ_max/λ_min``
+relative. So this fast path is taken only when every eigenvalue is at least
+``FAST_MIN_EIG_RATIO · λ_max`` (error ≲ 2e-4); otherwise (ill-conditioned or rank-deficient H,
+including T < m, dead units, or values outside float32's comfortable range) G and the row pass
+are recomputed in float64, which is exact enough for rank decisions. float64 input is computed in
+float64 throughout.
 """
 
 from __future__ import annotations
@@ -23,7 +40,7 @@ import dataclasses
 import math
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Real
 from torch import Tensor
 
 from memlens.data import Batch
@@ -35,103 +52,239 @@ __all__ = [
     "dims_per_feature",
     "data_dimensionality",
     "max_data_dimensionality",
+    "data_and_max_data_dimensionality",
+    "compare_max_data_dim",
     "DimensionalityProbe",
     "DimensionalityResult",
 ]
 
-#: rows per chunk when accumulating the Gram matrix in float64 (bounds the temporary copy)
-GRAM_CHUNK = 1 << 16
-#: polytope fractions TMS features cluster at (background.md §3)
-FRACTIONS = {1.0: "1", 0.75: "3/4", 2 / 3: "2/3", 0.5: "1/2", 0.4: "2/5", 0.375: "3/8"}
+#: elements per row chunk of ``[rows, inst, m]`` (2 MB of float32: the chunk and its products
+#: stay in cache; the fastest of 2^15 to 2^21 at T = 10⁶, m = 16, 4 instances)
+CHUNK_ELEMENTS = 1 << 19
+#: the float32 Gram path is used only when every eigenvalue is at least this fraction of the
+#: largest (see the module docstring); otherwise float64
+FAST_MIN_EIG_RATIO = 1e-3
+#: mean squared row norm range in which float32 products neither overflow nor lose precision
+_F32_SAFE = (1e-30, 1e30)
 
 
-def _as_batched(x: Tensor, name: str, dims: str) -> tuple[Tensor, bool]:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    if x.ndim not in (2, 3):
-        raise ValueError(f"{name} must have shape [{dims}] or [inst, {dims}], got {tuple(x.shape)}")
-    if not x.is_floating_point():
-        x = x.float()
-    if not bool(torch.isfinite(x.sum(dtype=torch.float64))):  # NaN/inf propagate; one pass
-        raise ValueError(f"{name} contains NaN or inf; dimensionalities are undefined")
-    return (x, False) if x.ndim == 3 else (x[None], True)
+# ------------------------------------------------------------------------------ checking input
 
 
-def _gram(H: Float[Tensor, "inst T m"]) -> Float[Tensor, "inst m m"]:
-    """HᵀH accumulated in float64 over row chunks (exact enough for rank decisions)."""
-    inst, T, m = H.shape
+def _check_n_instances(n_instances) -> None:
+    if isinstance(n_instances, bool) or not isinstance(n_instances, int) or n_instances < 1:
+        raise ValueError(
+            f"n_instances must be a positive int (the model's instance count, axis 1 of "
+            f"[batch, inst, ...]), got {n_instances!r}"
+        )
+
+
+def _activations(H, n_instances: int, name: str = "H") -> Tensor:
+    """``H`` checked against the hook layout ``[batch, inst, ...]``; returns ``[T, inst, m]``."""
+    if not isinstance(H, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(H).__name__}")
+    _check_n_instances(n_instances)
+    if H.ndim < 3:
+        raise ValueError(
+            f"{name} must be a hook activation of shape [batch, inst, ...] (e.g. "
+            f"cache['hook_hidden'] as is), got shape {tuple(H.shape)}; for a single instance add "
+            f"the instance axis: {name}[:, None]"
+        )
+    if H.shape[1] != n_instances:
+        hint = ""
+        if H.shape[0] == n_instances:
+            hint = f"; it looks like the old [inst, batch, ...] layout: pass {name}.transpose(0, 1)"
+        raise ValueError(
+            f"{name} must have the hook layout [batch, inst, ...] with n_instances={n_instances} "
+            f"on axis 1, got shape {tuple(H.shape)}{hint}"
+        )
+    H = H.flatten(2) if H.ndim > 3 else H
+    if H.shape[2] == 0:
+        raise ValueError(f"{name} has no hidden dimensions (shape {tuple(H.shape)})")
+    return H if H.is_floating_point() else H.float()
+
+
+def _weights(W, name: str = "W") -> Tensor:
+    if not isinstance(W, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(W).__name__}")
+    if W.ndim != 3:
+        hint = f"; for a single instance add the instance axis: {name}[None]" if W.ndim == 2 else ""
+        raise ValueError(
+            f"{name} must have the model's parameter layout [inst, m, n], got shape "
+            f"{tuple(W.shape)}{hint}"
+        )
+    return W if W.is_floating_point() else W.float()
+
+
+def _check_rtol(rtol) -> None:
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 <= rtol < 1:
+        raise ValueError(f"rtol must be a number in [0, 1), got {rtol!r}")
+
+
+# ---------------------------------------------------------------------------- the two passes
+
+
+@dataclasses.dataclass
+class _Spectrum:
+    """Eigendecomposition of each instance's Gram matrix, and how to run the row pass."""
+
+    evals: Tensor  # [inst, m] float64, ascending
+    V: Tensor  # [inst, m, m] float64
+    dtype: torch.dtype  # row-pass dtype
+    scale: Tensor | None  # [inst]: rows are divided by it (extreme float64 magnitudes only)
+
+
+def _chunks(H: Tensor, dtype: torch.dtype, scale: Tensor | None):
+    """Row chunks of ``[T, inst, m]`` as ``[inst, rows, m]`` in ``dtype``."""
+    rows = max(1, CHUNK_ELEMENTS // (H.shape[1] * H.shape[2]))
+    for a in range(0, H.shape[0], rows):
+        h = H[a : a + rows].transpose(0, 1).to(dtype)
+        yield a, (h if scale is None else h / scale[:, None, None].to(dtype))
+
+
+def _gram(H: Tensor, dtype: torch.dtype, scale: Tensor | None = None) -> Tensor:
+    """Σ_t h_t h_tᵀ per instance: per chunk in ``dtype``, reduced over chunks in float64."""
+    inst, m = H.shape[1:]
     G = torch.zeros(inst, m, m, dtype=torch.float64, device=H.device)
-    for a in range(0, T, GRAM_CHUNK):
-        h = H[:, a : a + GRAM_CHUNK].double()
-        G.baddbmm_(h.transpose(1, 2), h)  # Σ_t h_t h_tᵀ
+    for _, h in _chunks(H, dtype, scale):
+        g = torch.bmm(h.transpose(1, 2), h)
+        G += g if dtype == torch.float64 else g.double()
     return G
 
 
-def _quadratic_ratio(X: Float[Tensor, "inst T m"], G: Tensor) -> Float[Tensor, "inst T"]:
-    """‖x_i‖⁴ / x_iᵀ G x_i, with 0 where x_i = 0: the 'dimensionality' of each row."""
-    Gx = G.to(X.dtype)
-    out = torch.empty(X.shape[:2], dtype=X.dtype, device=X.device)
-    for a in range(0, X.shape[1], GRAM_CHUNK):  # chunks stay cache-resident
-        x = X[:, a : a + GRAM_CHUNK]
-        quad = (torch.bmm(x, Gx) * x).sum(-1)
-        n2 = x.square().sum(-1)
-        d = n2 * n2 / quad.clamp_min(torch.finfo(X.dtype).tiny)
-        out[:, a : a + GRAM_CHUNK] = torch.where(n2 > 0, d, torch.zeros_like(d))
-    return out
+def _spectrum(H: Tensor) -> _Spectrum:
+    """The fast float32 Gram where it is accurate enough, else float64 (module docstring)."""
+    T = max(H.shape[0], 1)
+    if H.dtype != torch.float64:
+        G = _gram(H, torch.float32)
+        if not bool(torch.isfinite(G).all()) and not bool(torch.isfinite(H).all()):
+            raise ValueError("H contains NaN or inf; dimensionalities are undefined")
+        if bool(torch.isfinite(G).all()):
+            evals, V = torch.linalg.eigh(G)
+            lam_max = evals[:, -1]
+            ms = G.diagonal(dim1=1, dim2=2).sum(-1) / T  # mean squared row norm
+            ok = (
+                (evals >= FAST_MIN_EIG_RATIO * lam_max[:, None]).all(-1)
+                & (ms >= _F32_SAFE[0])  # also refuses G = 0: squares may have underflowed
+                & (ms <= _F32_SAFE[1])
+            )
+            if bool(ok.all()):
+                return _Spectrum(evals, V, torch.float32, None)
+    scale = None
+    G = _gram(H, torch.float64)
+    small = G.diagonal(dim1=1, dim2=2).sum(-1) < 1e-250  # squares underflow (or H = 0)
+    if not bool(torch.isfinite(G).all()) or bool(small.any()):
+        if not bool(torch.isfinite(H).all()):
+            raise ValueError("H contains NaN or inf; dimensionalities are undefined")
+        # magnitudes near float64's range: D and D* are scale-invariant, so rescale each instance
+        amax = H.abs().amax(dim=(0, 2)).double()
+        if not bool(torch.isfinite(G).all()) or bool((small & (amax > 0)).any()):
+            scale = amax.clamp_min(torch.finfo(torch.float64).tiny)
+            G = _gram(H, torch.float64, scale)
+    evals, V = torch.linalg.eigh(G)
+    return _Spectrum(evals, V, torch.float64, scale)
 
 
-def feature_dimensionality(W: Float[Tensor, "*inst m n"]) -> Float[Tensor, "*inst n"]:
-    """``D_i = ‖W_i‖² / Σ_j (Ŵ_i·W_j)²`` for each column (feature) of ``W``; 0 for a zero column."""
-    Wb, single = _as_batched(W, "W", "m, n")
-    cols = Wb.transpose(1, 2)  # [inst, n, m]: features as rows
-    D = _quadratic_ratio(cols, _gram(cols))
-    return D[0] if single else D
+def _row_pass(H: Tensor, spec: _Spectrum, weights: Tensor, want_d: bool, want_dstar: bool):
+    """The second pass: per point ``s = weightsᵀ (z ⊙ z)`` with ``z = Vᵀ h``, then
+    ``D = s_0² / s_1`` and ``D* = s_last``, finished chunk by chunk while the chunk is in cache.
+
+    ``Vᵀ [h_1 … h_rows]`` lets BLAS read the ``[rows, inst, m]`` chunk in place (as a transposed
+    operand) instead of copying it."""
+    inst = H.shape[1]
+    out_dtype = H.dtype if H.dtype == torch.float64 else torch.float32
+    D = torch.empty(inst, H.shape[0], dtype=out_dtype, device=H.device) if want_d else None
+    Ds = torch.empty(inst, H.shape[0], dtype=out_dtype, device=H.device) if want_dstar else None
+    Vt = spec.V.transpose(1, 2).to(spec.dtype).contiguous()
+    Wt = weights.transpose(1, 2).to(spec.dtype).contiguous()  # [inst, k, m]
+    tiny = torch.finfo(spec.dtype).tiny
+    for a, h in _chunks(H, spec.dtype, spec.scale):
+        s = torch.bmm(Wt, torch.bmm(Vt, h.transpose(1, 2)).square_())  # [inst, k, rows]
+        b = a + h.shape[1]
+        if want_d:  # ‖h‖² · (‖h‖² / hᵀGh): 0 for h = 0, no overflow for large ‖h‖
+            D[:, a:b] = s[:, 0] * (s[:, 0] / s[:, 1].clamp_min(tiny))
+        if want_dstar:
+            Ds[:, a:b] = s[:, -1]
+    return D, Ds
 
 
-def dims_per_feature(W: Float[Tensor, "*inst m n"]) -> Float[Tensor, "*inst"]:
-    """``D* = m / ‖W‖_F²`` ("dimensions per feature"); inf for W = 0."""
-    Wb, single = _as_batched(W, "W", "m, n")
-    m = Wb.shape[1]
-    out = m / (Wb.double() ** 2).sum((1, 2))
-    out = out.to(Wb.dtype)
-    return out[0] if single else out
+def _dims(H: Tensor, want_d: bool, want_dstar: bool, rtol: float | None):
+    """Data dimensionality and/or D* of the rows of ``H`` ``[T, inst, m]``, each ``[inst, T]``."""
+    m = H.shape[2]
+    spec = _spectrum(H)
+    evals = spec.evals
+    cols = []
+    if want_d:
+        cols += [torch.ones_like(evals), evals.clamp_min(0)]
+    if want_dstar:
+        if rtol is None:
+            rtol = 10 * m * torch.finfo(H.dtype if H.dtype == torch.float64 else torch.float32).eps
+        lam_max = evals[:, -1:].clamp_min(0)
+        keep = (evals > rtol**2 * lam_max) & (evals > 0)
+        cols.append(torch.where(keep, 1 / evals.clamp_min(1e-300), torch.zeros_like(evals)))
+    return _row_pass(H, spec, torch.stack(cols, -1), want_d, want_dstar)
 
 
-def data_dimensionality(H: Float[Tensor, "*inst T m"]) -> Float[Tensor, "*inst T"]:
-    """``D_i = ‖h_i‖² / Σ_j (ĥ_i·h_j)²`` for each row (point) of ``H``; 0 for a zero row."""
-    Hb, single = _as_batched(H, "H", "T, m")
-    D = _quadratic_ratio(Hb, _gram(Hb))
-    return D[0] if single else D
+# ------------------------------------------------------------------------------ public functions
+
+
+def feature_dimensionality(W: Real[Tensor, "inst m n"]) -> Float[Tensor, "inst n"]:
+    """``D_i = ‖W_i‖² / Σ_j (Ŵ_i·W_j)²`` for each column (feature) of ``W`` ``[inst, m, n]``
+    (the model's parameter layout); 0 for a zero column. Returns ``[inst, n]``."""
+    W = _weights(W)
+    D, _ = _dims(W.permute(2, 0, 1), True, False, None)  # features as rows
+    return D
+
+
+def dims_per_feature(W: Real[Tensor, "inst m n"]) -> Float[Tensor, " inst"]:
+    """``D* = m / ‖W‖_F²`` ("dimensions per feature") for ``W`` ``[inst, m, n]``; inf for W = 0.
+    Returns ``[inst]``."""
+    W = _weights(W)
+    out = W.shape[1] / W.double().square().sum((1, 2))
+    return out.to(W.dtype)
+
+
+def data_dimensionality(
+    H: Real[Tensor, "batch inst *hidden"], *, n_instances: int
+) -> Float[Tensor, "inst batch"]:
+    """``D_i = ‖h_i‖² / Σ_j (ĥ_i·h_j)²`` for each point of ``H`` in the hook layout
+    ``[batch, inst, ...]`` (e.g. ``cache["hook_hidden"]``); 0 for a zero row. ``n_instances`` must
+    match axis 1 (see the module docstring). Returns ``[inst, batch]``."""
+    H = _activations(H, n_instances)
+    D, _ = _dims(H, True, False, None)
+    return D
 
 
 def max_data_dimensionality(
-    H: Float[Tensor, "*inst T m"], rtol: float | None = None
-) -> Float[Tensor, "*inst T"]:
-    """Maximal data dimensionality ``D*_i = h_iᵀ (HᵀH)⁺ h_i`` (the leverage score of row i).
+    H: Real[Tensor, "batch inst *hidden"], *, n_instances: int, rtol: float | None = None
+) -> Float[Tensor, "inst batch"]:
+    """Maximal data dimensionality ``D*_i = h_iᵀ (HᵀH)⁺ h_i`` (the leverage score of point i) for
+    ``H`` in the hook layout ``[batch, inst, ...]``. Returns ``[inst, batch]``.
 
     The pseudo-inverse comes from an eigendecomposition of the m × m Gram matrix in float64.
-    Singular values below ``rtol · σ_max`` count as zero (default ``10 · m · eps`` of H's dtype),
+    Singular values below ``rtol · σ_max`` count as zero (default ``10 · m · eps``, eps of float64
+    for float64 H, else of float32),
     so a rank-deficient H is handled and ``Σ_i D*_i = rank(H)``.
     """
-    Hb, single = _as_batched(H, "H", "T, m")
-    m = Hb.shape[-1]
-    if rtol is None:
-        rtol = 10 * m * torch.finfo(Hb.dtype).eps
-    if not (isinstance(rtol, (int, float)) and 0 <= rtol < 1):
-        raise ValueError(f"rtol must be in [0, 1), got {rtol!r}")
-    evals, evecs = torch.linalg.eigh(_gram(Hb))  # ascending, [inst, m], [inst, m, m]
-    lam_max = evals[:, -1:].clamp_min(0)
-    keep = (evals > (rtol**2) * lam_max) & (evals > 0)
-    inv_sqrt = torch.where(keep, evals.clamp_min(1e-300).rsqrt(), torch.zeros_like(evals))
-    # whitening map: D*_i = ‖h_i V Λ^{-1/2}‖² over the kept eigen-directions
-    M = (evecs * inv_sqrt[:, None, :]).to(Hb.dtype)
-    D = torch.empty(Hb.shape[:2], dtype=Hb.dtype, device=Hb.device)
-    for a in range(0, Hb.shape[1], GRAM_CHUNK):
-        D[:, a : a + GRAM_CHUNK] = torch.bmm(Hb[:, a : a + GRAM_CHUNK], M).square().sum(-1)
-    return D[0] if single else D
+    H = _activations(H, n_instances)
+    if rtol is not None:
+        _check_rtol(rtol)
+    _, Dstar = _dims(H, False, True, rtol)
+    return Dstar
 
 
-# ------------------------------------------------------------------------------------------ probe
+def data_and_max_data_dimensionality(
+    H: Real[Tensor, "batch inst *hidden"], *, n_instances: int, rtol: float | None = None
+) -> tuple[Float[Tensor, "inst batch"], Float[Tensor, "inst batch"]]:
+    """Data dimensionality and D* together (one Gram matrix, one row pass: about the cost of
+    either alone). Same layout and arguments as :func:`max_data_dimensionality`."""
+    H = _activations(H, n_instances)
+    if rtol is not None:
+        _check_rtol(rtol)
+    return _dims(H, True, True, rtol)
+
+
+# ------------------------------------------------------------------------------------ the probe
 
 
 def _nan_to_none(x):
@@ -148,12 +301,14 @@ def _nan_to_none(x):
 class DimensionalityResult(ProbeResult):
     """Per-instance dimensionalities. Padded training rows (``Batch.lengths``) are NaN.
 
-    Fields:
+    Fields (results are instances first; activations keep the hook layout):
         hook: where the hidden vectors were read.
         data_dim, max_data_dim: ``[inst, T]``.
-        feature_dim: ``[inst, feat]`` from the model's ``W`` (a Bottleneck), else None.
+        feature_dim: ``[inst, feat]`` from the model's feature directions (a Bottleneck's ``W``),
+            else None.
         dims_per_feature: ``[inst]`` m / ‖W‖_F², else None.
-        hidden: ``[inst, T, m]`` the hidden vectors (kept for plots); W: ``[inst, m, n]`` or None.
+        hidden: ``[T, inst, m]`` the hidden vectors, in the hook layout (kept for plots).
+        W: ``[inst, m, n]`` the feature directions, or None.
     """
 
     hook: str
@@ -161,7 +316,7 @@ class DimensionalityResult(ProbeResult):
     max_data_dim: Float[Tensor, "inst T"]
     feature_dim: Float[Tensor, "inst feat"] | None = None
     dims_per_feature: Float[Tensor, " inst"] | None = None
-    hidden: Float[Tensor, "inst T m"] | None = dataclasses.field(default=None, repr=False)
+    hidden: Float[Tensor, "T inst m"] | None = dataclasses.field(default=None, repr=False)
     W: Float[Tensor, "inst m n"] | None = dataclasses.field(default=None, repr=False)
 
     @property
@@ -175,6 +330,10 @@ class DimensionalityResult(ProbeResult):
             if f.name not in ("hidden", "W")
         }
         return _nan_to_none(jsonable(d))
+
+    def rank(self) -> Tensor:
+        """``[inst]``: Σ_i D*_i, the rank of each instance's hidden vectors."""
+        return self.max_data_dim.nansum(-1)
 
     def instance_scalars(self) -> dict[str, Tensor]:
         """Per-instance summaries ``{name: [inst]}`` (a sweep packs one cell per instance)."""
@@ -216,76 +375,29 @@ class DimensionalityResult(ProbeResult):
             lines.append(line)
         return "\n".join(lines)
 
-    def plot(self, ax=None, instances: list[int] | None = None):
-        """Stick plots (Anthropic style) of data D and D* per point (sorted by D*), feature
-        dimensionality per feature when known, and for m = 2 the hidden vectors with feature
-        directions. With ``ax`` given, draws only the D* stick plot of instance 0 there."""
-        import matplotlib.pyplot as plt
+    def plot(self, ax=None, instances: list[int] | None = None, top: int = 3):
+        """Per instance: D* of every training point, sorted, on a log axis with the mean
+        rank/T marked and the ``top`` points labelled; the feature dimensionalities when known;
+        for m = 2 the hidden vectors with the feature directions. With ``ax`` given, draws only
+        the D* panel of instance 0 (or ``instances[0]``) there."""
+        from probes.dimensionality_plots import plot_result
 
-        if ax is not None:
-            self._stick_data(ax, 0)
-            return ax.figure
-        insts = list(range(min(self.n_instances, 4))) if instances is None else list(instances)
-        m = None if self.hidden is None else self.hidden.shape[-1]
-        cols = 1 + (self.feature_dim is not None) + (m == 2)
-        fig, axes = plt.subplots(
-            len(insts), cols, figsize=(4.2 * cols, 3.0 * len(insts)), squeeze=False
-        )
-        for r, i in enumerate(insts):
-            c = 0
-            self._stick_data(axes[r, c], i)
-            if self.feature_dim is not None:
-                c += 1
-                self._stick_features(axes[r, c], i)
-            if m == 2:
-                c += 1
-                self._scatter(axes[r, c], i)
-        fig.suptitle(f"dimensionality read at {self.hook}")
-        fig.tight_layout()
-        return fig
+        return plot_result(self, ax=ax, instances=instances, top=top)
 
-    def _stick_data(self, ax, i: int) -> None:
-        dstar = self.max_data_dim[i].cpu()
-        d = self.data_dim[i].cpu()
-        order = torch.nan_to_num(dstar, nan=-1.0).argsort(descending=True)
-        order = order[~torch.isnan(dstar[order])]
-        x = torch.arange(len(order))
-        ax.vlines(x, 0, dstar[order], color="C3", lw=1.2, label="max data dim D*")
-        ax.plot(x, d[order], "o", ms=3, color="C0", label="data dim D")
-        ax.set(
-            xlabel="training point (sorted by D*)",
-            ylabel="dimensions per point",
-            title=f"inst {i}: data dimensionality",
-            ylim=(0, max(1.05, float(dstar.nan_to_num(0).max()) * 1.05)),
-        )
-        ax.legend(fontsize=7)
+    @classmethod
+    def compare(cls, results, labels, instance: int | list[int] = 0, ax=None):
+        """:func:`compare_max_data_dim` as a classmethod, for code that holds a result but does
+        not import this module (``res.compare([mem, gen], ["memorising", "generalising"])``)."""
+        return compare_max_data_dim(results, labels, instance=instance, ax=ax)
 
-    def _stick_features(self, ax, i: int) -> None:
-        D = self.feature_dim[i].cpu()
-        norms = self.W[i].norm(dim=0).cpu() if self.W is not None else None
-        x = torch.arange(len(D))
-        ax.vlines(x, 0, D, color="k", lw=1.5)
-        ax.plot(x, D, "o", color="C2", ms=4)
-        for k, (v, lab) in enumerate(FRACTIONS.items()):  # alternate sides: 2/5 and 3/8 are close
-            ax.axhline(v, color="0.8", lw=0.6, ls="--")
-            x_lab, ha = (len(D) - 0.5, "right") if k % 2 == 0 else (-0.5, "left")
-            ax.text(x_lab, v, lab, fontsize=7, va="bottom", ha=ha, color="0.4")
-        title = f"inst {i}: feature dimensionality"
-        if norms is not None:
-            title += f" (Σ={float(D.sum()):.2f})"
-        ax.set(xlabel="feature index", ylabel="D_i", ylim=(0, 1.1), title=title)
 
-    def _scatter(self, ax, i: int) -> None:
-        h = self.hidden[i].cpu()
-        ax.scatter(h[:, 0], h[:, 1], s=8, color="C0", alpha=0.6, label="training points h_j")
-        if self.W is not None:
-            W = self.W[i].cpu()
-            for j in range(W.shape[1]):
-                ax.plot([0, W[0, j]], [0, W[1, j]], color="C2", lw=1.2)
-            ax.plot([], [], color="C2", label="feature directions W_i")
-        ax.set_aspect("equal", adjustable="datalim")
-        ax.set(xlabel="hidden dim 0", ylabel="hidden dim 1", title=f"inst {i}: hidden space")
-        ax.legend(fontsize=7, loc="upper right")
+def compare_max_data_dim(results, labels, instance: int | list[int] = 0, ax=None):
+    """One figure comparing D* per point across results (e.g. a memorising and a generalising
+    model): sorted D* curves and the distribution of log D*, each with its rank/T reference.
+    See :func:`probes.dimensionality_plots.compare_max_data_dim`."""
+    from probes.dimensionality_plots import compare_max_data_dim as compare
+
+    return compare(results, labels, instance=instance, ax=ax)
 
 
 class DimensionalityProbe(Probe):
@@ -315,29 +427,29 @@ class DimensionalityProbe(Probe):
             self.hooks = (self.hook,)
         return super().hook_names(model)
 
-    def hidden(self) -> Float[Tensor, "inst T m"]:
+    def hidden(self) -> Float[Tensor, "T inst m"]:
+        """The recorded activations, ``[T, inst, m]`` (the hook layout, trailing axes flattened)."""
         acts = self.acts.get(self.hook)
         if not acts:
             raise ValueError(
                 f"DimensionalityProbe saw no activations at {self.hook!r}: run a forward pass on "
                 "the training set inside memlens.probing(), or use probe.run(model, train)"
             )
-        a = torch.cat(acts, dim=0)  # [T, inst, ...]
-        return a.flatten(2).transpose(0, 1)  # [inst, T, m]
+        a = acts[0] if len(acts) == 1 else torch.cat(acts, dim=0)
+        return a.flatten(2)
 
     def result(self) -> DimensionalityResult:
         H = self.hidden()
         mask = None
         if isinstance(self.train, Batch) and self.train.lengths is not None:
             m = self.train.mask()
-            if m is not None and m.shape[0] == H.shape[1]:
-                mask = m.transpose(0, 1).bool().to(H.device)  # [inst, T]
+            if m is not None and m.shape[0] == H.shape[0]:
+                mask = m.bool().to(H.device)  # [T, inst]
                 H = H * mask[..., None]
-        D = data_dimensionality(H)
-        Dstar = max_data_dimensionality(H)
+        D, Dstar = data_and_max_data_dimensionality(H, n_instances=self.model.n_instances)
         if mask is not None:
-            D = D.masked_fill(~mask, float("nan"))
-            Dstar = Dstar.masked_fill(~mask, float("nan"))
+            D = D.masked_fill(~mask.T, float("nan"))
+            Dstar = Dstar.masked_fill(~mask.T, float("nan"))
         W = self.model.feature_directions()
         fdim = dpf = None
         if isinstance(W, Tensor) and W.ndim == 3:

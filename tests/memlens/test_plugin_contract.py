@@ -196,7 +196,7 @@ def test_probe_by_name_takes_arguments_and_defaults_to_the_models_representation
     # with an argument, as a (name, kwargs) pair
     with ml.probing(mlp, ("dimensionality", {"hook": "hook_pre"}), train=train) as (pre,):
         mlp(train.inputs)
-    assert pre.hook == "hook_pre" and pre.result().hidden.shape == (2, 30, 8)
+    assert pre.hook == "hook_pre" and pre.result().hidden.shape == (30, 2, 8)
     with pytest.raises(ValueError, match=r"takes no argument\(s\) \['hok'\]"):
         with ml.probing(mlp, ("dimensionality", {"hok": "hook_pre"})):
             pass
