@@ -26,7 +26,7 @@ from memlens.registry import (
     register_model,
     register_probe,
 )
-from memlens.sweep import sweep
+from memlens.sweeps import sweep
 from memlens.temper import Tempering, calibrate, estimate_llc, temper
 from memlens.training import TrainResult, evaluate, sparse_activations, train
 

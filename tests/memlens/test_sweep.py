@@ -1,20 +1,20 @@
-"""memlens.sweep: packing equals separate training, resume after a kill, bad input, grouping."""
+"""memlens.sweeps: packing equals separate training, every bad input refused before any file,
+grouping, presets, the backend seam. (The store's locking and recovery: test_store.py.)"""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
+import math
 
 import pytest
 import torch
 
 import memlens
-import memlens.sweep  # noqa: F401
+from memlens import sweeps as S
+from memlens.registry import get_bundle
+from memlens.sweeps.grid import make_cells
 from memlens.training import train
 
-S = sys.modules["memlens.sweep"]
+B = get_bundle("bottleneck")
 
 SMOKE_TASK = {"n_features": 20, "sparsity": 0.8, "d_hidden": 2, "n_test": 64}
 SMOKE_TRAIN = {"steps": 40, "lr": 1e-2, "warmup": 4, "weight_decay": 1e-2}
@@ -38,16 +38,9 @@ def test_packed_cell_equals_cell_trained_alone(tmp_path):
         groups.setdefault(r["group"], set()).add(r["T"])
     assert any(len(ts) > 1 for ts in groups.values())
     for r in rows:
-        spec = {
-            **S.preset("bottleneck", "smoke")["task"],
-            **SMOKE_TASK,
-            "tied": True,
-            "normalize": True,
-            "T": r["T"],
-            "seed": r["seed"],
-        }
-        alone = S.build_cell_model("bottleneck", spec)
-        tr, te = S.cell_data("bottleneck", spec)
+        spec = {**SMOKE_TASK, "T": r["T"], "seed": r["seed"]}
+        alone = B.build(spec)
+        tr, te = B.data(spec)
         res = train(alone, tr, test=te, progress=False, seed=0, **SMOKE_TRAIN)
         packed, _, _ = S.load_cell(tmp_path / "sw", r)
         for (name, a), b in zip(
@@ -62,12 +55,12 @@ def test_packed_cell_equals_cell_trained_alone(tmp_path):
 
 def test_grouping_keeps_padding_waste_bounded():
     g, t, tr = S.normalise(
-        "bottleneck",
+        B,
         {"T": [2, 3, 5, 9, 17, 33, 65, 129, 257, 513], "seed": [0, 1, 2]},
         SMOKE_TASK,
         SMOKE_TRAIN,
     )
-    groups = S.plan_groups("bottleneck", S._cells(g, t, tr))
+    groups = S.plan_groups(B, make_cells(g, t, tr))
     assert sum(len(x["cells"]) for x in groups) == 30
     for x in groups:
         Ts = [c["spec"]["T"] for c in x["cells"]]
@@ -76,68 +69,74 @@ def test_grouping_keeps_padding_waste_bounded():
     assert len(groups) < 30  # packing actually happened
 
 
-def _run_smoke(out, env_extra=None):
-    code = (
-        "import memlens\n"
-        "memlens.sweep('bottleneck', {'T': [3, 10, 30, 100], 'seed': [0, 1]}, "
-        f"task={SMOKE_TASK!r}, train={SMOKE_TRAIN!r}, probes=(), out={str(out)!r}, "
-        "progress=False)\n"
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
-    return subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
-    )
-
-
-def _table(out):
-    rows = [json.loads(x) for x in (out / "results.jsonl").read_text().splitlines()]
-    drop = ("group_seconds", "train_seconds")
-    return sorted(
-        ({k: v for k, v in r.items() if k not in drop} for r in rows), key=lambda r: r["key"]
-    )
-
-
-def test_resume_after_kill_gives_same_table(tmp_path):
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    assert _run_smoke(full).returncode == 0
-    n_groups = json.loads((full / "config.json").read_text())["n_groups"]
-    assert n_groups >= 3
-    p = _run_smoke(killed, {S.EXIT_AFTER_ENV: "1"})
-    assert p.returncode == 3  # died after the first group
-    partial = _table(killed)
-    assert 0 < len(partial) < len(_table(full))
-    before = (killed / "results.jsonl").read_text()
-    assert _run_smoke(killed).returncode == 0
-    assert (killed / "results.jsonl").read_text().startswith(before)  # kept, not redone
-    a, b = _table(full), _table(killed)
-    assert [r["key"] for r in a] == [r["key"] for r in b]
-    for ra, rb in zip(a, b, strict=True):
-        for k in ("train_loss", "test_loss"):
-            assert ra[k] == pytest.approx(rb[k], rel=1e-5, abs=1e-7)
-        assert ra["cell"] == rb["cell"]
+BAD_INPUTS = [
+    ({"grid": {"T": [3]}, "preset": "laptop"}, "unknown preset"),
+    ({"grid": {"T": [3], "width": [2]}}, "unknown grid axis"),
+    ({"grid": {}}, "non-empty"),
+    ({"grid": {"T": []}}, "no values"),
+    ({"grid": {"seed": [0]}}, "needs a 'T' axis"),
+    ({"grid": {"T": [0]}}, "T .*positive int"),
+    ({"grid": {"T": [3, 2.5]}}, "T .*positive int"),
+    ({"grid": {"T": [3], "seed": [1.7]}}, "seed must be an int"),
+    ({"grid": {"T": [3]}, "train": {"epochs": 3}}, "unknown train key"),
+    ({"grid": {"T": [3]}, "probes": ("no-such-probe",)}, "unknown probe"),
+    # issue 11's late failures: each passed the early checks and failed after config.json
+    ({"grid": {"T": [3]}, "train": {"weight_decay": -1}}, "weight_decay"),
+    ({"grid": {"T": [3]}, "train": {"lr": math.nan}}, "lr"),
+    ({"grid": {"T": [3]}, "train": {"lr": math.inf}}, "lr"),
+    ({"grid": {"T": [3]}, "train": {"lr": 0.0}}, "lr"),
+    ({"grid": {"T": [3]}, "train": {**SMOKE_TRAIN, "warmup": 100}}, "warmup must be an int in \\[0, steps=40\\]"),
+    ({"grid": {"T": [3], "lr": [0.01, -1]}}, "lr .*got -1"),
+    ({"grid": {"T": [3]}, "probes": ("survival",)}, "'survival' streams over tempered"),
+    ({"grid": {"T": [3]}, "task": {"n_test": 0}}, "n_test"),
+    ({"grid": {"T": [3]}, "task": {"sparsity": 1.0}}, "sparsity"),
+    ({"grid": {"T": [3], "sparsity": [0.5, -0.1]}}, "sparsity"),
+    ({"grid": {"T": [3]}, "task": {"normalize": "no"}}, "normalize must be a bool"),
+    ({"grid": {"T": [3]}, "task": {"tied": "yes"}}, "tied must be a bool"),
+    ({"grid": {"T": [3]}, "task": {"n_features": 20.5}}, "n_features must be an int"),
+    ({"grid": {"T": [3], "d_hidden": [2, 0]}}, "d_hidden"),
+    ({"grid": {"T": [3]}, "train": {"steps": 10.0}}, "steps must be a positive int"),
+    ({"grid": {"T": [3]}, "train": {"batch_size": 0}}, "batch_size"),
+    ({"grid": {"T": [3]}, "train": {"l1": -1.0}}, "l1"),
+    ({"grid": {"T": [3]}, "train": {"schedule": "linear"}}, "schedule"),
+    ({"grid": {"T": [3]}, "probes": [("dimensionality", {"hook": "hook_nope"})]}, "hook_nope"),
+    ({"grid": {"T": [3]}, "probes": [("dimensionality", {"bogus": 1})]}, "bogus"),
+    ({"grid": {"T": [3]}, "probes": ["dimensionality", "dimensionality"]}, "given twice"),
+    ({"grid": {"T": [3]}, "device": "nonsense"}, "device"),
+    ({"grid": {"T": [3]}, "backend": "nope"}, "unknown backend"),
+    ({"grid": {"T": [3]}, "lock_timeout": -1}, "lock_timeout"),
+]
 
 
 @pytest.mark.user_errors
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"grid": {"T": [3]}, "preset": "laptop"}, "unknown preset"),
-        ({"grid": {"T": [3], "width": [2]}}, "unknown grid axis"),
-        ({"grid": {}}, "non-empty"),
-        ({"grid": {"T": []}}, "no values"),
-        ({"grid": {"seed": [0]}}, "needs a 'T' axis"),
-        ({"grid": {"T": [0]}}, "positive ints"),
-        ({"grid": {"T": [3]}, "task": {"sparsity": 1.0}}, "sparsity"),
-        ({"grid": {"T": [3]}, "train": {"epochs": 3}}, "unknown train key"),
-        ({"grid": {"T": [3]}, "probes": ("no-such-probe",)}, "unknown probe"),
-    ],
-)
-def test_bad_input_raises_before_any_work(tmp_path, kwargs, match):
+@pytest.mark.parametrize("kwargs, match", BAD_INPUTS)
+def test_bad_input_is_refused_before_any_work_or_file(tmp_path, monkeypatch, kwargs, match):
+    def no_work(job):
+        raise AssertionError("a group ran although the input was bad")
+
+    monkeypatch.setattr(S.run, "run_group", no_work)
     out = tmp_path / "sw"
     kw = {"task": SMOKE_TASK, "train": SMOKE_TRAIN, "probes": (), **kwargs}
     with pytest.raises(ValueError, match=match):
         memlens.sweep("bottleneck", out=out, progress=False, **kw)
     assert not out.exists()
+
+
+def test_a_corrected_rerun_after_a_refused_one_works(tmp_path):
+    out = tmp_path / "sw"
+    kw = {"task": SMOKE_TASK, "probes": (), "out": out, "progress": False}
+    with pytest.raises(ValueError, match="weight_decay"):
+        memlens.sweep("bottleneck", {"T": [3]}, train={**SMOKE_TRAIN, "weight_decay": -1}, **kw)
+    rows = memlens.sweep("bottleneck", {"T": [3]}, train={**SMOKE_TRAIN, "steps": 5}, **kw)
+    assert len(rows) == 1 and rows[0]["T"] == 3
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    f = tmp_path / "afile"
+    f.write_text("mine")
+    with pytest.raises(FileExistsError, match="is a file"):
+        memlens.sweep("bottleneck", {"T": [3]}, task=SMOKE_TASK, probes=(), out=f, progress=False)
+    assert f.read_text() == "mine"
 
 
 def test_unknown_model_raises(tmp_path):
@@ -166,21 +165,28 @@ def test_out_holding_another_sweep_is_refused(tmp_path):
 
 def test_presets_cover_every_setting():
     for model in ("bottleneck", "mlp", "unembed"):
-        for name in ("paper", "cpu", "smoke"):
-            p = S.preset(model, name)
+        b = get_bundle(model)
+        for name in ("paper", "cpu", "smoke", "phase"):
+            p = b.preset(name)
             assert set(p) == {"grid", "task", "train"}
-            S.normalise(model, p["grid"], p["task"], p["train"])
-    paper = S.preset("bottleneck", "paper")
+            cells = make_cells(*S.normalise(b, p["grid"], p["task"], p["train"]))
+            S.grid.check_cells(b, cells)
+        # the phase preset varies T and one more axis, so `memlens report` draws a phase diagram
+        phase = b.preset("phase")["grid"]
+        assert len(phase["T"]) >= 5 and any(
+            len(v) >= 3 for a, v in phase.items() if a not in ("T", "seed")
+        )
+    paper = B.preset("paper")
     assert paper["task"]["n_features"] == 10_000 and paper["task"]["sparsity"] == 0.999
     assert paper["train"] == {"steps": 50_000, "lr": 1e-3, "warmup": 2_500, "weight_decay": 1e-2}
-    cpu = S.preset("bottleneck", "cpu")
+    cpu = B.preset("cpu")
     assert cpu["task"]["n_features"] == 1000 and cpu["task"]["sparsity"] == 0.99
     assert len(cpu["grid"]["T"]) >= 12 and len(cpu["grid"]["seed"]) >= 3
 
 
 @pytest.mark.parametrize("model", ["mlp", "unembed"])
 def test_embedded_settings_sweep_and_pack(tmp_path, model):
-    p = S.preset(model, "smoke")
+    p = get_bundle(model).preset("smoke")
     rows = memlens.sweep(
         model,
         {"T": [3, 5], "seed": [0]},

@@ -1,0 +1,418 @@
+"""A sweep's curves against T: double descent, dimensionality, weight norms, dictionary, and the
+2-d geometry of a memorising and a generalising cell.
+
+Every curve function takes the rows of a sweep (``memlens.sweep`` or
+``memlens.sweeps.read_results``) and its config, draws each seed faintly and the median over
+seeds boldly (one colour per setting when the grid has axes besides T and seed), and returns the
+matplotlib figure. Everything model-specific (titles, loss units, the representation hook and its
+width, feature directions) comes from the model's bundle.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from memlens.io import number
+from memlens.plot import log_axis, pyplot, stamp_partial
+from memlens.sweeps.grid import split_settings
+
+__all__ = [
+    "value",
+    "settings",
+    "setting_title",
+    "loss_units",
+    "planar_setting",
+    "by_T",
+    "find_peak",
+    "representation_width",
+    "double_descent",
+    "dimensionality",
+    "weight_norms",
+    "dictionary",
+    "geometry",
+]
+
+T_LABEL = "T (training-set size, points)"
+
+
+def _bundle(config: Mapping | None):
+    from memlens.registry import MODELS
+
+    try:
+        return MODELS.get((config or {}).get("model", ""))
+    except ValueError:
+        return None
+
+
+def setting_title(config) -> str:
+    """The model's display title from its bundle (its name if it is not registered)."""
+    b = _bundle(config)
+    return b.display_title if b is not None else (config or {}).get("model", "")
+
+
+def loss_units(config) -> str:
+    """The model's loss units from its bundle, for axis labels."""
+    b = _bundle(config)
+    return b.loss_units if b is not None else "loss per point"
+
+
+def value(row: Mapping, key: str) -> float:
+    """``row[key]`` as a float (NaN if absent); ``key`` may be dotted (``"weight_norm.W"``)."""
+    v = row.get(key)
+    if v is None and "." in key:
+        head, tail = key.split(".", 1)
+        sub = row.get(head)
+        v = sub.get(tail) if isinstance(sub, Mapping) else None
+    return number(v) if isinstance(v, (int, float, str)) or v is None else math.nan
+
+
+def settings(rows: Sequence[Mapping]) -> dict[str, list[Mapping]]:
+    """Rows by setting: the label of their grid values other than T and seed (``""`` if none)."""
+    out: dict[str, list[Mapping]] = {}
+    for r in rows:
+        out.setdefault(split_settings(r.get("cell", {})), []).append(r)
+    return out
+
+
+def by_T(
+    rows: Sequence[Mapping], key: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(T, median, lo, hi)`` of ``key`` over the rows (seeds) at each T; non-finite skipped."""
+    vals: dict[int, list[float]] = {}
+    for r in rows:
+        v = value(r, key)
+        if np.isfinite(v):
+            vals.setdefault(int(r["T"]), []).append(v)
+    Ts = np.array(sorted(vals), dtype=float)
+    med = np.array([np.median(vals[int(t)]) for t in Ts])
+    lo = np.array([min(vals[int(t)]) for t in Ts])
+    hi = np.array([max(vals[int(t)]) for t in Ts])
+    return Ts, med, lo, hi
+
+
+def find_peak(rows: Sequence[Mapping]) -> dict:
+    """Where median test loss peaks over T (rows of one setting), and its ratio to both ends."""
+    T, med, _, _ = by_T(rows, "test_loss")
+    if len(T) < 3:
+        return {"T_peak": None}
+    k = int(np.argmax(med))
+    ends = max(med[0], med[-1])
+    return {
+        "T_peak": float(T[k]),
+        "peak": float(med[k]),
+        "small_T": float(med[0]),
+        "large_T": float(med[-1]),
+        "interior": 0 < k < len(T) - 1,
+        "rise_over_ends": float(med[k] - ends),
+        "ratio_over_ends": float(med[k] / ends) if ends > 0 else math.inf,
+    }
+
+
+def representation_width(config: Mapping, cell: Mapping | None = None) -> int | None:
+    """The width m of the model's representation hook for a cell's setting (None if unknown)."""
+    b = _bundle(config)
+    if b is None or b.make_task is None:
+        return None
+    spec = {**config["task"], **(cell or {}), "T": 1, "seed": 0}
+    spec = {k: v for k, v in spec.items() if k in b.spec_keys() or k in ("T", "seed")}
+    model = b.build(spec)
+    x = b.task(spec).sample(1, seed=0)
+    _, cache = model.run_with_cache(x.inputs, names_filter=model.representation_hook)
+    return int(cache[model.representation_hook].shape[-1])
+
+
+# ---------------------------------------------------------------------------- drawing
+def _colors(n: int) -> list:
+    plt = pyplot()
+    cyc = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    return [cyc[i % len(cyc)] for i in range(n)]
+
+
+def _curve(ax, rows, key, label, color, marker="o", ls="-", hollow=False) -> bool:
+    """Each seed as a faint line, the median over seeds bold; False if no row has ``key``.
+    ``hollow`` draws larger open markers, so a curve lying on another stays visible."""
+    T, med, _, _ = by_T(rows, key)
+    if len(T) == 0:
+        return False
+    seeds = sorted({r.get("seed") for r in rows}, key=str)
+    if len(seeds) > 1:
+        for s in seeds:
+            Ts, v, _, _ = by_T([r for r in rows if r.get("seed") == s], key)
+            ax.plot(Ts, v, color=color, lw=0.7, alpha=0.35, zorder=2)
+    style = {"ms": 7, "mfc": "none", "mew": 1.3} if hollow else {"ms": 4}
+    ax.plot(T, med, marker=marker, lw=1.8, color=color, ls=ls, label=label, zorder=3, **style)
+    return True
+
+
+def _finish(fig, ax, rows, config, title: str, legend_outside: bool = False) -> None:
+    n_seeds = len({r.get("seed") for r in rows})
+    how = f"median over {n_seeds} seeds (bold), each seed faint" if n_seeds > 1 else "one seed"
+    ax.set_title(f"{title}\n{how}", fontsize=10)
+    if ax.get_legend_handles_labels()[0]:
+        if legend_outside:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+        else:
+            ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    if config is not None and "n_cells" in config:
+        stamp_partial(fig, len(rows), int(config["n_cells"]))
+
+
+def _xlim(ax, rows) -> None:
+    Ts = [int(r["T"]) for r in rows]
+    if Ts:
+        ax.set_xlim(min(Ts) / 1.25, max(Ts) * 1.25)
+
+
+def _onset(config: Mapping | None, rows) -> float | None:
+    """T(1-S) = 10: where generalisation should start, if sparsity is fixed and the T range holds
+    it (a line outside the range would only stretch the axis)."""
+    s = (config or {}).get("task", {}).get("sparsity")
+    if s is None or "sparsity" in (config or {}).get("grid", {}):
+        return None
+    onset = 10.0 / (1.0 - float(s))
+    Ts = [int(r["T"]) for r in rows]
+    return onset if Ts and min(Ts) <= onset <= max(Ts) else None
+
+
+def _new(ax, size=(6.4, 4.2)):
+    plt = pyplot()
+    fig = ax.figure if ax is not None else plt.figure(figsize=size)
+    return fig, ax or fig.add_subplot()
+
+
+def double_descent(rows: Sequence[Mapping], config: Mapping | None = None, ax=None):
+    """Train and test loss against T (log-log), per setting; the interior test-loss peak and
+    T(1-S) = 10 marked where they fall inside the T range."""
+    fig, ax = _new(ax)
+    groups = settings(rows)
+    many = len(groups) > 1
+    for color, (label, rs) in zip(_colors(len(groups)), groups.items(), strict=True):
+        pre = f"{label}: " if many else ""
+        _curve(ax, rs, "train_loss", f"{pre}train", color if many else "tab:blue", "o", "--")
+        _curve(ax, rs, "test_loss", f"{pre}test (fresh points)", color if many else "tab:red", "s")
+        pk = find_peak(rs)
+        if pk.get("interior") and not many:
+            ax.axvline(
+                pk["T_peak"], color="tab:red", ls=":", lw=1, label=f"peak, T = {pk['T_peak']:.0f}"
+            )
+    onset = _onset(config, rows)
+    if onset is not None:
+        ax.axvline(onset, color="gray", ls="--", lw=1, label=f"T(1-S) = 10 (T = {onset:.0f})")
+    log_axis(ax, "both")
+    _xlim(ax, rows)
+    ax.set(xlabel=T_LABEL, ylabel=loss_units(config))
+    _finish(fig, ax, rows, config, f"Double descent: {setting_title(config)}", legend_outside=many)
+    return fig
+
+
+def dimensionality(rows: Sequence[Mapping], config: Mapping | None = None, ax=None):
+    """Mean data dimensionality D and mean maximal data dimensionality D* of the training points
+    (and, for models with feature directions, feature dimensionality) against T, with the bound
+    min(m, T)/T on mean D* (m = the representation's width) as a thin reference line."""
+    fig, ax = _new(ax, (7.6, 4.4))
+    groups = settings(rows)
+    many = len(groups) > 1
+    quantities = [
+        ("dimensionality.mean_max_data_dim", "max data dim. D*", "^", "-", "tab:purple", False),
+        ("dimensionality.mean_data_dim", "data dim. D", "o", "--", "tab:green", True),
+        ("dimensionality.mean_feature_dim", "feature dim. D_i", "v", "-.", "tab:olive", False),
+        (
+            "dimensionality.dims_per_feature",
+            "dims per feature m/‖W‖²",
+            "s",
+            ":",
+            "tab:orange",
+            False,
+        ),
+    ]
+    drawn = set()
+    colors = _colors(len(groups))
+    for color, (label, rs) in zip(colors, groups.items(), strict=True):
+        pre = f"{label}: " if many else ""
+        m = representation_width(config, rs[0].get("cell")) if config else None
+        if m:
+            T = np.array(sorted({int(r["T"]) for r in rs}), dtype=float)
+            ax.plot(
+                T,
+                np.minimum(m, T) / T,
+                color="0.55" if not many else color,
+                lw=7,
+                alpha=0.3,
+                solid_capstyle="round",
+                zorder=1,
+                label=f"{pre}min(m, T)/T, the most mean D* can be (m = {m})",
+            )
+        for key, name, marker, ls, qcolor, hollow in quantities:
+            if _curve(ax, rs, key, f"{pre}{name}", color if many else qcolor, marker, ls, hollow):
+                drawn.add(key)
+    if not drawn:
+        ax.text(
+            0.5, 0.5, "no dimensionality probe in this sweep", transform=ax.transAxes, ha="center"
+        )
+    features = {"dimensionality.mean_feature_dim", "dimensionality.dims_per_feature"} & drawn
+    what = "Data and feature dimensionality" if features else "Data dimensionality"
+    log_axis(ax, "both")
+    _xlim(ax, rows)
+    ax.set(xlabel=T_LABEL, ylabel="dimensions per point (or per feature)")
+    hook = getattr(_bundle(config), "representation_hook", None) if config else None
+    where = f" at {hook}" if hook else ""
+    _finish(fig, ax, rows, config, f"{what}{where}: {setting_title(config)}", legend_outside=True)
+    return fig
+
+
+def weight_norms(rows: Sequence[Mapping], config: Mapping | None = None, ax=None):
+    """Frobenius norm of each weight matrix (per instance) against T."""
+    fig, ax = _new(ax)
+    names = sorted({k for r in rows for k in r.get("weight_norm", {})} - {"total"})
+    groups = settings(rows)
+    many = len(groups) > 1
+    styles = ["-", "--", "-.", ":"]
+    for color, (label, rs) in zip(_colors(len(groups)), groups.items(), strict=True):
+        for i, n in enumerate(names):
+            c = color if many else _colors(len(names))[i]
+            pre = f"{label}: " if many else ""
+            _curve(
+                ax, rs, f"weight_norm.{n}", f"{pre}‖{n}‖_F", c, "o", styles[i % 4] if many else "-"
+            )
+    log_axis(ax, "both")
+    _xlim(ax, rows)
+    ax.set(xlabel=T_LABEL, ylabel="Frobenius norm (same units as the weights)")
+    _finish(fig, ax, rows, config, f"Weight norms: {setting_title(config)}", legend_outside=many)
+    return fig
+
+
+def dictionary(rows: Sequence[Mapping], config: Mapping | None = None, ax=None):
+    """Dictionary coverage (training points with an entry) and read-back accuracy against T."""
+    fig, ax = _new(ax)
+    groups = settings(rows)
+    many = len(groups) > 1
+    ok = False
+    for color, (label, rs) in zip(_colors(len(groups)), groups.items(), strict=True):
+        pre = f"{label}: " if many else ""
+        ok |= _curve(
+            ax, rs, "dictionary.coverage", f"{pre}coverage", color if many else "tab:brown", "o"
+        )
+        ok |= _curve(
+            ax,
+            rs,
+            "dictionary.read_back_accuracy",
+            f"{pre}read-back accuracy",
+            color if many else "tab:cyan",
+            "s",
+            "--",
+            True,
+        )
+    if not ok:
+        ax.text(0.5, 0.5, "no dictionary probe in this sweep", transform=ax.transAxes, ha="center")
+    log_axis(ax, "x")
+    _xlim(ax, rows)
+    ax.set(xlabel=T_LABEL, ylabel="fraction of training points (0 to 1)", ylim=(-0.05, 1.05))
+    _finish(
+        fig,
+        ax,
+        rows,
+        config,
+        f"Memorised dictionary read off the weights: {setting_title(config)}",
+        legend_outside=many,
+    )
+    return fig
+
+
+# ---------------------------------------------------------------------------- geometry
+def _is_planar(config: Mapping, cell: Mapping) -> bool:
+    b = _bundle(config)
+    if b is None or b.make_task is None:
+        return False
+    spec = {**config["task"], **cell, "T": 1, "seed": 0}
+    spec = {k: v for k, v in spec.items() if k in b.spec_keys() or k in ("T", "seed")}
+    W = b.build(spec).feature_directions()
+    return W is not None and W.shape[1] == 2 and representation_width(config, cell) == 2
+
+
+def planar_setting(config: Mapping, rows: Sequence[Mapping]) -> str | None:
+    """The first setting whose representation and feature directions are 2-d (None if none)."""
+    for label, rs in settings(rows).items():
+        if _is_planar(config, rs[0].get("cell", {})):
+            return label
+    return None
+
+
+def geometry(
+    out: str | os.PathLike,
+    rows: Sequence[Mapping],
+    Ts: Sequence[int] | None = None,
+    seed: int | None = None,
+):
+    """For models whose representation and feature directions are 2-d (e.g. a bottleneck with
+    m = 2): the training points' vectors at the representation hook (top) and the feature
+    directions W_i (bottom), at a few T (default: the smallest and the largest)."""
+    from memlens.sweeps.cells import load_cell
+    from memlens.sweeps.store import read_results
+
+    plt = pyplot()
+    config, _ = read_results(out)
+    label = planar_setting(config, rows)
+    if label is None:
+        raise ValueError(
+            "geometry plots need a sweep whose models have a 2-d representation and 2-d feature "
+            "directions (e.g. a bottleneck with d_hidden=2)"
+        )
+    rows = settings(rows)[label]
+    hook = _bundle(config).representation_hook
+    allT = sorted({int(r["T"]) for r in rows})
+    Ts = [allT[0], allT[-1]] if Ts is None else list(Ts)
+    seed = rows[0]["seed"] if seed is None else seed
+    fig, axes = plt.subplots(2, len(Ts), figsize=(3.6 * len(Ts), 7.4), squeeze=False)
+    for j, T in enumerate(Ts):
+        row = next((r for r in rows if int(r["T"]) == int(T) and r["seed"] == seed), None)
+        if row is None:
+            raise ValueError(f"no finished cell with T={T}, seed={seed} in {out}")
+        model, train, _ = load_cell(out, row)
+        W = model.feature_directions()[0].numpy()
+        _, cache = model.run_with_cache(train.inputs, names_filter=hook)
+        h = cache[hook][:, 0].detach().numpy()
+        show = h[:400]
+        ax = axes[0, j]
+        for v in show:
+            ax.plot([0, v[0]], [0, v[1]], color="tab:blue", lw=0.6, alpha=0.6)
+        ax.scatter(show[:, 0], show[:, 1], s=8, color="tab:blue")
+        ax.set_title(
+            f"T = {T}: training points at {hook}\n({len(show)} of {len(h)} shown)", fontsize=9
+        )
+        ax = axes[1, j]
+        norms = np.linalg.norm(W, axis=0)
+        order = np.argsort(-norms)
+        for k, i in enumerate(order):
+            strong = k < 12 and norms[i] > 0.25 * norms[order[0]]
+            ax.plot(
+                [0, W[0, i]],
+                [0, W[1, i]],
+                color="tab:orange" if strong else "0.75",
+                lw=1.5 if strong else 0.4,
+                zorder=3 if strong else 1,
+            )
+        ax.set_title(
+            f"T = {T}: feature directions W_i\n(n = {W.shape[1]}; the 12 longest in orange)",
+            fontsize=9,
+        )
+        for a in axes[:, j]:
+            a.set_aspect("equal")
+            a.axhline(0, color="0.85", lw=0.5)
+            a.axvline(0, color="0.85", lw=0.5)
+            a.set_xlabel("coordinate 1 (activation units)")
+            a.set_ylabel("coordinate 2 (activation units)")
+            lim = max(np.abs(a.get_xlim()).max(), np.abs(a.get_ylim()).max())
+            a.set(xlim=(-lim, lim), ylim=(-lim, lim))
+    where = f", {label}" if label else ""
+    fig.suptitle(
+        f"2-d geometry, seed {seed}{where}: memorising (small T) vs generalising (large T)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    return fig
