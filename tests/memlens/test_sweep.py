@@ -85,7 +85,7 @@ BAD_INPUTS = [
     ({"grid": {"T": [3]}, "train": {"lr": math.nan}}, "lr"),
     ({"grid": {"T": [3]}, "train": {"lr": math.inf}}, "lr"),
     ({"grid": {"T": [3]}, "train": {"lr": 0.0}}, "lr"),
-    ({"grid": {"T": [3]}, "train": {**SMOKE_TRAIN, "warmup": 100}}, "warmup must be an int in \\[0, steps=40\\]"),
+    ({"grid": {"T": [3]}, "train": {**SMOKE_TRAIN, "warmup": 100}}, r"warmup .* \[0, steps=40\]"),
     ({"grid": {"T": [3], "lr": [0.01, -1]}}, "lr .*got -1"),
     ({"grid": {"T": [3]}, "probes": ("survival",)}, "'survival' streams over tempered"),
     ({"grid": {"T": [3]}, "task": {"n_test": 0}}, "n_test"),
