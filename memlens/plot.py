@@ -29,19 +29,19 @@ _SUPERSCRIPT = str.maketrans("-0123456789", "⁻⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
 def plain_number(v: float) -> str:
-    """A tick label a reader takes in at a glance: ``0.003``, ``30``, ``2000``, ``5×10⁻⁵``,
-    ``10⁶`` (never ``3×10⁰``)."""
+    """A tick label a reader takes in at a glance: ``0.003``, ``1.25``, ``30``, ``2000``,
+    ``5×10⁻⁵``, ``10⁶`` (never ``3×10⁰``); at most three significant digits."""
     if v == 0 or not math.isfinite(v):
         return f"{v:g}"
     exp = math.floor(math.log10(abs(v)) + 1e-9)
-    mant = v / 10**exp
+    sig = next((k for k in (1, 2, 3) if abs(float(f"{v:.{k}g}") - v) <= 1e-9 * abs(v)), 3)
     if -3 <= exp <= 4:
-        digits = max(0, -exp + (0 if abs(mant - round(mant)) < 1e-6 else 1))
-        return f"{v:.{digits}f}"
-    m = f"{mant:.2g}"
-    if m in ("1", "-1"):
-        return ("-" if v < 0 else "") + f"10{str(exp).translate(_SUPERSCRIPT)}"
-    return f"{m}×10{str(exp).translate(_SUPERSCRIPT)}"
+        return f"{float(f'{v:.{sig}g}'):.{max(0, sig - 1 - exp)}f}"
+    mant = f"{v / 10**exp:.{sig}g}"
+    power = f"10{str(exp).translate(_SUPERSCRIPT)}"
+    if mant in ("1", "-1"):
+        return ("-" if v < 0 else "") + power
+    return f"{mant}×{power}"
 
 
 def _log_formatter_class():

@@ -1,7 +1,7 @@
 """Resumable sweeps over grids (T, seed, width, sparsity, ...) packed into model instances.
 
-    rows = memlens.sweep("bottleneck", {"T": [10, 100, 1000], "seed": [0, 1, 2]},
-                         task={"n_features": 1000, "sparsity": 0.99, "d_hidden": 2},
+    rows = memlens.sweep(name, {"T": [10, 100, 1000], "seed": [0, 1, 2]},   # name: memlens list
+                         task={"n_features": 1000, "sparsity": 0.99},
                          train={"steps": 4000, "lr": 1e-2, "warmup": 200, "weight_decay": 1e-2},
                          out="runs/dd")
     memlens.sweeps.report("runs/dd")            # figures and summary.md

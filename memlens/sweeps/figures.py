@@ -70,12 +70,21 @@ def value(row: Mapping, key: str) -> float:
     return number(v) if isinstance(v, (int, float, str)) or v is None else math.nan
 
 
+def _order(v) -> tuple:
+    return (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v))
+
+
 def settings(rows: Sequence[Mapping]) -> dict[str, list[Mapping]]:
-    """Rows by setting: the label of their grid values other than T and seed (``""`` if none)."""
+    """Rows by setting: the label of their grid values other than T and seed (``""`` if none),
+    settings in increasing order of those values."""
     out: dict[str, list[Mapping]] = {}
+    keys: dict[str, tuple] = {}
     for r in rows:
-        out.setdefault(split_settings(r.get("cell", {})), []).append(r)
-    return out
+        cell = r.get("cell", {})
+        label = split_settings(cell)
+        out.setdefault(label, []).append(r)
+        keys.setdefault(label, tuple(_order(v) for k, v in cell.items() if k not in ("T", "seed")))
+    return {label: out[label] for label in sorted(out, key=keys.__getitem__)}
 
 
 def by_T(
@@ -148,19 +157,30 @@ def _curve(ax, rows, key, label, color, marker="o", ls="-", hollow=False) -> boo
     return True
 
 
-def _finish(fig, ax, rows, config, title: str, legend_outside: bool = False) -> None:
+def _how(rows) -> str:
     n_seeds = len({r.get("seed") for r in rows})
-    how = f"median over {n_seeds} seeds (bold), each seed faint" if n_seeds > 1 else "one seed"
-    ax.set_title(f"{title}\n{how}", fontsize=10)
+    return f"median over {n_seeds} seeds (bold), each seed faint" if n_seeds > 1 else "one seed"
+
+
+def _decorate(ax, title: str, legend_outside: bool = False) -> None:
+    ax.set_title(title, fontsize=10)
     if ax.get_legend_handles_labels()[0]:
         if legend_outside:
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
         else:
             ax.legend(fontsize=8)
     ax.grid(alpha=0.3, which="both")
+
+
+def _close(fig, rows, config) -> None:
     fig.tight_layout()
     if config is not None and "n_cells" in config:
         stamp_partial(fig, len(rows), int(config["n_cells"]))
+
+
+def _finish(fig, ax, rows, config, title: str, legend_outside: bool = False) -> None:
+    _decorate(ax, f"{title}\n{_how(rows)}", legend_outside)
+    _close(fig, rows, config)
 
 
 def _xlim(ax, rows) -> None:
@@ -187,27 +207,50 @@ def _new(ax, size=(6.4, 4.2)):
 
 
 def double_descent(rows: Sequence[Mapping], config: Mapping | None = None, ax=None):
-    """Train and test loss against T (log-log), per setting; the interior test-loss peak and
-    T(1-S) = 10 marked where they fall inside the T range."""
-    fig, ax = _new(ax)
+    """Test loss (left) and train loss (right) against T, log-log, per setting; each panel has its
+    own y range, so train losses decades below do not flatten the test-loss bump. The interior
+    test-loss peak and T(1-S) = 10 are marked where they fall inside the T range. With ``ax``
+    given, both curves go on that one axis."""
+    if ax is None:
+        fig, axes = pyplot().subplots(1, 2, figsize=(11.5, 4.3))
+    else:
+        fig, axes = ax.figure, [ax, ax]
     groups = settings(rows)
     many = len(groups) > 1
     for color, (label, rs) in zip(_colors(len(groups)), groups.items(), strict=True):
         pre = f"{label}: " if many else ""
-        _curve(ax, rs, "train_loss", f"{pre}train", color if many else "tab:blue", "o", "--")
-        _curve(ax, rs, "test_loss", f"{pre}test (fresh points)", color if many else "tab:red", "s")
+        _curve(axes[0], rs, "test_loss", f"{pre}test loss", color if many else "tab:red", "s")
+        _curve(
+            axes[1], rs, "train_loss", f"{pre}train loss", color if many else "tab:blue", "o", "--"
+        )
         pk = find_peak(rs)
-        if pk.get("interior") and not many:
-            ax.axvline(
-                pk["T_peak"], color="tab:red", ls=":", lw=1, label=f"peak, T = {pk['T_peak']:.0f}"
+        if pk.get("interior"):
+            axes[0].plot(
+                pk["T_peak"],
+                pk["peak"],
+                marker="*",
+                ms=14,
+                color=color if many else "tab:red",
+                mec="black",
+                mew=0.6,
+                zorder=4,
+                ls="none",
+                label=None if many else f"interior peak, T = {pk['T_peak']:.0f}",
             )
     onset = _onset(config, rows)
-    if onset is not None:
-        ax.axvline(onset, color="gray", ls="--", lw=1, label=f"T(1-S) = 10 (T = {onset:.0f})")
-    log_axis(ax, "both")
-    _xlim(ax, rows)
-    ax.set(xlabel=T_LABEL, ylabel=loss_units(config))
-    _finish(fig, ax, rows, config, f"Double descent: {setting_title(config)}", legend_outside=many)
+    for a in {id(x): x for x in axes}.values():
+        if onset is not None:
+            a.axvline(onset, color="gray", ls="--", lw=1, label=f"T(1-S) = 10 (T = {onset:.0f})")
+        log_axis(a, "both")
+        _xlim(a, rows)
+        a.set(xlabel=T_LABEL, ylabel=loss_units(config))
+    if ax is None:
+        _decorate(axes[0], "test loss (fresh points)", legend_outside=False)
+        _decorate(axes[1], "train loss (the T training points)", legend_outside=many)
+        fig.suptitle(f"Double descent: {setting_title(config)} ({_how(rows)})", fontsize=10)
+    else:
+        _decorate(ax, f"Double descent: {setting_title(config)}\n{_how(rows)}", legend_outside=many)
+    _close(fig, rows, config)
     return fig
 
 

@@ -3,21 +3,22 @@
 Hobbhahn's reconstruction limits against data-set size, hidden size, number of features and
 sparsity: when a sweep's grid has T and another axis with several values (a width such as
 ``d_hidden`` / ``d_mlp`` / ``d_model``, or ``sparsity``), each cell of the map is the median over
-seeds of one (T, value) setting. A white star marks, in each row, the T where test loss peaks
-(the double-descent bump), so a moving peak shows as a slanted line of stars.
+seeds of one (T, value) setting. A white star marks, in each row, a double-descent bump (see
+:func:`bump`), so a peak that moves with the width shows as a slanted line of stars.
 """
 
 from __future__ import annotations
 
 import itertools
+import textwrap
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from memlens.plot import plain_number, pyplot, stamp_partial
+from memlens.plot import PlainLogFormatter, plain_number, pyplot, stamp_partial
 from memlens.sweeps.figures import loss_units, setting_title, value
 
-__all__ = ["phase_axes", "phase_grid", "phase_diagram"]
+__all__ = ["phase_axes", "phase_grid", "phase_diagram", "bump", "BUMP"]
 
 
 def phase_axes(config: Mapping) -> tuple[str | None, list[str]]:
@@ -56,28 +57,56 @@ def phase_grid(
     return out
 
 
+BUMP = 1.05  # a bump rises at least this factor above the lowest loss at smaller T
+
+
+def bump(losses: Sequence[float]) -> int | None:
+    """The index of a double-descent bump in losses ordered by T: the largest loss at an interior
+    T that is ``BUMP`` times the lowest loss at smaller T and above the largest-T loss; None if
+    there is none (or fewer than 3 finished values)."""
+    z = np.asarray(losses, dtype=float)
+    if np.isfinite(z).sum() < 3 or not np.isfinite(z[[0, -1]]).all():
+        return None
+    k = int(np.nanargmax(z[1:-1])) + 1
+    if z[k] >= BUMP * np.nanmin(z[:k]) and z[k] > z[-1]:
+        return k
+    return None
+
+
+def _tick(v) -> str:
+    """A grid value as a tick label: integers exactly, other numbers plainly."""
+    return str(v) if isinstance(v, int) else plain_number(v)
+
+
 def _panel(ax, Z, Ts, ys, y_axis, cmap, norm, label, fig, peaks=None):
+    from matplotlib.colors import LogNorm
+
     masked = np.ma.masked_invalid(Z)
-    cm = pyplot().get_cmap(cmap).copy()
-    cm.set_bad("0.85")
+    cm = pyplot().get_cmap(cmap).with_extremes(bad="0.85")
     im = ax.pcolormesh(
         np.arange(len(Ts) + 1) - 0.5, np.arange(len(ys) + 1) - 0.5, masked, cmap=cm, norm=norm
     )
-    ax.set_xticks(range(len(Ts)), [plain_number(t) for t in Ts], rotation=45, fontsize=8)
-    ax.set_yticks(range(len(ys)), [plain_number(y) for y in ys], fontsize=8)
+    ax.set_xticks(range(len(Ts)), [_tick(t) for t in Ts], rotation=45, fontsize=8)
+    ax.set_yticks(range(len(ys)), [_tick(y) for y in ys], fontsize=8)
     ax.set_xlabel("T (training-set size, points)")
     ax.set_ylabel(y_axis)
-    if Z.size <= 120:
+    if Z.size <= 120:  # print each value, dark on light cells and light on dark ones
         for (i, j), z in np.ndenumerate(Z):
-            txt = "not run" if not np.isfinite(z) else f"{z:.2g}"
-            ax.text(j, i, txt, ha="center", va="center", fontsize=6, color="0.15")
+            if not np.isfinite(z):
+                ax.text(j, i, "not run", ha="center", va="center", fontsize=6, color="0.3")
+                continue
+            r, g, b, _ = cm(norm(z))
+            ink = "black" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "white"
+            ax.text(j, i, f"{z:.3g}", ha="center", va="center", fontsize=6.5, color=ink)
     if peaks is not None:
         for i, row in enumerate(Z):
-            if np.isfinite(row).sum() >= 3:
-                k = int(np.nanargmax(row))
-                if 0 < k < len(row) - 1:
-                    ax.plot(k, i, marker="*", ms=11, color="white", mec="black", mew=0.6)
-    fig.colorbar(im, ax=ax, label=label)
+            k = bump(row)
+            if k is not None:
+                ax.plot(k + 0.3, i + 0.25, marker="*", ms=8, color="white", mec="black", mew=0.5)
+    cb = fig.colorbar(im, ax=ax, label=textwrap.fill(label, 34))
+    if isinstance(norm, LogNorm):
+        cb.ax.yaxis.set_major_formatter(PlainLogFormatter())
+        cb.ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
 
 
 def phase_diagram(rows: Sequence[Mapping], config: Mapping):
@@ -119,7 +148,9 @@ def phase_diagram(rows: Sequence[Mapping], config: Mapping):
         Z = phase_grid(rs, Ts, ys, y_axis, "test_loss")
         _panel(axes[k, 0], Z, Ts, ys, y_axis, "magma", norm, loss_units(config), fig, peaks=True)
         axes[k, 0].set_title(
-            f"median test loss ★ = peak over T{'; ' + where if where else ''}", fontsize=9
+            f"median test loss (★ = bump: ≥ {BUMP:g}x the lowest loss at smaller T)"
+            + (f"; {where}" if where else ""),
+            fontsize=9,
         )
         if has_cov:
             C = phase_grid(rs, Ts, ys, y_axis, "dictionary.coverage")
@@ -136,8 +167,9 @@ def phase_diagram(rows: Sequence[Mapping], config: Mapping):
             )
             axes[k, 1].set_title(f"dictionary coverage{'; ' + where if where else ''}", fontsize=9)
     n_seeds = len(grid.get("seed", [0]))
+    seeds = f"median over {n_seeds} seeds" if n_seeds > 1 else "one seed"
     fig.suptitle(
-        f"Phase diagram: {setting_title(config)}, T x {y_axis} (median over {n_seeds} seeds)",
+        f"Phase diagram: {setting_title(config)}, T x {y_axis} ({seeds})",
         fontsize=10,
     )
     fig.tight_layout()

@@ -4,6 +4,9 @@ grouping, presets, the backend seam. (The store's locking and recovery: test_sto
 from __future__ import annotations
 
 import math
+import re
+import statistics
+from pathlib import Path
 
 import pytest
 import torch
@@ -198,3 +201,152 @@ def test_embedded_settings_sweep_and_pack(tmp_path, model):
     )
     assert [r["T"] for r in rows] == [3, 5]
     assert all(r["train_loss"] >= 0 and r["test_loss"] > 0 for r in rows)
+
+
+# ----------------------------------------------------------------------------- the backend seam
+def test_a_backend_runs_the_groups_and_the_driver_writes_them(tmp_path):
+    """Any object with run(jobs) can run the groups (a distributed backend yields them in any
+    order); the driver alone writes the store, and the table is the same."""
+
+    class Reversed:
+        def __init__(self):
+            self.seen = []
+
+        def run(self, jobs):
+            for job in reversed(list(jobs)):
+                self.seen.append(job.index)
+                yield S.run_group(job)
+
+    kw = dict(task=SMOKE_TASK, train=SMOKE_TRAIN, probes=(), progress=False)
+    grid = {"T": [3, 10, 30], "seed": [0, 1]}
+    backend = Reversed()
+    rows = memlens.sweep("bottleneck", grid, out=tmp_path / "a", backend=backend, **kw)
+    local = memlens.sweep("bottleneck", grid, out=tmp_path / "b", **kw)
+    assert backend.seen == sorted(backend.seen, reverse=True) and len(backend.seen) >= 2
+    assert [r["key"] for r in rows] == [r["key"] for r in local]
+    for a, b in zip(rows, local, strict=True):
+        assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-5)
+        assert a["checkpoint_sha256"] == b["checkpoint_sha256"]
+
+
+# ----------------------------------------------------------------------------- figures
+TIMES_TEN_TO_THE_ZERO = re.compile(r"(×|\\times)\s*10\s*(⁰|\^\{?0\}?)")
+
+
+def _tick_labels(fig) -> list[str]:
+    fig.canvas.draw()
+    out = []
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            out += [t.get_text() for t in axis.get_ticklabels(which="both")]
+    return out
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "sw"
+    memlens.sweep("bottleneck", out=out, preset="smoke", progress=False)
+    return out
+
+
+def test_plain_tick_labels():
+    from memlens.plot import plain_number
+
+    cases = {3: "3", 30: "30", 2000: "2000", 0.003: "0.003", 0.0025: "0.0025", 1.25: "1.25"}
+    cases |= {1e5: "10⁵", 5e-5: "5×10⁻⁵", 1e-8: "10⁻⁸", 2.5e6: "2.5×10⁶", 0.5: "0.5"}
+    assert {v: plain_number(v) for v in cases} == cases
+
+
+def test_report_figures_state_units_use_plain_ticks_and_mark_a_partial_sweep(smoke_sweep):
+    config, rows = S.read_results(smoke_sweep)
+    assert len(rows) == config["n_cells"] == 8
+    from memlens.sweeps import figures as F
+
+    for fn in (F.double_descent, F.dimensionality, F.weight_norms, F.dictionary):
+        fig = fn(rows, config)
+        labels = _tick_labels(fig)
+        assert not [t for t in labels if TIMES_TEN_TO_THE_ZERO.search(t)], (fn.__name__, labels)
+        for ax in fig.axes:
+            assert "points" in ax.get_xlabel()  # T in training points
+            assert re.search(r"loss per point|dimensions per|fraction of|norm", ax.get_ylabel())
+        assert not any("PARTIAL" in t.get_text() for t in fig.texts)
+        partial = fn(rows[:6], config)
+        assert [t.get_text() for t in partial.texts if "PARTIAL" in t.get_text()] == [
+            "PARTIAL: 6 of 8 cells finished"
+        ], fn.__name__
+    # S = 0.9 puts T(1-S) = 10 at T = 100, beyond the grid's T <= 24: the axis must not stretch
+    fig = F.double_descent(rows, config)
+    assert all(ax.get_xlim()[1] <= 24 * 1.5 for ax in fig.axes)
+
+
+def test_dimensionality_figure_keeps_dstar_visible_and_the_legend_off_the_data(smoke_sweep):
+    from memlens.sweeps import figures as F
+
+    config, rows = S.read_results(smoke_sweep)
+    fig = F.dimensionality(rows, config)
+    ax = fig.axes[0]
+    assert ax.get_title().startswith("Data and feature dimensionality at hook_hidden")
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    ref = next(v for k, v in lines.items() if k.startswith("min(m, T)/T"))
+    dstar = lines["max data dim. D*"]
+    assert dstar.get_zorder() > ref.get_zorder()  # D* is drawn over the bound it sits on
+    # the bound is min(m, T)/T with m = 2, the width of hook_hidden
+    assert list(ref.get_ydata()) == pytest.approx([2 / 3, 2 / 6, 2 / 12, 2 / 24])
+    fig.canvas.draw()
+    box = ax.get_legend().get_window_extent().transformed(ax.transAxes.inverted())
+    assert box.x0 >= 1.0  # the legend sits right of the axes, not on the data
+
+
+def test_dimensionality_figure_of_a_model_without_features(tmp_path):
+    from memlens.sweeps import figures as F
+
+    out = tmp_path / "u"
+    p = get_bundle("unembed").preset("smoke")
+    memlens.sweep(
+        "unembed",
+        {"T": [3, 6, 12], "seed": [0]},
+        task=p["task"],
+        train={**p["train"], "steps": 10},
+        probes=("dimensionality",),
+        out=out,
+        progress=False,
+    )
+    config, rows = S.read_results(out)
+    title = F.dimensionality(rows, config).axes[0].get_title()
+    assert title.startswith("Data dimensionality at hook_logits") and "feature" not in title
+
+
+def test_phase_diagram_cells_are_medians_over_seeds(tmp_path):
+    from memlens.sweeps.phase import phase_axes, phase_grid
+
+    out = tmp_path / "ph"
+    grid = {"T": [3, 12], "d_hidden": [1, 2], "seed": [0, 1, 2]}
+    memlens.sweep(
+        "bottleneck",
+        grid,
+        task=SMOKE_TASK,
+        train={**SMOKE_TRAIN, "steps": 20},
+        probes=("dictionary",),
+        out=out,
+        progress=False,
+    )
+    config, rows = S.read_results(out)
+    assert phase_axes(config) == ("d_hidden", [])
+    Z = phase_grid(rows, [3, 12], [1, 2], "d_hidden", "test_loss")
+    for i, m in enumerate([1, 2]):
+        for j, T in enumerate([3, 12]):
+            losses = [r["test_loss"] for r in rows if r["T"] == T and r["cell"]["d_hidden"] == m]
+            assert len(losses) == 3 and Z[i, j] == pytest.approx(statistics.median(losses))
+    rep = S.report(out)
+    assert any(f.endswith("phase.png") for f in rep["figures"])
+    assert "## d_hidden=1" in Path(rep["summary"]).read_text()
+
+
+def test_a_bump_is_a_rise_after_a_descent():
+    from memlens.sweeps.phase import bump
+
+    assert bump([1.0, 0.9, 1.2, 0.8]) == 2  # descends, rises 33%, descends: a bump
+    assert bump([2.0, 1.0, 1.5, 0.5]) == 2
+    assert bump([1.1, 1.0, 1.02, 0.9]) is None  # a 2% wiggle is not a bump
+    assert bump([1.0, 1.3, 1.4]) is None  # still rising at the largest T
+    assert bump([1.0, 2.0]) is None  # too few values
