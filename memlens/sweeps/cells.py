@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +34,6 @@ __all__ = [
     "probe_spec",
     "probe_label",
     "check_probes",
-    "cell_spec",
     "cell_data",
     "load_cell",
 ]
@@ -98,11 +98,6 @@ def check_probes(probes: Sequence, model: HookedToyModel, train: Batch) -> None:
 
 
 # ---------------------------------------------------------------------------- cells
-def cell_spec(task: Mapping, axes: Mapping) -> dict:
-    """A cell's data-and-model spec: the sweep's task with its grid values (train ones aside)."""
-    return {**task, **{k: v for k, v in axes.items() if k not in TRAIN_KEYS}}
-
-
 def cell_data(model: str, spec: Mapping) -> tuple[Batch, Batch]:
     """A cell's training set (T points) and test set, exactly as when trained alone."""
     return get_bundle(model).data(spec)
@@ -116,7 +111,8 @@ def load_cell(out: str | os.PathLike, row: Mapping) -> tuple[HookedToyModel, Bat
     cfg, _ = read_results(out)
     packed = load(Path(out) / row["checkpoint"])
     model = packed.select_instances([row["instance"]])
-    tr, te = cell_data(cfg["model"], cell_spec(cfg["task"], row["cell"]))
+    spec = {**cfg["task"], **{k: v for k, v in row["cell"].items() if k not in TRAIN_KEYS}}
+    tr, te = cell_data(cfg["model"], spec)
     return model, tr, te
 
 
@@ -194,9 +190,13 @@ def _train_group(job: GroupJob, packed, tr_batch, te_batch):
             desc=f"group {job.index} (T<={max(c['spec']['T'] for c in job.cells)}, "
             f"{len(job.cells)} cells)",
         )
-    except FloatingPointError as exc:
-        cells = "; ".join(f"instance {i} = cell {c['key']}" for i, c in enumerate(job.cells))
-        raise FloatingPointError(f"group {job.index}: {exc} [{cells}]") from exc
+    except FloatingPointError as exc:  # name the cells, not the packed instances
+        found = re.search(r"instance\(s\) \[([\d, ]*)\]", str(exc))
+        bad = [int(i) for i in found.group(1).split(",")] if found else range(len(job.cells))
+        cells = "; ".join(job.cells[i]["key"] for i in bad if i < len(job.cells))
+        raise FloatingPointError(
+            f"group {job.index}: {exc}; the cells that diverged: {cells}"
+        ) from exc
 
 
 def run_group(job: GroupJob) -> GroupResult:

@@ -29,13 +29,7 @@ from memlens.sweeps.cells import (
     run_group,
 )
 from memlens.sweeps.grid import check_cells, make_cells, normalise, plan_groups
-from memlens.sweeps.store import (
-    SWEEP_FORMAT,
-    StoreWarning,
-    SweepStore,
-    read_results,
-    upgrade_config,
-)
+from memlens.sweeps.store import SWEEP_FORMAT, SweepStore, read_results
 
 __all__ = ["Backend", "LocalBackend", "BACKENDS", "sweep", "add_probes"]
 
@@ -92,36 +86,6 @@ def _config(model: str, g, t, tr, probes, groups) -> dict:
         "padding_waste": sum(x["padded"] for x in groups) / sum(x["useful"] for x in groups),
         "max_group_waste": max(x["padded"] / x["useful"] for x in groups),
     }
-
-
-def _prepare_store(store: SweepStore, config: dict, keys: set[str], bundle, resume: bool) -> dict:
-    """Check (under the lock) that ``out`` holds this sweep or none; recover or write its config.
-    Returns the stored config (upgraded), whose ``added_probes`` the run honours."""
-    import warnings
-
-    raw, problem = store.read_config()
-    if raw is not None:
-        stored = upgrade_config(raw, bundle.spec_keys())
-        store.check_identity(stored, config)
-        if not resume:
-            raise FileExistsError(f"{store.out} already holds this sweep; pass resume=True")
-        return stored
-    strangers = [r.get("key") for r in store.read_rows() if r.get("key") not in keys]
-    if strangers or (store.foreign_files() and problem is None):
-        what = problem or f"{store.out} holds no sweep config"
-        raise FileExistsError(
-            f"{what}, and the folder holds "
-            + (f"rows of cells not in this sweep ({strangers[:3]})" if strangers else "other files")
-            + "; refusing to write: pick another out/ or delete that one"
-        )
-    if problem is not None:
-        warnings.warn(
-            f"{problem}; rewrote it from this sweep's arguments (its rows are cells of this sweep)",
-            StoreWarning,
-            stacklevel=3,
-        )
-    store.write_config(config)
-    return config
 
 
 def sweep(
@@ -182,13 +146,11 @@ def sweep(
     config = _config(model, g, t, tr, probes, groups)
     store = SweepStore(out)
     store.check_target()
-    raw, _ = store.read_config()  # a quick refusal before taking the lock
-    if raw is not None:
-        store.check_identity(upgrade_config(raw, bundle.spec_keys()), config)
+    store.check_before_lock(config, bundle.spec_keys())  # a quick refusal, without waiting
 
     with store.locked(lock_timeout, verbose=progress):
         keys = {c["key"] for c in cells}
-        stored = _prepare_store(store, config, keys, bundle, resume)
+        stored = store.open_sweep(config, keys, bundle.spec_keys(), resume)
         store.clean()
         done = store.done_groups(groups)
         run_probes = tuple(probes) + tuple(stored["added_probes"])

@@ -199,6 +199,62 @@ class SweepStore:
             _warn(f"{self.table} line {lineno}: {why}; {then}")
         return dedupe(rows, f"{self.out}/")
 
+    def _row_keys(self) -> set:
+        return {r.get("key") for r in io.read_jsonl_tolerant(self.table)[0]}
+
+    def check_before_lock(self, config: Mapping, spec_defaults: Mapping | None) -> None:
+        """Refuse at once, without waiting for the lock, a folder that holds finished cells of a
+        different sweep."""
+        raw, _ = self.read_config()
+        if raw is not None and self._row_keys():
+            self.check_identity(upgrade_config(raw, spec_defaults), config)
+
+    def open_sweep(
+        self, config: Mapping, keys: set, spec_defaults: Mapping | None, resume: bool
+    ) -> dict:
+        """Under the lock: make ``out`` hold this sweep, or refuse. Returns the stored config
+        (upgraded), whose ``added_probes`` the run honours.
+
+        * the same sweep: resumed (``resume=False`` refuses it);
+        * a different sweep with finished cells: refused; one that finished none (it failed or
+          was killed before its first group) is replaced, with a warning;
+        * no config, or an unreadable one (a write cut short): written from the arguments, if
+          every row in the table is a cell of this sweep and no foreign file is there."""
+        raw, problem = self.read_config()
+        present = self._row_keys()
+        if raw is not None:
+            stored = upgrade_config(raw, spec_defaults)
+            try:
+                self.check_identity(stored, config)
+            except ValueError:
+                if present:
+                    raise
+                _warn(
+                    f"{self.config_path} held a different sweep that finished no cell; "
+                    "replaced it with this one"
+                )
+                for p in self.checkpoints.glob("group-*.pt"):
+                    p.unlink()
+                self.write_config(config)
+                return dict(config)
+            if not resume:
+                raise FileExistsError(f"{self.out} already holds this sweep; pass resume=True")
+            return stored
+        strangers = sorted(k for k in present if k not in keys)
+        if strangers or (self.foreign_files() and problem is None):
+            what = problem or f"{self.out} holds no sweep config"
+            held = (
+                f"rows of cells not in this sweep ({strangers[:3]})" if strangers else "other files"
+            )
+            raise FileExistsError(
+                f"{what}, and the folder holds {held}; refusing to write: pick another out/ or "
+                "delete that one"
+            )
+        if problem is not None:
+            _warn(f"{problem}; rewrote it from this sweep's arguments (its rows are this sweep's)")
+        self.write_config(config)
+        return dict(config)
+
     # ---------------------------------------------------------------- the lock
     def _holder(self) -> str:
         try:

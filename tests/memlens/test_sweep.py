@@ -4,6 +4,7 @@ grouping, presets, the backend seam. (The store's locking and recovery: test_sto
 from __future__ import annotations
 
 import math
+import pickle
 import re
 import statistics
 from pathlib import Path
@@ -205,8 +206,9 @@ def test_embedded_settings_sweep_and_pack(tmp_path, model):
 
 # ----------------------------------------------------------------------------- the backend seam
 def test_a_backend_runs_the_groups_and_the_driver_writes_them(tmp_path):
-    """Any object with run(jobs) can run the groups (a distributed backend yields them in any
-    order); the driver alone writes the store, and the table is the same."""
+    """Any object with run(jobs) can run the groups: here out of order, with jobs and results
+    crossing a pickle boundary as they would to and from worker processes. The driver alone
+    writes the store, and the table is the same as the local backend's."""
 
     class Reversed:
         def __init__(self):
@@ -215,7 +217,8 @@ def test_a_backend_runs_the_groups_and_the_driver_writes_them(tmp_path):
         def run(self, jobs):
             for job in reversed(list(jobs)):
                 self.seen.append(job.index)
-                yield S.run_group(job)
+                result = S.run_group(pickle.loads(pickle.dumps(job)))
+                yield pickle.loads(pickle.dumps(result))
 
     kw = dict(task=SMOKE_TASK, train=SMOKE_TRAIN, probes=(), progress=False)
     grid = {"T": [3, 10, 30], "seed": [0, 1]}
@@ -350,3 +353,36 @@ def test_a_bump_is_a_rise_after_a_descent():
     assert bump([1.1, 1.0, 1.02, 0.9]) is None  # a 2% wiggle is not a bump
     assert bump([1.0, 1.3, 1.4]) is None  # still rising at the largest T
     assert bump([1.0, 2.0]) is None  # too few values
+
+
+def test_l1_reaches_the_trainer(tmp_path):
+    """A sweep's l1 setting trains each cell exactly as memlens.train(..., l1=...) does alone."""
+    mlp = get_bundle("mlp")
+    task = {**mlp.preset("smoke")["task"], "n_test": 32}
+    trn = {"steps": 30, "lr": 1e-2, "warmup": 3, "weight_decay": 0.0}
+    rows = memlens.sweep(
+        "mlp",
+        {"T": [8], "l1": [0.0, 0.3]},
+        task=task,
+        train=trn,
+        probes=(),
+        out=tmp_path / "sw",
+        progress=False,
+    )
+    for r in rows:
+        spec = {**task, "T": 8, "seed": 0}
+        alone = mlp.build(spec)
+        tr, te = mlp.data(spec)
+        res = train(alone, tr, test=te, progress=False, l1=r["cell"]["l1"], **trn)
+        assert r["test_loss"] == pytest.approx(float(res.test_loss[0]), rel=1e-4)
+    assert rows[0]["test_loss"] != pytest.approx(rows[1]["test_loss"], rel=1e-3)
+
+
+def test_a_sweep_that_diverged_before_any_cell_finished_does_not_poison_its_folder(tmp_path):
+    out = tmp_path / "sw"
+    kw = {"task": SMOKE_TASK, "probes": (), "out": out, "progress": False}
+    with pytest.raises(FloatingPointError, match=r'cells that diverged: \{"T": 3, "seed": 0\}'):
+        memlens.sweep("bottleneck", {"T": [3]}, train={**SMOKE_TRAIN, "lr": 1e30}, **kw)
+    with pytest.warns(S.StoreWarning, match="finished no cell; replaced it"):
+        rows = memlens.sweep("bottleneck", {"T": [3]}, train=SMOKE_TRAIN, **kw)
+    assert len(rows) == 1 and math.isfinite(rows[0]["test_loss"])
