@@ -258,9 +258,9 @@ def dimensionality(rows: Sequence[Mapping], config: Mapping | None = None, ax=No
     """Mean data dimensionality D and mean maximal data dimensionality D* of the training points
     (and, for models with feature directions, feature dimensionality) against T, with the bound
     min(m, T)/T on mean D* (m = the representation's width) as a thin reference line."""
-    fig, ax = _new(ax, (7.6, 4.4))
     groups = settings(rows)
     many = len(groups) > 1
+    fig, ax = _new(ax, (11.0, 5.0) if many else (7.6, 4.4))
     quantities = [
         ("dimensionality.mean_max_data_dim", "max data dim. D*", "^", "-", "tab:purple", False),
         ("dimensionality.mean_data_dim", "data dim. D", "o", "--", "tab:green", True),
