@@ -30,7 +30,7 @@ import matplotlib
 matplotlib.use("Agg")
 import memlens as ml
 from memlens import sweeps
-from memlens.sweeps import figures
+from memlens.sweeps import figures, geometry
 
 FAST = os.environ.get("MEMLENS_FAST") == "1"
 
@@ -106,6 +106,6 @@ print(
 
 # %%
 Ts = sorted({r["T"] for r in rows})
-fig = figures.geometry(OUT, rows, [Ts[0], Ts[-1]])
+fig = geometry.geometry(OUT, rows, [Ts[0], Ts[-1]])
 fig.savefig("03_geometry.png", dpi=110)
 print("wrote 03_double_descent.png, 03_geometry.png")

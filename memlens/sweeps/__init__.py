@@ -18,8 +18,8 @@ Modules, one job each:
 * :mod:`~memlens.sweeps.cells`: a group's work (pack, train, probe) and reading a cell back;
 * :mod:`~memlens.sweeps.run`: run and resume, and the backend seam (where groups run);
 * :mod:`~memlens.sweeps.store`: the folder as a small database (lock, appends, recovery);
-* :mod:`~memlens.sweeps.figures`, :mod:`~memlens.sweeps.phase`, :mod:`~memlens.sweeps.report`:
-  the sweep's figures and ``summary.md``.
+* :mod:`~memlens.sweeps.figures`, :mod:`~memlens.sweeps.geometry`, :mod:`~memlens.sweeps.phase`,
+  :mod:`~memlens.sweeps.report`: the sweep's figures and ``summary.md``.
 """
 
 from memlens.sweeps.cells import GroupJob, GroupResult, cell_data, load_cell, run_group

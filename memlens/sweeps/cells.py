@@ -103,13 +103,19 @@ def cell_data(model: str, spec: Mapping) -> tuple[Batch, Batch]:
     return get_bundle(model).data(spec)
 
 
-def load_cell(out: str | os.PathLike, row: Mapping) -> tuple[HookedToyModel, Batch, Batch]:
-    """A finished cell's model (one instance) and its train / test data."""
+def load_cell(
+    out: str | os.PathLike,
+    row: Mapping,
+    config: Mapping | None = None,
+    packed: HookedToyModel | None = None,
+) -> tuple[HookedToyModel, Batch, Batch]:
+    """A finished cell's model (one instance) and its train / test data. ``config`` (the sweep's)
+    and ``packed`` (its group's loaded checkpoint) save reading them again for every cell."""
     from memlens.hooked import load
     from memlens.sweeps.store import read_results
 
-    cfg, _ = read_results(out)
-    packed = load(Path(out) / row["checkpoint"])
+    cfg = config if config is not None else read_results(out)[0]
+    packed = packed if packed is not None else load(Path(out) / row["checkpoint"])
     model = packed.select_instances([row["instance"]])
     spec = {**cfg["task"], **{k: v for k, v in row["cell"].items() if k not in TRAIN_KEYS}}
     tr, te = cell_data(cfg["model"], spec)

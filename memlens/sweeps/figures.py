@@ -1,5 +1,4 @@
-"""A sweep's curves against T: double descent, dimensionality, weight norms, dictionary, and the
-2-d geometry of a memorising and a generalising cell.
+"""A sweep's curves against T: double descent, dimensionality, weight norms, dictionary.
 
 Every curve function takes the rows of a sweep (``memlens.sweep`` or
 ``memlens.sweeps.read_results``) and its config, draws each seed faintly and the median over
@@ -11,21 +10,21 @@ width, feature directions) comes from the model's bundle.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from memlens.io import number
 from memlens.plot import log_axis, pyplot, stamp_partial
-from memlens.sweeps.grid import split_settings
+from memlens.sweeps.grid import TRAIN_KEYS, split_settings
 
 __all__ = [
     "value",
     "settings",
+    "sweep_bundle",
+    "setting_spec",
     "setting_title",
     "loss_units",
-    "planar_setting",
     "by_T",
     "find_peak",
     "representation_width",
@@ -33,13 +32,13 @@ __all__ = [
     "dimensionality",
     "weight_norms",
     "dictionary",
-    "geometry",
 ]
 
 T_LABEL = "T (training-set size, points)"
 
 
-def _bundle(config: Mapping | None):
+def sweep_bundle(config: Mapping | None):
+    """The registered bundle of a sweep's model (None if it is not registered here)."""
     from memlens.registry import MODELS
 
     try:
@@ -50,13 +49,13 @@ def _bundle(config: Mapping | None):
 
 def setting_title(config) -> str:
     """The model's display title from its bundle (its name if it is not registered)."""
-    b = _bundle(config)
+    b = sweep_bundle(config)
     return b.display_title if b is not None else (config or {}).get("model", "")
 
 
 def loss_units(config) -> str:
     """The model's loss units from its bundle, for axis labels."""
-    b = _bundle(config)
+    b = sweep_bundle(config)
     return b.loss_units if b is not None else "loss per point"
 
 
@@ -121,13 +120,18 @@ def find_peak(rows: Sequence[Mapping]) -> dict:
     }
 
 
+def setting_spec(config: Mapping, cell: Mapping | None = None) -> dict:
+    """The spec of a cell's setting (its data and model settings; T = 1, seed 0)."""
+    spec = {**config["task"], **(cell or {}), "T": 1, "seed": 0}
+    return {k: v for k, v in spec.items() if k not in TRAIN_KEYS}
+
+
 def representation_width(config: Mapping, cell: Mapping | None = None) -> int | None:
     """The width m of the model's representation hook for a cell's setting (None if unknown)."""
-    b = _bundle(config)
+    b = sweep_bundle(config)
     if b is None or b.make_task is None:
         return None
-    spec = {**config["task"], **(cell or {}), "T": 1, "seed": 0}
-    spec = {k: v for k, v in spec.items() if k in b.spec_keys() or k in ("T", "seed")}
+    spec = setting_spec(config, cell)
     model = b.build(spec)
     x = b.task(spec).sample(1, seed=0)
     _, cache = model.run_with_cache(x.inputs, names_filter=model.representation_hook)
@@ -143,7 +147,8 @@ def _colors(n: int) -> list:
 
 def _curve(ax, rows, key, label, color, marker="o", ls="-", hollow=False) -> bool:
     """Each seed as a faint line, the median over seeds bold; False if no row has ``key``.
-    ``hollow`` draws larger open markers, so a curve lying on another stays visible."""
+    ``hollow`` draws larger open markers beneath the solid curves, so that curves lying on each
+    other (D and D* of a memorising model) both stay visible."""
     T, med, _, _ = by_T(rows, key)
     if len(T) == 0:
         return False
@@ -152,8 +157,10 @@ def _curve(ax, rows, key, label, color, marker="o", ls="-", hollow=False) -> boo
         for s in seeds:
             Ts, v, _, _ = by_T([r for r in rows if r.get("seed") == s], key)
             ax.plot(Ts, v, color=color, lw=0.7, alpha=0.35, zorder=2)
-    style = {"ms": 7, "mfc": "none", "mew": 1.3} if hollow else {"ms": 4}
-    ax.plot(T, med, marker=marker, lw=1.8, color=color, ls=ls, label=label, zorder=3, **style)
+    style = (
+        {"ms": 8, "mfc": "none", "mew": 1.3, "zorder": 3} if hollow else {"ms": 4.5, "zorder": 4}
+    )
+    ax.plot(T, med, marker=marker, lw=1.8, color=color, ls=ls, label=label, **style)
     return True
 
 
@@ -207,8 +214,9 @@ def _new(ax, size=(6.4, 4.2)):
 
 
 def double_descent(rows: Sequence[Mapping], config: Mapping | None = None, ax=None):
-    """Test loss (left) and train loss (right) against T, log-log, per setting; each panel has its
-    own y range, so train losses decades below do not flatten the test-loss bump. The interior
+    """Test loss (left) and train loss (right) against T (log T; log loss where it spans a decade),
+    per setting; each panel has its own y range, so train losses decades below do not flatten the
+    test-loss bump. The interior
     test-loss peak and T(1-S) = 10 are marked where they fall inside the T range. With ``ax``
     given, both curves go on that one axis."""
     if ax is None:
@@ -241,7 +249,9 @@ def double_descent(rows: Sequence[Mapping], config: Mapping | None = None, ax=No
     for a in {id(x): x for x in axes}.values():
         if onset is not None:
             a.axvline(onset, color="gray", ls="--", lw=1, label=f"T(1-S) = 10 (T = {onset:.0f})")
-        log_axis(a, "both")
+        lo, hi = a.dataLim.intervaly
+        # a log y axis only where the losses span a decade; a narrower range reads better linear
+        log_axis(a, "both" if lo > 0 and hi / lo >= 10 else "x")
         _xlim(a, rows)
         a.set(xlabel=T_LABEL, ylabel=loss_units(config))
     if ax is None:
@@ -303,7 +313,7 @@ def dimensionality(rows: Sequence[Mapping], config: Mapping | None = None, ax=No
     log_axis(ax, "both")
     _xlim(ax, rows)
     ax.set(xlabel=T_LABEL, ylabel="dimensions per point (or per feature)")
-    hook = getattr(_bundle(config), "representation_hook", None) if config else None
+    hook = getattr(sweep_bundle(config), "representation_hook", None) if config else None
     where = f" at {hook}" if hook else ""
     _finish(fig, ax, rows, config, f"{what}{where}: {setting_title(config)}", legend_outside=True)
     return fig
@@ -364,98 +374,4 @@ def dictionary(rows: Sequence[Mapping], config: Mapping | None = None, ax=None):
         f"Memorised dictionary read off the weights: {setting_title(config)}",
         legend_outside=many,
     )
-    return fig
-
-
-# ---------------------------------------------------------------------------- geometry
-def _is_planar(config: Mapping, cell: Mapping) -> bool:
-    b = _bundle(config)
-    if b is None or b.make_task is None:
-        return False
-    spec = {**config["task"], **cell, "T": 1, "seed": 0}
-    spec = {k: v for k, v in spec.items() if k in b.spec_keys() or k in ("T", "seed")}
-    W = b.build(spec).feature_directions()
-    return W is not None and W.shape[1] == 2 and representation_width(config, cell) == 2
-
-
-def planar_setting(config: Mapping, rows: Sequence[Mapping]) -> str | None:
-    """The first setting whose representation and feature directions are 2-d (None if none)."""
-    for label, rs in settings(rows).items():
-        if _is_planar(config, rs[0].get("cell", {})):
-            return label
-    return None
-
-
-def geometry(
-    out: str | os.PathLike,
-    rows: Sequence[Mapping],
-    Ts: Sequence[int] | None = None,
-    seed: int | None = None,
-):
-    """For models whose representation and feature directions are 2-d (e.g. a bottleneck with
-    m = 2): the training points' vectors at the representation hook (top) and the feature
-    directions W_i (bottom), at a few T (default: the smallest and the largest)."""
-    from memlens.sweeps.cells import load_cell
-    from memlens.sweeps.store import read_results
-
-    plt = pyplot()
-    config, _ = read_results(out)
-    label = planar_setting(config, rows)
-    if label is None:
-        raise ValueError(
-            "geometry plots need a sweep whose models have a 2-d representation and 2-d feature "
-            "directions (e.g. a bottleneck with d_hidden=2)"
-        )
-    rows = settings(rows)[label]
-    hook = _bundle(config).representation_hook
-    allT = sorted({int(r["T"]) for r in rows})
-    Ts = [allT[0], allT[-1]] if Ts is None else list(Ts)
-    seed = rows[0]["seed"] if seed is None else seed
-    fig, axes = plt.subplots(2, len(Ts), figsize=(3.6 * len(Ts), 7.4), squeeze=False)
-    for j, T in enumerate(Ts):
-        row = next((r for r in rows if int(r["T"]) == int(T) and r["seed"] == seed), None)
-        if row is None:
-            raise ValueError(f"no finished cell with T={T}, seed={seed} in {out}")
-        model, train, _ = load_cell(out, row)
-        W = model.feature_directions()[0].numpy()
-        _, cache = model.run_with_cache(train.inputs, names_filter=hook)
-        h = cache[hook][:, 0].detach().numpy()
-        show = h[:400]
-        ax = axes[0, j]
-        for v in show:
-            ax.plot([0, v[0]], [0, v[1]], color="tab:blue", lw=0.6, alpha=0.6)
-        ax.scatter(show[:, 0], show[:, 1], s=8, color="tab:blue")
-        ax.set_title(
-            f"T = {T}: training points at {hook}\n({len(show)} of {len(h)} shown)", fontsize=9
-        )
-        ax = axes[1, j]
-        norms = np.linalg.norm(W, axis=0)
-        order = np.argsort(-norms)
-        for k, i in enumerate(order):
-            strong = k < 12 and norms[i] > 0.25 * norms[order[0]]
-            ax.plot(
-                [0, W[0, i]],
-                [0, W[1, i]],
-                color="tab:orange" if strong else "0.75",
-                lw=1.5 if strong else 0.4,
-                zorder=3 if strong else 1,
-            )
-        ax.set_title(
-            f"T = {T}: feature directions W_i\n(n = {W.shape[1]}; the 12 longest in orange)",
-            fontsize=9,
-        )
-        for a in axes[:, j]:
-            a.set_aspect("equal")
-            a.axhline(0, color="0.85", lw=0.5)
-            a.axvline(0, color="0.85", lw=0.5)
-            a.set_xlabel("coordinate 1 (activation units)")
-            a.set_ylabel("coordinate 2 (activation units)")
-            lim = max(np.abs(a.get_xlim()).max(), np.abs(a.get_ylim()).max())
-            a.set(xlim=(-lim, lim), ylim=(-lim, lim))
-    where = f", {label}" if label else ""
-    fig.suptitle(
-        f"2-d geometry, seed {seed}{where}: memorising (small T) vs generalising (large T)",
-        fontsize=10,
-    )
-    fig.tight_layout()
     return fig

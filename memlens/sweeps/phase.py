@@ -60,7 +60,7 @@ def phase_grid(
 BUMP = 1.05  # a bump rises at least this factor above the lowest loss at smaller T
 
 
-def bump(losses: Sequence[float]) -> int | None:
+def bump(losses: Sequence[float] | np.ndarray) -> int | None:
     """The index of a double-descent bump in losses ordered by T: the largest loss at an interior
     T that is ``BUMP`` times the lowest loss at smaller T and above the largest-T loss; None if
     there is none (or fewer than 3 finished values)."""

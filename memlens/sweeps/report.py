@@ -14,11 +14,10 @@ from memlens.sweeps.figures import (
     dimensionality,
     double_descent,
     find_peak,
-    geometry,
-    planar_setting,
     settings,
     weight_norms,
 )
+from memlens.sweeps.geometry import geometry, planar_setting
 from memlens.sweeps.phase import phase_axes, phase_diagram
 from memlens.sweeps.store import read_results
 

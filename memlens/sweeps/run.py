@@ -12,10 +12,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from memlens.hooked import HookedToyModel, load
 from memlens.probe import resolve_probe
 from memlens.registry import get_bundle
 from memlens.sweeps.cells import (
@@ -203,8 +205,11 @@ def add_probes(
         check_probes(probes, model0, train0)  # before any work
     with store.locked(lock_timeout, verbose=progress):
         config, rows = read_results(out)
+        groups: dict[str, HookedToyModel] = {}
         for r in tqdm(rows, desc="probing cells", disable=not progress):
-            model, train_set, _ = load_cell(out, r)
+            if r["checkpoint"] not in groups:
+                groups = {r["checkpoint"]: load(Path(out) / r["checkpoint"])}  # one at a time
+            model, train_set, _ = load_cell(out, r, config, groups[r["checkpoint"]])
             for p in probes:
                 result = resolve_probe(probe_spec(p), train=train_set).run(model, train_set)
                 for k, v in result.scalars().items():
