@@ -72,8 +72,7 @@ def log_axis(ax, which: str = "x") -> None:
         axis = ax.xaxis if name == "x" else ax.yaxis
         (ax.set_xscale if name == "x" else ax.set_yscale)("log")
         axis.set_major_formatter(PlainLogFormatter())
-        # label every minor tick on an axis under a decade long, a subset under two decades
-        axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(2, 1)))
+        axis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
 
 
 def stamp_partial(fig, done: int, total: int) -> bool:
