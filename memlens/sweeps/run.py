@@ -143,7 +143,8 @@ def sweep(
     cells = make_cells(g, t, tr)
     check_cells(bundle, cells)
     first = min(cells, key=lambda c: c["spec"]["T"])
-    check_probes(probes, bundle.build(first["spec"]), bundle.data(first["spec"])[0])
+    first_train = bundle.task(first["spec"]).sample(first["spec"]["T"], seed=first["spec"]["seed"])
+    check_probes(probes, bundle.build(first["spec"]), first_train)  # its training set alone
     groups = plan_groups(bundle, cells)
     config = _config(model, g, t, tr, probes, groups)
     store = SweepStore(out)
