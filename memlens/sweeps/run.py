@@ -140,6 +140,10 @@ def sweep(
     dev = _device(device)
     runner = _backend(backend)
     g, t, tr = normalise(bundle, grid, task, train)
+    store = SweepStore(out)
+    for k, v in store.legacy_settings(bundle.spec_keys()).items():
+        if k not in (task or {}) and k not in g:
+            t[k] = v  # continue a sweep recorded before key k existed on the data it used
     cells = make_cells(g, t, tr)
     check_cells(bundle, cells)
     first = min(cells, key=lambda c: c["spec"]["T"])
@@ -147,7 +151,6 @@ def sweep(
     check_probes(probes, bundle.build(first["spec"]), first_train)  # its training set alone
     groups = plan_groups(bundle, cells)
     config = _config(model, g, t, tr, probes, groups)
-    store = SweepStore(out)
     store.check_target()
     store.check_before_lock(config, bundle.spec_keys())  # a quick refusal, without waiting
 

@@ -48,6 +48,10 @@ __all__ = [
 SWEEP_FORMAT = "memlens-sweep-v2"
 OLD_FORMATS = ("memlens-sweep-v1",)
 IDENTITY = ("model", "grid", "task", "train", "probes")
+#: spec keys a model gained after a sweep was recorded, with the value their absence means: the
+#: one that reproduces the recorded data, not today's default (data generated before the sparse
+#: features were versioned is version 1). Keys a bundle does not have are ignored.
+LEGACY_SPEC: dict[str, Any] = {"data_version": 1}
 ARTEFACTS = {"config.json", "results.jsonl", "checkpoints", ".lock", ".lock.holder"}
 
 
@@ -69,8 +73,9 @@ def _canon(obj: Any) -> str:
 
 def upgrade_config(raw: Mapping, spec_defaults: Mapping | None = None) -> dict:
     """A config of any supported format in the current one: train settings added since (``l1``)
-    and spec keys the model gained get their defaults, ``added_probes`` defaults to ``[]``.
-    Unknown formats raise a ``ValueError`` that says what to do."""
+    get their defaults; spec keys the model gained get their :data:`LEGACY_SPEC` value, else their
+    default; ``added_probes`` defaults to ``[]``. Unknown formats raise a ``ValueError`` that says
+    what to do."""
     fmt = raw.get("format")
     if fmt != SWEEP_FORMAT and fmt not in OLD_FORMATS:
         raise ValueError(
@@ -80,7 +85,9 @@ def upgrade_config(raw: Mapping, spec_defaults: Mapping | None = None) -> dict:
     cfg = dict(raw)
     cfg["train"] = {**TRAIN_DEFAULTS, **cfg.get("train", {})}
     if spec_defaults is not None:
-        cfg["task"] = {**spec_defaults, **cfg.get("task", {})}
+        task = cfg.get("task", {})
+        legacy = {k: v for k, v in LEGACY_SPEC.items() if k in spec_defaults and k not in task}
+        cfg["task"] = {**spec_defaults, **legacy, **task}
     cfg["probes"] = list(cfg.get("probes", []))
     cfg["added_probes"] = list(cfg.get("added_probes", []))
     cfg["format"] = SWEEP_FORMAT
@@ -201,6 +208,15 @@ class SweepStore:
 
     def _row_keys(self) -> set:
         return {r.get("key") for r in io.read_jsonl_tolerant(self.table)[0]}
+
+    def legacy_settings(self, spec_defaults: Mapping) -> dict:
+        """The :data:`LEGACY_SPEC` values the sweep recorded here implies (its config predates
+        those keys), so that rerunning its command continues it on the same data."""
+        raw, _ = self.read_config()
+        if raw is None:
+            return {}
+        task = raw.get("task", {})
+        return {k: v for k, v in LEGACY_SPEC.items() if k in spec_defaults and k not in task}
 
     def check_before_lock(self, config: Mapping, spec_defaults: Mapping | None) -> None:
         """Refuse at once, without waiting for the lock, a folder that holds finished cells of a

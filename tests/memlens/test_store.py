@@ -331,3 +331,30 @@ def test_a_memlens_0_1_folder_with_added_probes_says_how_to_migrate(tmp_path):
             out=out,
             progress=False,
         )
+
+
+def test_a_setting_added_since_a_sweep_was_recorded_keeps_its_recorded_value(tmp_path, monkeypatch):
+    """A spec key a model gained after a sweep was recorded (for real: ``data_version``, whose
+    absence means the 0.1 data) takes the value that reproduces the recorded data, both when the
+    folder is read and when its command is rerun. Simulated with n_test, as if it were new."""
+    from memlens.sweeps import store
+
+    monkeypatch.setattr(store, "LEGACY_SPEC", {"n_test": 64})
+    out = tmp_path / "old"
+    shutil.copytree(DATA / "sweep_v0_1", out)
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["task"]["n_test"]  # recorded before the key existed
+    (out / "config.json").write_text(json.dumps(cfg))
+    config, _ = sweeps.read_results(out)
+    assert config["task"]["n_test"] == 64  # not today's default, 2048
+    before = (out / "results.jsonl").read_text()
+    rows = memlens.sweep(
+        "bottleneck",
+        {"T": [3, 8, 20], "seed": [0, 1]},
+        task={"n_features": 20, "sparsity": 0.8, "d_hidden": 2},  # the command, without n_test
+        train={"steps": 40, "lr": 1e-2, "warmup": 4, "weight_decay": 1e-2},
+        probes=("dimensionality",),
+        out=out,
+        progress=False,
+    )
+    assert len(rows) == 6 and (out / "results.jsonl").read_text() == before  # resumed, not redone
