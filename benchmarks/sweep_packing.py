@@ -13,15 +13,16 @@ from __future__ import annotations
 import argparse
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
 import memlens
-import memlens.sweep  # noqa: F401
+from memlens import sweeps
+from memlens.registry import get_bundle
+from memlens.sweeps.grid import make_cells
 from memlens.training import train
 
-S = sys.modules["memlens.sweep"]
+B = get_bundle("bottleneck")
 GRID = {"T": [3, 5, 8, 13, 21, 34], "seed": [0, 1, 2, 3]}
 TASK = {"n_features": 40, "sparsity": 0.9, "d_hidden": 2, "n_test": 256}
 TRAIN = {"steps": 200, "lr": 1e-2, "warmup": 10, "weight_decay": 1e-2}
@@ -41,13 +42,12 @@ def packed() -> float:
 
 
 def separate() -> float:
-    g, t, tr = S._normalise("bottleneck", GRID, TASK, TRAIN)
-    cells = S._cells(g, t, tr)
+    cells = make_cells(*sweeps.normalise(B, GRID, TASK, TRAIN))
     assert len(cells) == 24
     t0 = time.perf_counter()
     for c in cells:
-        model = S.build_cell_model("bottleneck", c["spec"])
-        tr_set, te_set = S.cell_data("bottleneck", c["spec"])
+        model = B.build(c["spec"])
+        tr_set, te_set = B.data(c["spec"])
         train(model, tr_set, test=te_set, progress=False, **TRAIN)
     return time.perf_counter() - t0
 
@@ -62,8 +62,7 @@ def main() -> None:
         a.append(packed())
         b.append(separate())
     ma, mb = statistics.median(a), statistics.median(b)
-    g, t, tr = S._normalise("bottleneck", GRID, TASK, TRAIN)
-    groups = S.plan_groups("bottleneck", S._cells(g, t, tr))
+    groups = sweeps.plan_groups(B, make_cells(*sweeps.normalise(B, GRID, TASK, TRAIN)))
     print(
         f"24 cells -> {len(groups)} packed groups; padding waste "
         f"{sum(x['padded'] for x in groups) / sum(x['useful'] for x in groups):.2f}x"

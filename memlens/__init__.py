@@ -38,7 +38,7 @@ _LAZY = {
     "list_probes": ("memlens.registry", "list_probes"),
     "register_model": ("memlens.registry", "register_model"),
     "register_probe": ("memlens.registry", "register_probe"),
-    "sweep": ("memlens.sweep", "sweep"),
+    "sweep": ("memlens.sweeps", "sweep"),
     "Tempering": ("memlens.temper", "Tempering"),
     "calibrate": ("memlens.temper", "calibrate"),
     "estimate_llc": ("memlens.temper", "estimate_llc"),
@@ -81,7 +81,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         register_model,
         register_probe,
     )
-    from memlens.sweep import sweep
+    from memlens.sweeps import sweep
     from memlens.temper import Tempering, calibrate, estimate_llc, temper
     from memlens.training import TrainResult, evaluate, sparse_activations, train
 

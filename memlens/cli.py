@@ -126,9 +126,10 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         default="cpu",
-        choices=["paper", "cpu", "smoke"],
+        choices=["paper", "cpu", "smoke", "phase"],
         help="paper: Anthropic scale, n=10000, S=0.999, 50k full-batch steps (GPU); "
-        "cpu: n=1000, S=0.99 (minutes on a laptop); smoke: seconds",
+        "cpu: n=1000, S=0.99 (minutes on a laptop); smoke: seconds; "
+        "phase: T x a width, for `memlens report`'s phase diagram (minutes)",
     )
     p.add_argument(
         "--out",
@@ -176,7 +177,7 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
 def _sweep(ns: argparse.Namespace) -> int:
     import time
 
-    from memlens.sweep import sweep
+    from memlens.sweeps import sweep
 
     grid = {}
     if ns.T is not None:
@@ -226,8 +227,7 @@ def _report_args(p: argparse.ArgumentParser) -> None:
 
 @command("report", "write a sweep's figures (PNG) and summary.md")(_report_args)
 def _report(ns: argparse.Namespace) -> int:
-    from memlens.plot import report
-    from memlens.sweep import add_probes
+    from memlens.sweeps import add_probes, report
 
     if ns.add_probes:
         add_probes(ns.out, [p for p in ns.add_probes.split(",") if p], progress=True)
@@ -242,7 +242,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--preset",
         default="cpu",
-        choices=["paper", "cpu", "smoke"],
+        choices=["paper", "cpu", "smoke", "phase"],
         help="task and training settings to start from (see `memlens sweep`)",
     )
     p.add_argument("--T", type=_positive(int), required=True, help="training-set size (points)")
@@ -264,10 +264,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     _train_args
 )
 def _train(ns: argparse.Namespace) -> int:
-    from memlens.sweep import build_cell_model, cell_data, normalise, preset, save_cells
+    from memlens.registry import get_bundle
+    from memlens.sweeps import normalise
     from memlens.training import train
 
-    p = preset(ns.model, ns.preset)
+    bundle = get_bundle(ns.model)
+    p = bundle.preset(ns.preset)
     task = {**p["task"], **{k: (v[0] if len(v) == 1 else v) for k, v in ns.set}}
     tr = {
         **p["train"],
@@ -277,10 +279,10 @@ def _train(ns: argparse.Namespace) -> int:
             if v is not None
         },
     }
-    _, t, tr = normalise(ns.model, {"T": [ns.T], "seed": [ns.seed]}, task, tr)
+    _, t, tr = normalise(bundle, {"T": [ns.T], "seed": [ns.seed]}, task, tr)
     spec = {**t, "T": ns.T, "seed": ns.seed}
-    model = build_cell_model(ns.model, spec)
-    train_set, test_set = cell_data(ns.model, spec)
+    model = bundle.build(spec)
+    train_set, test_set = bundle.data(spec)
     res = train(
         model,
         train_set,
@@ -291,10 +293,11 @@ def _train(ns: argparse.Namespace) -> int:
         warmup=min(tr["warmup"], tr["steps"]),
         schedule=tr["schedule"],
         batch_size=tr["batch_size"],
+        l1=tr["l1"],
         seed=ns.seed,
         progress=not ns.no_progress,
     )
-    save_cells(ns.out, ns.model, model, [spec])
+    model.save(ns.out, recipes=[spec])
     print(
         f"{ns.model} T={ns.T} seed={ns.seed}: train loss {float(res.train_loss[0]):.4g}, "
         f"test loss {float(res.test_loss[0]):.4g} ({res.seconds:.1f} s); wrote {ns.out}"
@@ -316,16 +319,16 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
 
 
 def _load_instance(path: str, instance: int):
-    from memlens.sweep import cell_data, load_cells
+    from memlens.hooked import load_with_recipes
+    from memlens.registry import bundle_of
 
-    model, setting, specs = load_cells(path)
+    model, specs = load_with_recipes(path)
     if not 0 <= instance < model.n_instances:
         raise ValueError(f"--instance must be in [0, {model.n_instances}), got {instance}")
     if not specs:
         raise ValueError(f"{path} has no data recipe; write it with `memlens train` or a sweep")
-    model = model.select_instances([instance])
-    train_set, _ = cell_data(setting, specs[instance])
-    return model, train_set, specs[instance]
+    train_set, _ = bundle_of(model).data(specs[instance])
+    return model.select_instances([instance]), train_set, specs[instance]
 
 
 @command("probe", "run a probe on one saved model and its training set; print the summary")(
@@ -333,11 +336,12 @@ def _load_instance(path: str, instance: int):
 )
 def _probe(ns: argparse.Namespace) -> int:
     from memlens.io import write_json
-    from memlens.sweep import load_cells, make_probe
+    from memlens.probe import resolve_probe
+    from memlens.registry import get_probe
 
-    make_probe(ns.probe, "")  # an unknown probe fails before loading anything
+    get_probe(ns.probe)  # an unknown probe fails before loading anything
     model, train_set, spec = _load_instance(ns.checkpoint, ns.instance)
-    result = make_probe(ns.probe, load_cells(ns.checkpoint)[1], train_set).run(model, train_set)
+    result = resolve_probe(ns.probe, train=train_set).run(model, train_set)
     print(
         f"{ns.probe} on {ns.checkpoint} [instance {ns.instance}, T={spec['T']}, "
         f"seed={spec['seed']}]"

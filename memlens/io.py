@@ -1,4 +1,11 @@
-"""Checkpoints and results on disk. Every write is atomic: a temporary file, then ``os.replace``."""
+"""Checkpoints and results on disk.
+
+Every whole-file write is atomic: a temporary file ``.NAME.*.tmp`` beside the target, fsynced, then
+``os.replace``; :func:`clean_tmp` removes the ones a killed writer left behind. Tables grow by
+:func:`append_jsonl`, which adds complete lines in one ``write`` (a crash leaves at most a torn last
+line, which :func:`read_jsonl_tolerant` drops). Files are created with the mode the umask allows,
+like any other program's (``0o666 & ~umask``).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +28,10 @@ __all__ = [
     "read_json",
     "append_jsonl",
     "read_jsonl",
+    "read_jsonl_tolerant",
+    "clean_tmp",
+    "file_digest",
+    "umask",
     "jsonable",
     "number",
     "dumps",
@@ -31,13 +42,33 @@ __all__ = [
 CHECKPOINT_FORMAT = "memlens-checkpoint-v1"
 
 
+TMP_SUFFIX = ".tmp"
+
+
+def umask() -> int:
+    """The process's current umask (read from ``/proc`` where possible, without changing it)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it the only portable way, and put it straight back
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO[Any]]:
-    """Open a temp file next to ``path``; rename it over ``path`` only if the block succeeds."""
+    """Open a temp file next to ``path``; rename it over ``path`` only if the block succeeds.
+    The file gets the mode an ordinary ``open`` would give it (``0o666 & ~umask``), not
+    ``mkstemp``'s 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -105,19 +136,91 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def append_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:
-    """Append rows to a JSONL table atomically: the whole file is rewritten through a temp file,
-    so a reader never sees half a line, and a crash leaves the previous table intact."""
+    """Append rows to a JSONL table: complete lines in one ``os.write`` on an ``O_APPEND``
+    descriptor, then ``fsync``. Nothing already in the table is rewritten; a crash leaves at most
+    a torn last line, which :func:`read_jsonl_tolerant` drops. (Concurrent writers still need a
+    lock: the sweep store holds one.)"""
+    if not rows:
+        return
+    data = "".join(dumps(r, sort_keys=True) + "\n" for r in rows).encode()
     path = Path(path)
-    old = path.read_text() if path.exists() else ""
-    new = "".join(dumps(r, sort_keys=True) + "\n" for r in rows)
-    atomic_write_text(path, old + new)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        view = memoryview(data)
+        while view:  # a regular file takes it all in one write; loop only on a short write
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    """Every row of a JSONL table ([] if there is none); a bad line raises, naming file and line.
+    Use :func:`read_jsonl_tolerant` to drop torn or corrupt lines instead."""
+    rows, bad = read_jsonl_tolerant(path)
+    if bad:
+        lineno, text, why = bad[0]
+        raise ValueError(f"{path} line {lineno} is not a JSON row ({why}): {text[:80]!r}")
+    return rows
+
+
+def read_jsonl_tolerant(
+    path: str | os.PathLike,
+) -> tuple[list[dict], list[tuple[int, str, str]]]:
+    """``(rows, bad)``: the rows of a JSONL table, and ``(line number, text, reason)`` of every
+    line that is not a complete JSON object (a torn last line lacks its newline)."""
     path = Path(path)
     if not path.exists():
+        return [], []
+    text = path.read_bytes().decode("utf-8", errors="replace")
+    lines = text.split("\n")
+    rows, bad = [], []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        if i == len(lines):  # no newline after it: the write that made it never finished
+            bad.append((i, line, f"torn last line, {len(line.encode())} bytes, no newline"))
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            bad.append((i, line, f"invalid JSON: {exc}"))
+            continue
+        if not isinstance(row, dict):
+            bad.append((i, line, "not a JSON object"))
+            continue
+        rows.append(row)
+    return rows, bad
+
+
+def clean_tmp(folder: str | os.PathLike) -> list[Path]:
+    """Remove the temporary files (``.NAME.*.tmp``) that writes killed before their rename left
+    in ``folder``; returns what was removed. Call it only while no other writer is active (the
+    sweep store holds its lock)."""
+    folder = Path(folder)
+    if not folder.is_dir():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    gone = []
+    for p in folder.glob(f".*{TMP_SUFFIX}"):
+        if p.is_file():
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+                gone.append(p)
+    return gone
+
+
+def file_digest(path: str | os.PathLike) -> tuple[int, str]:
+    """``(size in bytes, sha256 hex digest)`` of a file."""
+    import hashlib
+
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:

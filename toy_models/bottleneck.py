@@ -289,6 +289,13 @@ PRESETS = {
         "task": {"n_features": 40, "sparsity": 0.9, "d_hidden": 2, "n_test": 256},
         "train": {"steps": 60, "lr": 1e-2, "warmup": 5, "weight_decay": 1e-2},
     },
+    # `memlens report`'s phase diagram: T x hidden width (Hobbhahn: the test-loss peak moves to
+    # larger T as m grows); n=200, S=0.95, so T(1-S) = 10 at T = 200. About 2-3 min on 2 cores.
+    "phase": {
+        "grid": {"T": _logspace(3, 1000, 8), "d_hidden": [2, 3, 5], "seed": [0, 1]},
+        "task": {"n_features": 200, "sparsity": 0.95, "n_test": 1000},
+        "train": {"steps": 1000, "lr": 1e-2, "warmup": 50, "weight_decay": 1e-2},
+    },
     # the quickstart's table: a memorising (small T) and a generalising (large T) model
     "quickstart": {
         "grid": {"T": [10, 2000]},

@@ -18,21 +18,20 @@
 # seen about 10 times, i.e. near T(1 − S) ≈ 10 (background §4).
 #
 # `memlens.sweep` trains a whole grid of (T, seed) cells as instances of one model, writes the
-# table as it goes (resumable), and `memlens.plot` draws the figures. The same run from the shell:
+# table as it goes (resumable), and `memlens.sweeps.figures` draws the figures. The same run from
+# the shell:
 # `memlens sweep --model bottleneck --preset cpu --out runs/dd && memlens report runs/dd`.
 
 # %%
 import os
-import sys
 
 import matplotlib
 
 matplotlib.use("Agg")
 import memlens as ml
-import memlens.plot as mplot
-import memlens.sweep  # noqa: F401
+from memlens import sweeps
+from memlens.sweeps import figures, geometry
 
-S = sys.modules["memlens.sweep"]  # the module (ml.sweep is the function)
 FAST = os.environ.get("MEMLENS_FAST") == "1"
 
 if FAST:  # n = 60 features, S = 0.9: the transition should sit near T = 10 / (1 - S) = 100
@@ -40,9 +39,9 @@ if FAST:  # n = 60 features, S = 0.9: the transition should sit near T = 10 / (1
     grid = {"T": [3, 6, 12, 25, 50, 100, 200, 400], "seed": [0, 1]}
     train = {"steps": 1500, "lr": 1e-2, "warmup": 75, "weight_decay": 1e-2}
 else:  # the `cpu` preset: n = 1000, S = 0.99, transition near T = 1000
-    p = S.preset("bottleneck", "cpu")
+    p = ml.get_bundle("bottleneck").preset("cpu")
     task, grid, train = p["task"], p["grid"], p["train"]
-OUT = "runs/03_double_descent"
+OUT = "runs/03_double_descent-" + ("fast" if FAST else "cpu")  # each mode its own folder
 
 # %% [markdown]
 # ## Run the sweep
@@ -61,7 +60,7 @@ rows = ml.sweep(
     progress=False,
     probes=("dimensionality", "dictionary"),
 )
-config, _ = S.read_results(OUT)
+config, _ = sweeps.read_results(OUT)
 print(
     f"{len(rows)} cells in {config['n_groups']} packed groups, "
     f"padding waste {config['padding_waste']:.2f}x"
@@ -69,7 +68,7 @@ print(
 print(f"{'T':>5s} {'train':>8s} {'test':>8s} {'coverage':>9s} {'mean D*':>8s} {'m/T':>7s}")
 for T, tr, te, cov, dstar in zip(
     *[
-        mplot.by_T(rows, k)[1] if k != "T" else mplot.by_T(rows, "test_loss")[0]
+        figures.by_T(rows, k)[1] if k != "T" else figures.by_T(rows, "test_loss")[0]
         for k in (
             "T",
             "train_loss",
@@ -85,12 +84,13 @@ for T, tr, te, cov, dstar in zip(
 # %% [markdown]
 # ## The double-descent curve
 #
-# Median over seeds, with the min–max range shaded. The dashed line marks T(1 − S) = 10.
+# The median over seeds in bold, each seed as a faint line (a min–max band would stretch the log
+# axis down to the luckiest seed's train loss). The dashed line marks T(1 − S) = 10.
 
 # %%
-fig = mplot.double_descent(rows, config)
+fig = figures.double_descent(rows, config)
 fig.savefig("03_double_descent.png", dpi=110)
-peak = mplot.find_peak(rows)
+peak = figures.find_peak(rows)
 print(
     f"test-loss peak at T = {peak['T_peak']:.0f} (interior: {peak['interior']}); "
     f"small-T {peak['small_T']:.3f}, peak {peak['peak']:.3f}, large-T {peak['large_T']:.3f}"
@@ -106,6 +106,6 @@ print(
 
 # %%
 Ts = sorted({r["T"] for r in rows})
-fig = mplot.geometry(OUT, rows, [Ts[0], Ts[-1]])
+fig = geometry.geometry(OUT, rows, [Ts[0], Ts[-1]])
 fig.savefig("03_geometry.png", dpi=110)
 print("wrote 03_double_descent.png, 03_geometry.png")

@@ -5,17 +5,13 @@ version, and a recipe without one (written before versions) rebuilds version-1 d
 from __future__ import annotations
 
 import json
-import sys
 
 import pytest
 import torch
 
 import memlens
-import memlens.sweep  # noqa: F401
 from memlens import io
 from memlens.data import DATA_VERSION, SparseFeatures, _active_entries, instance_generators
-
-S = sys.modules["memlens.sweep"]
 
 
 def test_version_2_distribution():
@@ -94,7 +90,7 @@ TRAIN = {"steps": 20, "lr": 1e-2, "warmup": 2}
 
 def test_sweep_records_version_and_legacy_recipes_rebuild_version_1(tmp_path):
     out = tmp_path / "sw"
-    S.sweep(
+    memlens.sweep(
         "bottleneck", {"T": [3, 8]}, task=SMOKE, train=TRAIN, probes=(), out=out, progress=False
     )
     config = io.read_json(out / "config.json")
@@ -124,7 +120,7 @@ def test_sweep_records_version_and_legacy_recipes_rebuild_version_1(tmp_path):
 def test_resuming_a_sweep_recorded_before_versions_keeps_version_1(tmp_path):
     out = tmp_path / "sw"
     kw = dict(task=SMOKE, train=TRAIN, probes=(), out=out, progress=False)
-    S.sweep("bottleneck", {"T": [3, 8]}, **kw)
+    memlens.sweep("bottleneck", {"T": [3, 8]}, **kw)
     # make it look like an old folder: no data_version anywhere, one group not yet run
     config = io.read_json(out / "config.json")
     del config["task"]["data_version"]
@@ -135,7 +131,7 @@ def test_resuming_a_sweep_recorded_before_versions_keeps_version_1(tmp_path):
         out / "results.jsonl",
         "".join(json.dumps(r) + "\n" for r in rows if r["group"] != last),
     )
-    rows = S.sweep("bottleneck", {"T": [3, 8]}, **kw)  # resumes; no "different sweep"
+    rows = memlens.sweep("bottleneck", {"T": [3, 8]}, **kw)  # resumes; no "different sweep"
     assert len(rows) == 2
     _, specs = memlens.load_with_recipes(out / "checkpoints" / f"group-{last:03d}.pt")
     assert all(s["data_version"] == 1 for s in specs)  # rebuilt with version 1, recorded as such

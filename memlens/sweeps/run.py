@@ -1,0 +1,225 @@
+"""Run and resume a sweep: validate, lock the store, hand the unfinished groups to a backend,
+and write each finished group (checkpoint, then its rows) as it streams back.
+
+Where a group runs is a small pluggable piece, a *backend*: any object with
+``run(jobs) -> iterator of GroupResult``. :class:`LocalBackend` runs the groups one after another
+in this process. A distributed backend submits each :class:`~memlens.sweeps.cells.GroupJob` as a
+task and yields results as they finish, in any order; the driver stays the only writer.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+from memlens.hooked import HookedToyModel, load
+from memlens.probe import resolve_probe
+from memlens.registry import get_bundle
+from memlens.sweeps.cells import (
+    GroupJob,
+    GroupResult,
+    canonical_probes,
+    check_probes,
+    load_cell,
+    probe_label,
+    probe_spec,
+    run_group,
+)
+from memlens.sweeps.grid import check_cells, make_cells, normalise, plan_groups
+from memlens.sweeps.store import SWEEP_FORMAT, SweepStore, read_results
+
+__all__ = ["Backend", "LocalBackend", "BACKENDS", "sweep", "add_probes"]
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Runs groups somewhere and yields each :class:`GroupResult` as it finishes."""
+
+    def run(self, jobs: Sequence[GroupJob]) -> Iterator[GroupResult]: ...
+
+
+class LocalBackend:
+    """Run the groups one after another in this process."""
+
+    def run(self, jobs: Sequence[GroupJob]) -> Iterator[GroupResult]:
+        for job in jobs:
+            yield run_group(job)
+
+
+#: backends by name (the CLI's ``--backend``); a plugin may add its own
+BACKENDS: dict[str, type] = {"local": LocalBackend}
+
+
+def _backend(backend: Any) -> Backend:
+    if backend is None:
+        return LocalBackend()
+    if isinstance(backend, str):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; known: {sorted(BACKENDS)}")
+        return BACKENDS[backend]()
+    if not callable(getattr(backend, "run", None)):
+        raise TypeError(f"backend must have a run(jobs) method, got {backend!r}")
+    return backend
+
+
+def _device(device: Any) -> str:
+    try:
+        return str(torch.device(device))
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be a torch device such as 'cpu', got {device!r}") from exc
+
+
+def _config(model: str, g, t, tr, probes, groups) -> dict:
+    return {
+        "format": SWEEP_FORMAT,
+        "model": model,
+        "grid": g,
+        "task": t,
+        "train": tr,
+        "probes": probes,
+        "added_probes": [],
+        "n_cells": sum(len(x["cells"]) for x in groups),
+        "n_groups": len(groups),
+        "padding_waste": sum(x["padded"] for x in groups) / sum(x["useful"] for x in groups),
+        "max_group_waste": max(x["padded"] / x["useful"] for x in groups),
+    }
+
+
+def sweep(
+    model: str,
+    grid: Mapping[str, Sequence] | None = None,
+    *,
+    task: Mapping[str, Any] | None = None,
+    train: Mapping[str, Any] | None = None,
+    probes: Sequence = ("dimensionality", "dictionary"),
+    out: str | os.PathLike,
+    resume: bool = True,
+    progress: bool = True,
+    preset: str | None = None,
+    device: str | torch.device = "cpu",
+    backend: Backend | str | None = None,
+    lock_timeout: float | None = None,
+) -> list[dict]:
+    """Train every cell of ``grid`` (packed into instances) and record its results in ``out/``.
+
+    Args:
+        model: a registered model name (``memlens list``).
+        grid: axis -> values. ``T`` (training-set size, required), ``seed`` (init and data), any
+            spec key of the model's bundle (``sparsity``, ``n_features``, a width, ...) and the
+            train settings ``steps``, ``lr``, ``weight_decay``, ``warmup``, ``batch_size``, ``l1``.
+        task: the fixed spec keys (data and model settings), e.g. ``{"n_features": 1000}``.
+        train: keyword arguments of :func:`memlens.train`: steps, lr, weight_decay, warmup,
+            schedule, batch_size (None: full batch), l1 (activation L1 coefficient).
+        probes: registered probe names or ``(name, {argument: value})``; each cell records
+            ``probe.scalars()``.
+        out: the results folder. resume: continue a sweep already there (False refuses it).
+        preset: a preset of the model's bundle (e.g. ``cpu``, ``smoke``): fills grid, task and
+            train (explicit ones override, key by key).
+        device: where groups train. backend: where groups run (default: this process).
+        lock_timeout: seconds to wait for another writer of ``out`` (None: as long as it takes,
+            0: refuse at once).
+    Returns:
+        one row per cell of ``out/results.jsonl``, in grid order.
+
+    Every argument and every cell is checked before any work and before any file is written.
+    """
+    if not isinstance(model, str):
+        raise ValueError(f"model must be a registered model name, got {model!r}")
+    bundle = get_bundle(model)  # ValueError listing the known models
+    if preset is not None:
+        p = bundle.preset(preset)
+        grid = {**p["grid"], **(grid or {})}
+        task = {**p["task"], **(task or {})}
+        train = {**p["train"], **(train or {})}
+    probes = canonical_probes(probes)
+    dev = _device(device)
+    runner = _backend(backend)
+    g, t, tr = normalise(bundle, grid, task, train)
+    store = SweepStore(out)
+    for k, v in store.legacy_settings(bundle.spec_keys()).items():
+        if k not in (task or {}) and k not in g:
+            t[k] = v  # continue a sweep recorded before key k existed on the data it used
+    cells = make_cells(g, t, tr)
+    check_cells(bundle, cells)
+    first = min(cells, key=lambda c: c["spec"]["T"])
+    first_train = bundle.task(first["spec"]).sample(first["spec"]["T"], seed=first["spec"]["seed"])
+    check_probes(probes, bundle.build(first["spec"]), first_train)  # its training set alone
+    groups = plan_groups(bundle, cells)
+    config = _config(model, g, t, tr, probes, groups)
+    store.check_target()
+    store.check_before_lock(config, bundle.spec_keys())  # a quick refusal, without waiting
+
+    with store.locked(lock_timeout, verbose=progress):
+        keys = {c["key"] for c in cells}
+        stored = store.open_sweep(config, keys, bundle.spec_keys(), resume)
+        store.clean()
+        done = store.done_groups(groups)
+        run_probes = tuple(probes) + tuple(stored["added_probes"])
+        jobs = [
+            GroupJob(model, gi, tuple(grp["cells"]), run_probes, dev, progress)
+            for gi, grp in enumerate(groups)
+            if gi not in done
+        ]
+        if progress:
+            print(
+                f"sweep {model}: {config['n_cells']} cells in {len(groups)} groups "
+                f"({len(done)} done); padding waste {config['padding_waste']:.2f}x "
+                f"(worst group {config['max_group_waste']:.2f}x)",
+                file=sys.stderr,
+            )
+        _drive(store, runner.run(jobs), len(groups), len(done), model, progress)
+    order = {c["key"]: i for i, c in enumerate(cells)}
+    _, rows = read_results(out)
+    return sorted(rows, key=lambda r: order.get(r["key"], len(order)))
+
+
+def _drive(store: SweepStore, results: Iterable[GroupResult], total, done, model, progress):
+    """Write each finished group as it arrives: its checkpoint first, then its rows."""
+    from tqdm.auto import tqdm
+
+    with tqdm(total=total, initial=done, desc=f"sweep {model} groups", disable=not progress) as bar:
+        for res in results:
+            fields = store.save_group(res.index, res.model, res.recipes)
+            store.append([{**r, **fields} for r in res.rows])
+            bar.update(1)
+
+
+def add_probes(
+    out: str | os.PathLike,
+    probes: Sequence,
+    progress: bool = True,
+    lock_timeout: float | None = None,
+) -> list[dict]:
+    """Run ``probes`` on every finished cell of a sweep and add their scalars to its table (for a
+    probe that landed after the sweep ran). They are recorded in ``config.json``'s
+    ``added_probes``, not in the sweep's identity, so the original sweep command still resumes
+    (and runs them on the cells it adds)."""
+    from tqdm.auto import tqdm
+
+    store = SweepStore(out)
+    config, rows = read_results(out)
+    probes = canonical_probes(probes)
+    if rows:
+        model0, train0, _ = load_cell(out, rows[0])
+        check_probes(probes, model0, train0)  # before any work
+    with store.locked(lock_timeout, verbose=progress):
+        config, rows = read_results(out)
+        groups: dict[str, HookedToyModel] = {}
+        for r in tqdm(rows, desc="probing cells", disable=not progress):
+            if r["checkpoint"] not in groups:
+                groups = {r["checkpoint"]: load(Path(out) / r["checkpoint"])}  # one at a time
+            model, train_set, _ = load_cell(out, r, config, groups[r["checkpoint"]])
+            for p in probes:
+                result = resolve_probe(probe_spec(p), train=train_set).run(model, train_set)
+                for k, v in result.scalars().items():
+                    r[f"{probe_label(p)}.{k}"] = float(v)
+        store.rewrite_rows(rows)
+        have = {probe_label(p) for p in config["probes"] + config["added_probes"]}
+        config["added_probes"] += [p for p in probes if probe_label(p) not in have]
+        store.write_config(config)
+    return rows
