@@ -23,8 +23,8 @@ from memlens.registry import (
     register_model,
     register_probe,
 )
+from memlens.sampling import SGLDConfig, Tempering, calibrate, estimate_llc, temper
 from memlens.sweep import sweep  # the function; the module is sys.modules['memlens.sweep']
-from memlens.temper import Tempering, calibrate, estimate_llc, temper
 from memlens.train import TrainResult, evaluate, sparse_activations, train
 
 __version__ = "0.1.0"
@@ -34,6 +34,7 @@ __all__ = [
     "estimate_llc",
     "calibrate",
     "Tempering",
+    "SGLDConfig",
     "Batch",
     "Circuits",
     "HookedToyModel",

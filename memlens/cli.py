@@ -379,7 +379,7 @@ def _temper_args(p: argparse.ArgumentParser) -> None:
     _temper_args
 )
 def _temper(ns: argparse.Namespace) -> int:
-    from memlens.temper import temper
+    from memlens.sampling import temper
 
     if any(t <= 0 for t in ns.temperatures):
         raise ValueError(f"temperatures must be positive, got {ns.temperatures}")

@@ -178,7 +178,7 @@ def run(
         )
 
     # 4. temper the memorising model
-    from memlens.temper import temper
+    from memlens.sampling import temper
 
     eps = [min(cfg.step_size * t, 0.03) for t in cfg.temperatures]
     tempering = temper(

@@ -1,0 +1,446 @@
+"""``step_size="auto"``: choose ε where λ̂ has stopped depending on it and the chains mix.
+
+Why a test and not "the healthy setting with the most ESS": for a quadratic direction of curvature
+a (of U = (nβ/t) L_n + (γ/2)‖w − w*‖²), Euler–Maruyama SGLD's stationary variance is
+1/(a(1 − εa/4)), so λ̂ is biased up by about 1/(1 − εa/4) in stiff directions, and the step that
+mixes fastest is the most biased one. Slow directions (a small) need ≫ 1/(εa) steps to mix.
+
+The procedure, per temperature t and instance:
+
+1. **Seed.** The top Hessian eigenvalue h of L_n at w* (power iteration on Hessian-vector
+   products, all instances at once) gives the stiffest curvature a = (nβ/t) h + γ of the posterior.
+2. **Grid.** ε = s/a for the dimensionless steps s = 1, 1/3, 1/9, 1/27 (Euler bias ≈ s/4 in the
+   stiffest direction). Every rung x grid point x chain runs in one batched sampler.
+3. **Bias test.** Going down the grid, the first neighbouring pair (3ε, ε) whose λ̂ agree within
+   z = 2 standard errors, where both chains mix (no divergence, R-hat ≤ max_rhat, ESS ≥ 50 on the
+   evaluation loss, not pure diffusion) and where the test has power (it would resolve a relative
+   change of ``bias_tolerance``), picks the smaller step ε of the pair.
+4. **Adapt.** Undecided because the chains do not mix or the test lacks power: 3x more SGLD steps
+   per draw. λ̂ still falling at the bottom of the grid: two smaller steps. The answer at the top of
+   the grid: two larger steps (once). At most ``ROUNDS`` rounds, never more than ``max_steps``
+   steps per chain in one run. A cell left undecided fails the bias test: it keeps the smallest
+   step that mixed and is flagged.
+5. **Steps per draw** for the run: enough that ESS ≥ 1.5 x ``min_ess`` is expected, from the
+   integrated autocorrelation time measured at the chosen step (within ``max_steps``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from memlens.data import _mix
+from memlens.io import jsonable
+from memlens.sampling.config import SGLDConfig
+from memlens.sampling.diagnostics import analyse, effective_sample_size
+from memlens.sampling.sgld import Plan, Setup, eval_schedule, sample
+
+__all__ = ["Calibration", "top_curvature", "auto_step"]
+
+GRID = (1.0, 1 / 3, 1 / 9)  # dimensionless steps s = ε · a_max
+RATIO = 3.0
+ROUNDS = 4
+CAL_CHAINS, CAL_DRAWS = 4, 64
+MIN_ESS_CAL = 50.0
+Z = 2.0
+LLC_FLOOR = 0.5  # the test resolves relative changes of max(|λ̂|, LLC_FLOOR): one regular direction
+
+
+def top_curvature(setup: Setup, iters: int = 30, max_points: int = 4096, seed: int = 0) -> Tensor:
+    """Largest |eigenvalue| of the Hessian of L_n at w*, per instance (``[inst]``, float64), by
+    power iteration on Hessian-vector products (double backprop) on at most ``max_points``
+    training points."""
+    model = setup.model.expand(1)
+    data = setup.data
+    if len(data) > max_points:
+        g = torch.Generator().manual_seed(_mix(seed, 53))
+        idx = torch.randperm(len(data), generator=g)[:max_points].to(data.inputs.device)
+        data = data.gather(idx[:, None].expand(-1, data.n_instances))
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_inst = model.n_instances
+    g = torch.Generator().manual_seed(_mix(seed, 59))
+    v = [torch.randn(p.shape, generator=g).to(p) for p in params]
+
+    def per_inst(xs: list[Tensor]) -> Tensor:  # sum over each instance's coordinates
+        return sum(x.reshape(n_inst, -1).sum(1) for x in xs)
+
+    norm = per_inst([x * x for x in v]).sqrt().clamp_min(1e-30)
+    v = [x / norm.view(-1, *([1] * (x.ndim - 1))) for x in v]
+    lam = torch.zeros(n_inst, dtype=torch.float64)
+    for _ in range(iters):
+        grads = torch.autograd.grad(model.loss(data).sum(), params, create_graph=True)
+        hv = torch.autograd.grad(
+            sum((gr * x).sum() for gr, x in zip(grads, v, strict=True)), params
+        )
+        lam = per_inst([h * x for h, x in zip(hv, v, strict=True)]).detach().double().cpu()
+        norm = per_inst([h.detach() ** 2 for h in hv]).sqrt().clamp_min(1e-30)
+        v = [h.detach() / norm.view(-1, *([1] * (h.ndim - 1))) for h in hv]
+    return lam.abs()
+
+
+@dataclass
+class Calibration:
+    """The record of an automatic step-size choice: every grid point tried, and why each
+    (temperature, instance) got its step. ``step_size`` is ``[temp, inst]``."""
+
+    temperatures: Tensor  # [temp]
+    curvature: Tensor  # [temp, inst] a = (nβ/t) h + γ at w*
+    rows: list[dict]  # one per (temperature, instance, grid step) at its last measurement
+    choices: list[dict]  # one per (temperature, instance)
+    thin: int  # SGLD steps per draw chosen for the run
+    calibration_thin: int
+    seconds: float
+    bias_tolerance: float
+
+    @property
+    def step_size(self) -> Tensor:
+        n_t = len(self.temperatures)
+        n_i = max(c["inst"] for c in self.choices) + 1
+        out = torch.empty(n_t, n_i, dtype=torch.float64)
+        for c in self.choices:
+            out[c["temp"], c["inst"]] = c["step_size"]
+        return out
+
+    @property
+    def bias_failed(self) -> Tensor:
+        n_t = len(self.temperatures)
+        n_i = max(c["inst"] for c in self.choices) + 1
+        out = torch.zeros(n_t, n_i, dtype=torch.bool)
+        for c in self.choices:
+            out[c["temp"], c["inst"]] = not c["decided"]
+        return out
+
+    @property
+    def recommended(self) -> list[dict]:
+        """The decided choices (step size per temperature and instance)."""
+        return [c for c in self.choices if c["decided"]]
+
+    def table(self, inst: int | None = None) -> str:
+        head = (
+            f"{'t':>8} {'inst':>4} {'s=ε·a':>7} {'step ε':>9} {'λ̂':>9} {'± se':>7} "
+            f"{'R-hat':>6} {'ESS':>6} {'div':>4}  verdict"
+        )
+        lines = [head]
+        for r in self.rows:
+            if inst is not None and r["inst"] != inst:
+                continue
+            lines.append(
+                f"{r['temperature']:>8.3g} {r['inst']:>4d} {r['s']:>7.3g} {r['step_size']:>9.3g} "
+                f"{r['llc']:>9.4g} {r['llc_se']:>7.2g} {r['rhat']:>6.3f} {r['ess']:>6.0f} "
+                f"{r['diverged']:>4.0%}  {r['verdict']}"
+            )
+        return "\n".join(lines)
+
+    def summary(self) -> str:
+        lines = [
+            f"step size auto ({self.seconds:.1f} s of calibration; steps per draw {self.thin}, "
+            f"calibrated at {self.calibration_thin}; bias tolerance {self.bias_tolerance:.0%}):"
+        ]
+        for c in self.choices:
+            lines.append(f"  t={c['temperature']:.3g} inst {c['inst']}: {c['reason']}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return jsonable(
+            {
+                "temperatures": self.temperatures,
+                "curvature": self.curvature,
+                "rows": self.rows,
+                "choices": self.choices,
+                "thin": self.thin,
+                "calibration_thin": self.calibration_thin,
+                "seconds": self.seconds,
+                "bias_tolerance": self.bias_tolerance,
+            }
+        )
+
+    def plot(self, ax=None, inst: int = 0):
+        """λ̂ against the dimensionless step s = ε·a per temperature: chosen steps starred,
+        unhealthy grid points crossed."""
+        import matplotlib.pyplot as plt
+
+        fig = ax.figure if ax is not None else plt.figure(figsize=(6.5, 4.2))
+        ax = ax or fig.add_subplot()
+        cmap = plt.get_cmap("viridis")
+        n_t = len(self.temperatures)
+        for a in range(n_t):
+            rs = sorted(
+                (r for r in self.rows if r["temp"] == a and r["inst"] == inst),
+                key=lambda r: r["s"],
+            )
+            if not rs:
+                continue
+            col = cmap(a / max(1, n_t - 1))
+            x = [r["s"] for r in rs]
+            y = [r["llc"] for r in rs]
+            e = [r["llc_se"] if math.isfinite(r["llc_se"]) else 0.0 for r in rs]
+            ax.errorbar(x, y, yerr=e, color=col, capsize=2, lw=1,
+                        label=f"t = {self.temperatures[a]:.3g}")  # fmt: skip
+            for r in rs:
+                ax.plot(r["s"], r["llc"], "o" if r["mixed"] else "x", color=col, ms=5)
+            c = next(c for c in self.choices if c["temp"] == a and c["inst"] == inst)
+            ax.plot(c["s"], c["llc"], "*", ms=14, mfc="gold" if c["decided"] else "white",
+                    mec="k")  # fmt: skip
+        ax.plot([], [], "k*", mfc="gold", ms=10, label="chosen (bias test passed)")
+        ax.plot([], [], "k*", mfc="white", ms=10, label="fallback (bias test failed)")
+        ax.plot([], [], "kx", label="not mixed / diverged")
+        ax.set(
+            xscale="log",
+            xlabel="dimensionless step s = ε · a  (a: top curvature of the posterior at w*)",
+            ylabel="λ̂ (mean ± standard error)",
+            title=f"step-size calibration, instance {inst}: λ̂ must stop moving with ε",
+        )
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        return fig
+
+
+def _measure(setup, cfg, temps, rungs, grid, curv, thin, progress) -> tuple[dict, dict]:
+    """One batched run of ``rungs`` x ``grid`` (descending s), the grid points of a rung coupled:
+    they share their chains' noise and minibatches, and the step 3ε takes one update per three of
+    ε with the summed noise, so every grid point covers the same physical time ε x steps and the
+    differences of λ̂ between them are measured with little noise. Returns ({(temp, inst, s):
+    row}, {(temp, inst, s_coarse): (Δ, standard error)})."""
+    J = len(grid)
+    strides = [round(s / grid[-1]) for s in grid]
+    arms = [(a, j) for a in rungs for j in range(J)]
+    nbeta = torch.stack([setup.nbeta / temps[a].double() for a, _ in arms])
+    step = torch.stack([grid[j] / curv[a] for a, j in arms])
+    burnin = CAL_DRAWS // 4
+    plan = Plan(
+        nbeta=nbeta,
+        step=step,
+        gamma=cfg.localization,
+        chains=CAL_CHAINS,
+        draws=CAL_DRAWS,
+        thin=thin,
+        burnin=burnin,
+        batch_size=cfg.batch_size,
+        seed=_mix(cfg.seed, 61, thin),
+        eval_every=eval_schedule(setup, cfg.batch_size, thin, CAL_DRAWS, burnin),
+        stride=[strides[j] for _, j in arms],
+        stream=[a for a, _ in arms],
+    )
+    run = sample(setup, plan, progress=progress, desc=f"calibrate ({CAL_DRAWS}x{thin} steps)")
+    llc, diag = analyse(
+        run.loss,
+        run.eval_loss,
+        run.eval_draws,
+        run.finite,
+        run.diffusion,
+        init_loss=setup.init_loss,
+        eval_init=setup.eval_init,
+        nbeta=nbeta,
+        burnin=burnin,
+        n_params=setup.n_params,
+        blowup=cfg.blowup,
+        max_diffusion=cfg.max_diffusion,
+    )
+    rows, pairs = {}, {}
+    n_post = CAL_CHAINS * (CAL_DRAWS - burnin)
+    for k, (a, j) in enumerate(arms):
+        for i in range(setup.nbeta.numel()):
+            div = float(diag.diverged[k, :, i].double().mean())
+            rhat, ess = float(diag.rhat[k, i]), float(diag.ess[k, i])
+            moving = not bool(diag.barely_moving[k, i])
+            mixed = div == 0 and rhat <= cfg.max_rhat and ess >= MIN_ESS_CAL and moving
+            steps_per_ess = thin * n_post / ess if ess == ess and ess > 0 else math.inf
+            rows[(a, i, grid[j])] = {
+                "temp": a,
+                "temperature": float(temps[a]),
+                "inst": i,
+                "s": grid[j],
+                "step_size": float(step[k, i]),
+                "llc": float(llc.mean[k, i]),
+                "llc_se": float(llc.se[k, i]),
+                "rhat": rhat,
+                "ess": ess,
+                "diverged": div,
+                "mixed": mixed,
+                # autocorrelation time in SGLD steps of this grid point's own step size
+                "tau_steps": steps_per_ess / strides[j],
+                "thin": thin,
+                "verdict": "mixed" if mixed else _why_not(div, rhat, ess, moving, cfg.max_rhat),
+            }
+            if j > 0:
+                pairs[(a, i, grid[j - 1])] = _paired(run.loss, nbeta, k - 1, k, i, burnin)
+    return rows, pairs
+
+
+def _paired(loss: Tensor, nbeta: Tensor, hi: int, lo: int, i: int, burnin: int):
+    """Δ = λ̂(arm hi) − λ̂(arm lo) from coupled chains, and its standard error (the larger of
+    the spread over chains and the autocorrelation-corrected error of the paired trace)."""
+    d = (
+        loss[hi, :, burnin:, i].double() * nbeta[hi, i]
+        - loss[lo, :, burnin:, i].double() * (nbeta[lo, i])
+    )
+    d = d[torch.isfinite(d).all(1)]
+    if len(d) < 2:
+        return math.nan, math.inf
+    per_chain = d.mean(1)
+    se = float(per_chain.std() / math.sqrt(len(d)))
+    ess = effective_sample_size(d.numpy())
+    if math.isfinite(ess) and ess > 0:
+        se = max(se, float(d.std() / math.sqrt(ess)))
+    return float(per_chain.mean()), se
+
+
+def _why_not(div, rhat, ess, moving, max_rhat) -> str:
+    if div > 0:
+        return f"{div:.0%} chains diverged"
+    if not moving:
+        return "still pure diffusion"
+    if not rhat <= max_rhat:
+        return f"R-hat {rhat:.2f} > {max_rhat:g}"
+    return f"ESS {ess:.0f} < {MIN_ESS_CAL:.0f}"
+
+
+def _decide(rows: list[dict], pairs: list[tuple], tol: float) -> tuple:
+    """The bias test down one cell's grid (``rows`` by descending s; ``pairs[k]`` = (Δ, se) of
+    rows k and k + 1). An equivalence test: the pair (3ε, ε) passes when |Δ| + z·se ≤ tol·scale
+    (λ̂ certainly moved less than the tolerance), fails when |Δ| − z·se > tol·scale. Returns
+    (status, index of the chosen row, reason, factor, test), status 'decided', 'more_steps',
+    'extend_down' or 'extend_up'; ``factor`` estimates how many times more SGLD steps the cheapest
+    undecided pair needs (errors fall as 1/√steps); ``test`` records the passed test."""
+    last_fail, factor = None, math.inf
+    for k in range(len(rows) - 1):
+        hi, lo = rows[k], rows[k + 1]
+        if not (hi["mixed"] and lo["mixed"]):
+            if hi["diverged"] == 0 and lo["diverged"] == 0:
+                ess = min(hi["ess"], lo["ess"])
+                factor = min(factor, 2.0 * MIN_ESS_CAL / ess if ess > 0 else 9.0)
+            continue
+        delta, se = pairs[k]
+        err = Z * se
+        scale = max(abs(lo["llc"]), LLC_FLOOR)
+        bound = tol * scale
+        if abs(delta) + err <= bound:
+            why = (
+                f"ε = {lo['step_size']:.3g} (s = {lo['s']:.3g}): λ̂ = {lo['llc']:.4g}; λ̂(3ε) − "
+                f"λ̂(ε) = {delta:+.2g} ± {err:.2g} is within {tol:.0%} of λ̂ (coupled chains); "
+                f"R-hat {lo['rhat']:.2f}, ESS {lo['ess']:.0f}"
+            )
+            if last_fail is not None:
+                why += f"; larger steps moved λ̂ ({last_fail})"
+            test = {"delta": delta, "delta_err": err, "bound": bound, "coarse_s": hi["s"]}
+            return ("extend_up" if k == 0 else "decided"), k + 1, why, 1.0, test
+        if abs(delta) - err > bound:
+            last_fail = f"Δ = {delta:+.2g} ± {err:.2g} between s = {hi['s']:.3g} and {lo['s']:.3g}"
+            continue
+        factor = min(factor, 1.3 * (err / max(bound - abs(delta), 0.3 * bound)) ** 2)
+    mixed = [r for r in rows if r["mixed"]]
+    if last_fail is not None and factor == math.inf and mixed and mixed[-1] is rows[-1]:
+        why = f"λ̂ still moves with ε at the smallest step ({last_fail})"
+        return "extend_down", None, why, 1.0, None
+    why = "chains did not mix, or the test could not resolve the tolerance, at this budget"
+    return "more_steps", None, why, factor, None
+
+
+def auto_step(
+    setup: Setup, temps: Tensor, cfg: SGLDConfig, *, progress: bool = True
+) -> Calibration:
+    """Choose ε per temperature and instance (and the steps per draw); see the module docstring."""
+    t0 = time.perf_counter()
+    n_t, n_i = len(temps), setup.nbeta.numel()
+    h = top_curvature(setup, seed=cfg.seed)
+    curv = (setup.nbeta[None, :] / temps[:, None].double()) * h[None, :] + cfg.localization
+    curv = curv.clamp_min(1e-12)
+    grid = list(GRID)
+    max_thin = max(1, cfg.max_steps // CAL_DRAWS)
+    thin = min(max_thin, math.ceil(1 / grid[-1]))  # a stiff relaxation time per draw
+    extended_up = False
+    results: dict = {}
+    paired: dict = {}
+    decided: dict[tuple[int, int], tuple] = {}  # (temp, inst) -> (chosen s, why, test)
+    todo = list(range(n_t))
+    for _ in range(ROUNDS):
+        rows_new, pairs_new = _measure(setup, cfg, temps, todo, grid, curv, thin, progress)
+        results.update(rows_new)
+        paired.update(pairs_new)
+        wants, factors = set(), []
+        for a in todo:
+            for i in range(n_i):
+                rows = [results[(a, i, s)] for s in grid]
+                pairs = [paired[(a, i, s)] for s in grid[:-1]]
+                status, k, why, factor, test = _decide(rows, pairs, cfg.bias_tolerance)
+                if status == "extend_up" and extended_up:
+                    status = "decided"
+                    why += "; at the top of the extended grid"
+                if status == "decided":
+                    decided[(a, i)] = (grid[k], why, test)
+                    continue
+                decided.pop((a, i), None)
+                wants.add(status)
+                if status == "more_steps":
+                    factors.append(factor)
+        todo = [a for a in todo if any((a, i) not in decided for i in range(n_i))]
+        if not todo:
+            break
+        changed = False
+        if "extend_up" in wants and not extended_up:
+            grid = [grid[0] * RATIO] + grid
+            extended_up = changed = True
+        if "extend_down" in wants:
+            grid = grid + [grid[-1] / RATIO]
+            thin = min(max_thin, math.ceil(thin * RATIO))
+            changed = True
+        if factors and thin < max_thin:
+            f = min(max(factors), 27.0) if math.isfinite(max(factors)) else RATIO
+            thin = min(max_thin, math.ceil(thin * max(f, 1.5)))
+            changed = True
+        if not changed:
+            break
+    choices, tau = [], []
+    for a in range(n_t):
+        for i in range(n_i):
+            rows = sorted(
+                (r for (b, j, _), r in results.items() if b == a and j == i),
+                key=lambda r: -r["s"],
+            )
+            if (a, i) in decided:
+                s_pick, why, test = decided[(a, i)]
+                pick = next(r for r in rows if r["s"] == s_pick)
+                tau.append(pick["tau_steps"])
+                choices.append({**_choice(pick, True, why), **test})
+            else:
+                mixed = [r for r in rows if r["mixed"]]
+                pick = mixed[-1] if mixed else rows[-1]
+                why = (
+                    f"ε = {pick['step_size']:.3g} (s = {pick['s']:.3g}) is a fallback: no pair "
+                    "of steps passed the bias test within the budget, so λ̂ here may be biased"
+                )
+                choices.append(_choice(pick, False, why))
+                if mixed:
+                    tau.append(pick["tau_steps"])
+    for r in results.values():
+        r["verdict"] = r["verdict"] + (" (chosen)" if _is_chosen(r, choices) else "")
+    post = cfg.chains * (cfg.draws - cfg.n_burnin)
+    need = max(tau) * 2.0 * cfg.min_ess / post if tau and math.isfinite(max(tau)) else thin
+    run_thin = cfg.thin or int(min(max(1, math.ceil(need)), max(1, cfg.max_steps // cfg.draws)))
+    rows = sorted(results.values(), key=lambda r: (r["temp"], r["inst"], -r["s"]))
+    return Calibration(
+        temperatures=temps.detach().cpu().float(),
+        curvature=curv.float(),
+        rows=rows,
+        choices=choices,
+        thin=run_thin,
+        calibration_thin=thin,
+        seconds=time.perf_counter() - t0,
+        bias_tolerance=cfg.bias_tolerance,
+    )
+
+
+def _choice(row: dict, decided: bool, why: str) -> dict:
+    keys = ("temp", "temperature", "inst", "s", "step_size", "llc", "llc_se", "rhat", "ess")
+    return {**{k: row[k] for k in keys}, "decided": decided, "reason": why}
+
+
+def _is_chosen(row: dict, choices: list[dict]) -> bool:
+    return any(
+        c["temp"] == row["temp"] and c["inst"] == row["inst"] and c["s"] == row["s"]
+        for c in choices
+    )
