@@ -3,14 +3,14 @@
 * :func:`temper` / :func:`estimate_llc` / :func:`calibrate` (:mod:`.llc`): the public calls;
 * :class:`SGLDConfig` (:mod:`.config`): the sampler's settings, stored resolved with every result;
 * :mod:`.sgld`: the batched engine (one flat parameter buffer, one noise draw per step);
-* :mod:`.calibrate`: ``step_size="auto"``, a step where λ̂ no longer depends on ε;
+* :mod:`.calibration`: ``step_size="auto"``, a step where λ̂ no longer depends on ε;
 * :mod:`.diagnostics`: R-hat and ESS on the evaluation-set loss, per-cell health and warnings;
 * :mod:`.spectrum`: λ̂(t) read as flat stretches and jumps;
 * :mod:`.streaming`: the driver of :class:`memlens.probe.StreamingProbe` s;
 * :mod:`.results`: :class:`Tempering`.
 """
 
-from memlens.sampling.calibrate import Calibration, top_curvature
+from memlens.sampling.calibration import Calibration, top_curvature
 from memlens.sampling.config import SGLDConfig
 from memlens.sampling.diagnostics import (
     LLC,

@@ -56,7 +56,7 @@ class SGLDConfig:
             ``step_size="auto"`` the calibration chooses it so the chains mix (within
             ``max_steps``).
         step_size: ε. ``"auto"`` (default): chosen per temperature and instance by
-            :func:`memlens.sampling.calibrate.auto_step` so that λ̂ no longer depends on ε and
+            :func:`memlens.sampling.calibration.auto_step` so that λ̂ no longer depends on ε and
             the chains mix. Or one number, one per temperature, or ``[temp][inst]``.
         localization: γ, the pull towards w*.
         nbeta: nβ at t = 1, one number or one per instance; ``None``: n / log n with n the
@@ -73,7 +73,8 @@ class SGLDConfig:
             split R-hat exceeds ``max_rhat`` or its ESS falls below ``min_ess``.
         bias_tolerance: ``"auto"`` accepts ε when λ̂(ε) and λ̂(3ε) agree within their errors
             *and* the test could resolve a relative change of this size.
-        max_steps: ``"auto"``'s budget: SGLD steps per chain in any one sampler run.
+        max_steps: ``"auto"``'s budget: SGLD steps per chain of the run (draws x thin), and half
+            of it per calibration round.
     """
 
     chains: int = 8
@@ -85,14 +86,14 @@ class SGLDConfig:
     nbeta: Any = None
     batch_size: int | None = None
     seed: int = 0
-    eval_size: int = 2048
+    eval_size: int = 512
     eval_every: int | None = None
     blowup: float = 100.0
     max_diffusion: float = 0.25
     max_rhat: float = 1.1
     min_ess: float = 100.0
     bias_tolerance: float = 0.1
-    max_steps: int = 20_000
+    max_steps: int = 6_000
 
     def __post_init__(self) -> None:
         check_int("chains", self.chains, 1)

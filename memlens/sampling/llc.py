@@ -20,7 +20,7 @@ from torch import Tensor
 
 from memlens.data import Batch, _mix, as_batch
 from memlens.hooked import HookedToyModel
-from memlens.sampling.calibrate import Calibration, auto_step
+from memlens.sampling.calibration import Calibration, auto_step
 from memlens.sampling.config import SGLDConfig, check_int
 from memlens.sampling.diagnostics import analyse, health, warn
 from memlens.sampling.results import Tempering

@@ -11,7 +11,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from memlens.io import jsonable
-from memlens.sampling.calibrate import Calibration
+from memlens.sampling.calibration import Calibration
 from memlens.sampling.config import SGLDConfig
 from memlens.sampling.diagnostics import LLC, Diagnostics, Health
 from memlens.sampling.spectrum import Spectrum, fit_spectrum

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -231,55 +232,59 @@ def sample(
     kept: list[dict[str, Tensor]] | None = [] if plan.keep_draws else None
     n_eval = 0
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
-    for step in bar:
-        if full:
-            batch = fixed
-        else:
-            u = picks.next(normal=False).movedim(0, 1).reshape(plan.batch_size, E)
-            idx = (u * n_pts).long().clamp_max(len(data) - 1)
-            tg = None if data.targets is None else data.targets[idx, col]
-            batch = Batch(data.inputs[idx, col], tg, None, None)
-        loss = expanded.loss(batch)  # [E], at the weights before this step's update
-        G.zero_()
-        if in_place:
-            (nb_e * loss).sum().backward()
-            if step == 0 and not _grads_in_place(params, G):  # pragma: no cover (torch change)
-                in_place = False
-                torch.cat([p.grad.reshape(E, -1) for p in params], 1, out=G)
-        else:  # pragma: no cover
-            grads = torch.autograd.grad((nb_e * loss).sum(), params)
-            torch.cat([g.reshape(E, -1) for g in grads], 1, out=G)
-        xi = noise.next(normal=True).reshape(E, P)
-        with torch.no_grad():
-            acc += loss
-            G.add_(W - W0, alpha=gamma)
-            if coarse:
-                due = due_table[step % period]
-                acc_xi += xi
-                W.addcmul_(half_eps * due, G, value=-1.0)
-                W.addcmul_(sqrt_eps * due, acc_xi)
-                acc_xi.mul_(1 - due)
+    with warnings.catch_warnings():
+        # the parameters are row slices of W, so their .grad views cannot be dense; PyTorch
+        # warns (once) that this "may impair performance", and accumulates into them in place
+        warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
+        for step in bar:
+            if full:
+                batch = fixed
             else:
-                W.addcmul_(half_eps, G, value=-1.0)
-                W.addcmul_(sqrt_eps, xi)
-        if step % plan.thin != plan.thin - 1:
-            continue
-        k = step // plan.thin
-        traces[k] = acc / plan.thin
-        acc.zero_()
-        if n_eval < len(eval_draws) and eval_draws[n_eval] == k:
-            if reuse_eval:
-                evals[n_eval] = loss.detach()
-            else:
-                with torch.no_grad():
-                    evals[n_eval] = expanded.loss(eval_x)
-            n_eval += 1
-        if k >= plan.burnin and (k - plan.burnin) % plan.probe_every == 0:
-            if on_draw is not None:
-                with torch.no_grad():
-                    on_draw(expanded, k)
-            if kept is not None:
-                kept.append({n: v.detach().clone() for n, v in expanded.state_dict().items()})
+                u = picks.next(normal=False).movedim(0, 1).reshape(plan.batch_size, E)
+                idx = (u * n_pts).long().clamp_max(len(data) - 1)
+                tg = None if data.targets is None else data.targets[idx, col]
+                batch = Batch(data.inputs[idx, col], tg, None, None)
+            loss = expanded.loss(batch)  # [E], at the weights before this step's update
+            G.zero_()
+            if in_place:
+                (nb_e * loss).sum().backward()
+                if step == 0 and not _grads_in_place(params, G):  # pragma: no cover (torch change)
+                    in_place = False
+                    torch.cat([p.grad.reshape(E, -1) for p in params], 1, out=G)
+            else:  # pragma: no cover
+                grads = torch.autograd.grad((nb_e * loss).sum(), params)
+                torch.cat([g.reshape(E, -1) for g in grads], 1, out=G)
+            xi = noise.next(normal=True).reshape(E, P)
+            with torch.no_grad():
+                acc += loss
+                G.add_(W - W0, alpha=gamma)
+                if coarse:
+                    due = due_table[step % period]
+                    acc_xi += xi
+                    W.addcmul_(half_eps * due, G, value=-1.0)
+                    W.addcmul_(sqrt_eps * due, acc_xi)
+                    acc_xi.mul_(1 - due)
+                else:
+                    W.addcmul_(half_eps, G, value=-1.0)
+                    W.addcmul_(sqrt_eps, xi)
+            if step % plan.thin != plan.thin - 1:
+                continue
+            k = step // plan.thin
+            traces[k] = acc / plan.thin
+            acc.zero_()
+            if n_eval < len(eval_draws) and eval_draws[n_eval] == k:
+                if reuse_eval:
+                    evals[n_eval] = loss.detach()
+                else:
+                    with torch.no_grad():
+                        evals[n_eval] = expanded.loss(eval_x)
+                n_eval += 1
+            if k >= plan.burnin and (k - plan.burnin) % plan.probe_every == 0:
+                if on_draw is not None:
+                    with torch.no_grad():
+                        on_draw(expanded, k)
+                if kept is not None:
+                    kept.append({n: v.detach().clone() for n, v in expanded.state_dict().items()})
     bar.close()
     with torch.no_grad():
         finite = torch.isfinite(W).all(1)

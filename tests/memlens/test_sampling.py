@@ -16,6 +16,7 @@ import memlens
 import memlens.sampling.llc as llc_module
 from memlens.data import Batch
 from memlens.hooked import HookedToyModel, ToyConfig
+from memlens.probe import ProbeResult, StreamingProbe
 from memlens.sampling import SGLDConfig, effective_sample_size, split_rhat
 
 
@@ -379,3 +380,39 @@ def test_results_plot_and_serialise():
     d = res.to_dict()
     assert len(d["llc_mean"]) == 3 and "t=" in res.summary()
     assert len(d["health"]["ok"]) == 3 and d["config"]["step_size"][0][0] == 2e-4
+
+
+# ------------------------------------------------------------------ streaming probes
+class Recorder(StreamingProbe):
+    """Records what the sampler hands over at every kept draw."""
+
+    hooks = ("hook_out",)
+
+    def begin(self, model, data, temperatures, chains):
+        self.x, self.seen, self.ended = data.inputs[:5], [], None
+        return self.x
+
+    def on_draw(self, acts, draw):
+        self.seen.append(acts["hook_out"].clone())
+
+    def end(self, tempering):
+        self.ended = tempering
+
+    def result(self):
+        return ProbeResult()
+
+
+def test_streaming_probe_gets_temp_chain_batch_inst_activations_of_each_copy():
+    model, data, args = small(chains=3, draws=30, burnin=10)
+    rec = Recorder()
+    res = quiet(memlens.temper, model, data, [1.0, 2.0], probes=[rec], keep_draws=True, **args)
+    assert len(rec.seen) == 20 == len(res.kept_draws) and rec.ended is res
+    acts = rec.seen[-1]
+    assert acts.shape == (2, 3, 5, 2, 1)  # [temp, chain, batch, inst, out]
+    w = res.kept_draws[-1]["w"]  # expanded [temps*chains*inst, d]: copy c of inst i at c*2 + i
+    for a in range(2):
+        for c in range(3):
+            for i in range(2):
+                own = rec.x[:, i] @ w[(a * 3 + c) * 2 + i]
+                torch.testing.assert_close(acts[a, c, :, i, 0], own)
+    assert res.probes == {"Recorder": rec}

@@ -41,7 +41,7 @@ from memlens.sampling.sgld import Plan, Setup, eval_schedule, sample
 
 __all__ = ["Calibration", "top_curvature", "auto_step"]
 
-GRID = (1.0, 1 / 3, 1 / 9)  # dimensionless steps s = ε · a_max
+GRID = (3.0, 1.0, 1 / 3)  # dimensionless steps s = ε · a_max
 RATIO = 3.0
 ROUNDS = 4
 CAL_CHAINS, CAL_DRAWS = 4, 64
@@ -199,17 +199,17 @@ class Calibration:
         return fig
 
 
-def _measure(setup, cfg, temps, rungs, grid, curv, thin, progress) -> tuple[dict, dict]:
-    """One batched run of ``rungs`` x ``grid`` (descending s), the grid points of a rung coupled:
+def _measure(setup, cfg, temps, rungs, grids, curv, thin, progress) -> tuple[dict, dict]:
+    """One batched run of every rung a in ``rungs`` x its grid ``grids[a]`` (descending s), the
+    grid points of a rung coupled:
     they share their chains' noise and minibatches, and the step 3ε takes one update per three of
     ε with the summed noise, so every grid point covers the same physical time ε x steps and the
     differences of λ̂ between them are measured with little noise. Returns ({(temp, inst, s):
     row}, {(temp, inst, s_coarse): (Δ, standard error)})."""
-    J = len(grid)
-    strides = [round(s / grid[-1]) for s in grid]
-    arms = [(a, j) for a in rungs for j in range(J)]
+    arms = [(a, j) for a in rungs for j in range(len(grids[a]))]
+    strides = [round(grids[a][j] / grids[a][-1]) for a, j in arms]
     nbeta = torch.stack([setup.nbeta / temps[a].double() for a, _ in arms])
-    step = torch.stack([grid[j] / curv[a] for a, j in arms])
+    step = torch.stack([grids[a][j] / curv[a] for a, j in arms])
     burnin = CAL_DRAWS // 4
     plan = Plan(
         nbeta=nbeta,
@@ -222,7 +222,7 @@ def _measure(setup, cfg, temps, rungs, grid, curv, thin, progress) -> tuple[dict
         batch_size=cfg.batch_size,
         seed=_mix(cfg.seed, 61, thin),
         eval_every=eval_schedule(setup, cfg.batch_size, thin, CAL_DRAWS, burnin),
-        stride=[strides[j] for _, j in arms],
+        stride=strides,
         stream=[a for a, _ in arms],
     )
     run = sample(setup, plan, progress=progress, desc=f"calibrate ({CAL_DRAWS}x{thin} steps)")
@@ -249,11 +249,11 @@ def _measure(setup, cfg, temps, rungs, grid, curv, thin, progress) -> tuple[dict
             moving = not bool(diag.barely_moving[k, i])
             mixed = div == 0 and rhat <= cfg.max_rhat and ess >= MIN_ESS_CAL and moving
             steps_per_ess = thin * n_post / ess if ess == ess and ess > 0 else math.inf
-            rows[(a, i, grid[j])] = {
+            rows[(a, i, grids[a][j])] = {
                 "temp": a,
                 "temperature": float(temps[a]),
                 "inst": i,
-                "s": grid[j],
+                "s": grids[a][j],
                 "step_size": float(step[k, i]),
                 "llc": float(llc.mean[k, i]),
                 "llc_se": float(llc.se[k, i]),
@@ -262,12 +262,12 @@ def _measure(setup, cfg, temps, rungs, grid, curv, thin, progress) -> tuple[dict
                 "diverged": div,
                 "mixed": mixed,
                 # autocorrelation time in SGLD steps of this grid point's own step size
-                "tau_steps": steps_per_ess / strides[j],
+                "tau_steps": steps_per_ess / strides[k],
                 "thin": thin,
                 "verdict": "mixed" if mixed else _why_not(div, rhat, ess, moving, cfg.max_rhat),
             }
             if j > 0:
-                pairs[(a, i, grid[j - 1])] = _paired(run.loss, nbeta, k - 1, k, i, burnin)
+                pairs[(a, i, grids[a][j - 1])] = _paired(run.loss, nbeta, k - 1, k, i, burnin)
     return rows, pairs
 
 
@@ -349,48 +349,68 @@ def auto_step(
     h = top_curvature(setup, seed=cfg.seed)
     curv = (setup.nbeta[None, :] / temps[:, None].double()) * h[None, :] + cfg.localization
     curv = curv.clamp_min(1e-12)
-    grid = list(GRID)
-    max_thin = max(1, cfg.max_steps // CAL_DRAWS)
-    thin = min(max_thin, math.ceil(1 / grid[-1]))  # a stiff relaxation time per draw
-    extended_up = False
+    grids = {a: list(GRID) for a in range(n_t)}
+    max_thin = max(1, cfg.max_steps // (2 * CAL_DRAWS))  # a round costs ≤ half the run's budget
+    thin = min(max_thin, math.ceil(1 / GRID[-1]))  # a stiff relaxation time per draw
+    extended_up: set[int] = set()
     results: dict = {}
     paired: dict = {}
     decided: dict[tuple[int, int], tuple] = {}  # (temp, inst) -> (chosen s, why, test)
+    failed: dict[tuple[int, int], str] = {}  # (temp, inst) -> why the budget cannot decide it
     todo = list(range(n_t))
     for _ in range(ROUNDS):
-        rows_new, pairs_new = _measure(setup, cfg, temps, todo, grid, curv, thin, progress)
+        rows_new, pairs_new = _measure(setup, cfg, temps, todo, grids, curv, thin, progress)
         results.update(rows_new)
         paired.update(pairs_new)
-        wants, factors = set(), []
+        wish, grow_up, grow_down = [thin], set(), set()
         for a in todo:
+            grid = grids[a]
             for i in range(n_i):
+                if (a, i) in failed:
+                    continue
                 rows = [results[(a, i, s)] for s in grid]
                 pairs = [paired[(a, i, s)] for s in grid[:-1]]
                 status, k, why, factor, test = _decide(rows, pairs, cfg.bias_tolerance)
-                if status == "extend_up" and extended_up:
+                if status == "extend_up" and a in extended_up:
                     status = "decided"
                     why += "; at the top of the extended grid"
                 if status == "decided":
                     decided[(a, i)] = (grid[k], why, test)
                     continue
                 decided.pop((a, i), None)
-                wants.add(status)
                 if status == "more_steps":
-                    factors.append(factor)
-        todo = [a for a in todo if any((a, i) not in decided for i in range(n_i))]
+                    f = factor if math.isfinite(factor) else RATIO
+                    need = math.ceil(thin * min(max(f, 1.5), 27.0))
+                elif status == "extend_down":  # same physical time at a 3x smaller step
+                    ess = rows[-1]["ess"]
+                    need = math.ceil(thin * max(1.0, RATIO * 1.5 * MIN_ESS_CAL / max(ess, 1.0)))
+                else:
+                    need = thin
+                if need > max_thin:
+                    failed[(a, i)] = (
+                        f"{why}; deciding would need ~{need * CAL_DRAWS:.0f} SGLD steps per "
+                        f"chain, beyond the budget (max_steps = {cfg.max_steps})"
+                    )
+                    continue
+                wish.append(need)
+                if status == "extend_down":
+                    grow_down.add(a)
+                elif status == "extend_up":
+                    grow_up.add(a)
+        todo = [
+            a for a in todo if any((a, i) not in decided and (a, i) not in failed
+                                   for i in range(n_i))
+        ]  # fmt: skip
         if not todo:
             break
-        changed = False
-        if "extend_up" in wants and not extended_up:
-            grid = [grid[0] * RATIO] + grid
-            extended_up = changed = True
-        if "extend_down" in wants:
-            grid = grid + [grid[-1] / RATIO]
-            thin = min(max_thin, math.ceil(thin * RATIO))
+        changed = max(wish) > thin
+        thin = max(wish)
+        for a in grow_up - extended_up:
+            grids[a] = [grids[a][0] * RATIO] + grids[a]
+            extended_up.add(a)
             changed = True
-        if factors and thin < max_thin:
-            f = min(max(factors), 27.0) if math.isfinite(max(factors)) else RATIO
-            thin = min(max_thin, math.ceil(thin * max(f, 1.5)))
+        for a in grow_down:
+            grids[a] = grids[a] + [grids[a][-1] / RATIO]
             changed = True
         if not changed:
             break
@@ -412,6 +432,7 @@ def auto_step(
                 why = (
                     f"ε = {pick['step_size']:.3g} (s = {pick['s']:.3g}) is a fallback: no pair "
                     "of steps passed the bias test within the budget, so λ̂ here may be biased"
+                    + (f" ({failed[(a, i)]})" if (a, i) in failed else "")
                 )
                 choices.append(_choice(pick, False, why))
                 if mixed:
