@@ -58,6 +58,8 @@ class SurvivalResult(ProbeResult):
     active: Tensor  # bool [inst, circuit]
     characteristic_temperature: Float[Tensor, "inst circuit"]
     characteristic_per_chain: Float[Tensor, "chain inst circuit"]
+    censored: Tensor  # bool [inst, circuit]: already dead at the lowest healthy temperature
+    censored_per_chain: Tensor  # bool [chain, inst, circuit]
     healthy: Tensor  # bool [temp, inst]: the sampler's health flag for the cell
     health_reasons: list[list[str]]  # [temp][inst]: "healthy" or the reasons
     chains_used: Tensor  # int [temp, inst]: non-diverged chains
@@ -77,20 +79,71 @@ class SurvivalResult(ProbeResult):
         return torch.tensor([f == family for f in self.families])
 
     def family_temperature(self, family: str, inst: int = 0) -> Tensor:
-        """Characteristic temperatures of the active circuits of one family in one instance."""
+        """Characteristic temperatures of the active circuits of one family in one instance
+        (a censored circuit's value is an upper bound: see ``censored``)."""
         mask = self.family_mask(family) & self.active[inst]
         return self.characteristic_temperature[inst][mask]
 
+    def family_median(self, family: str, inst: int = 0) -> tuple[float, bool]:
+        """(lower median characteristic temperature, whether it is only an upper bound because
+        at least half the family is already dead at the lowest healthy temperature)."""
+        mask = self.family_mask(family) & self.active[inst]
+        return _censored_median(self.characteristic_temperature[inst][mask],
+                                self.censored[inst][mask])  # fmt: skip
+
     def family_median_per_chain(self, family: str, inst: int = 0) -> Tensor:
         """Per chain, the median characteristic temperature of the family's active circuits
-        (``[chain]``; +inf counts as dying last; NaN for chains without a measurement)."""
+        (``[chain]``; +inf counts as dying last; NaN for chains without a measurement or whose
+        median is censored)."""
         mask = self.family_mask(family) & self.active[inst]
-        tc = self.characteristic_per_chain[:, inst][:, mask].double()
+        tc = self.characteristic_per_chain[:, inst][:, mask]
+        cens = self.censored_per_chain[:, inst][:, mask]
         out = torch.full((tc.shape[0],), math.nan, dtype=torch.float64)
         for c in range(tc.shape[0]):
-            x = tc[c][~torch.isnan(tc[c])]
-            if len(x):
-                out[c] = x.sort().values[(len(x) - 1) // 2]
+            med, is_cens = _censored_median(tc[c], cens[c])
+            out[c] = math.nan if is_cens else med
+        return out
+
+    def compare_families(self, early: str, late: str) -> dict:
+        """Do ``early`` circuits die before ``late`` ones, and by how much? Per instance (seed) and
+        per chain, the ratio of the two families' median characteristic temperatures; overall,
+        their geometric mean with a 95% t-interval over instances (seeds) and the range over
+        chains. Ratios below 1 mean ``early`` dies first. Instances where either median is not a
+        finite temperature (a family survives the whole healthy ladder) are left out."""
+        n_inst = len(self.active)
+        per_inst, per_chain = [], []
+        for i in range(n_inst):
+            (ma, ca), (mb, cb) = self.family_median(early, i), self.family_median(late, i)
+            ok = math.isfinite(ma) and math.isfinite(mb) and not ca and not cb
+            per_inst.append(ma / mb if ok else math.nan)
+            ca = self.family_median_per_chain(early, i)
+            cb = self.family_median_per_chain(late, i)
+            per_chain += [float(x / y) for x, y in zip(ca, cb, strict=True)]
+        logs = torch.tensor(
+            [math.log(r) for r in per_inst if r == r and r > 0], dtype=torch.float64
+        )
+        chains = torch.tensor([r for r in per_chain if r == r and 0 < r < math.inf])
+        out = {"early": early, "late": late, "per_instance": per_inst, "per_chain": per_chain}
+        out["geometric_mean"] = float(logs.mean().exp()) if len(logs) else math.nan
+        if len(logs) >= 2:
+            half = _T95.get(len(logs) - 1, 1.96) * float(logs.std()) / math.sqrt(len(logs))
+            out["ci95"] = (math.exp(float(logs.mean()) - half), math.exp(float(logs.mean()) + half))
+        else:
+            out["ci95"] = (math.nan, math.nan)
+        out["chain_range"] = (
+            (float(chains.min()), float(chains.max())) if len(chains) else (math.nan, math.nan)
+        )
+        lo, hi = out["ci95"]
+        g = out["geometric_mean"]
+        if hi < 1:
+            out["verdict"] = f"{early} circuits die first, at {g:.2g}x the temperature of {late}"
+        elif lo > 1:
+            out["verdict"] = f"{early} circuits die LATER, at {g:.2g}x the temperature of {late}"
+        else:
+            out["verdict"] = (
+                f"no detectable difference: {early}/{late} temperature ratio {g:.2g}, 95% CI "
+                f"[{lo:.2g}, {hi:.2g}] over seeds"
+            )
         return out
 
     def scalars(self) -> dict[str, float]:
@@ -139,11 +192,14 @@ class SurvivalResult(ProbeResult):
             )
         for fam in dict.fromkeys(self.families):
             tc = self.family_temperature(fam, inst)
-            fin = tc[torch.isfinite(tc)]
-            med = f"{float(fin.median()):.3g}" if len(fin) else "none die"
+            med, cens = self.family_median(fam, inst)
+            mask = self.family_mask(fam) & self.active[inst]
+            n_cens = int(self.censored[inst][mask].sum())
+            txt = "none" if med != med else ("≤ " if cens else "") + f"{med:.3g}"
             lines.append(
-                f"  {fam}: {len(tc)} active, median characteristic temperature {med}, "
-                f"{len(tc) - len(fin)} survive the whole healthy ladder"
+                f"  {fam}: {len(tc)} active, median characteristic temperature {txt}, "
+                f"{int(torch.isinf(tc).sum())} survive the whole healthy ladder, {n_cens} dead "
+                "at the lowest healthy temperature already"
             )
         return "\n".join(lines)
 
@@ -301,14 +357,14 @@ class CircuitSurvivalProbe(StreamingProbe):
         healthy = tempering.health.ok.clone()
         temps = self.temperatures.double()
         use = healthy & (n_ok[..., 0].cpu() > 0)  # [temp, inst]
-        tc = _characteristic(temps, surv.cpu(), self.threshold, use)
+        tc, cens = _characteristic(temps, surv.cpu(), self.threshold, use)
         tc = tc.masked_fill(~active.cpu(), math.nan)
-        tc_c = torch.stack(
-            [
-                _characteristic(temps, surv_c[:, c].cpu(), self.threshold, use & ok[:, c].cpu())
-                for c in range(surv_c.shape[1])
-            ]
-        ).masked_fill(~active.cpu()[None], math.nan)
+        per = [
+            _characteristic(temps, surv_c[:, c].cpu(), self.threshold, use & ok[:, c].cpu())
+            for c in range(surv_c.shape[1])
+        ]
+        tc_c = torch.stack([p[0] for p in per]).masked_fill(~active.cpu()[None], math.nan)
+        cens_c = torch.stack([p[1] for p in per]) & active.cpu()[None]
         self._result = SurvivalResult(
             temperatures=self.temperatures,
             names=list(self.circuits.names),
@@ -320,6 +376,8 @@ class CircuitSurvivalProbe(StreamingProbe):
             active=active.cpu(),
             characteristic_temperature=tc.float(),
             characteristic_per_chain=tc_c.float(),
+            censored=cens & active.cpu(),
+            censored_per_chain=cens_c,
             healthy=healthy,
             health_reasons=[
                 [tempering.health.describe(a, i) for i in range(healthy.shape[1])]
@@ -336,6 +394,22 @@ class CircuitSurvivalProbe(StreamingProbe):
         return self._result
 
 
+#: two-sided 95% Student-t quantiles by degrees of freedom
+_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
+
+
+def _censored_median(tc: Tensor, censored: Tensor) -> tuple[float, bool]:
+    """Lower median of ``tc`` (NaN ignored; +inf counts as dying last) and whether it is
+    censored (the median circuit died at or below the lowest healthy temperature)."""
+    keep = ~torch.isnan(tc)
+    x, c = tc[keep].double(), censored[keep]
+    if not len(x):
+        return math.nan, False
+    order = torch.argsort(x, stable=True)
+    k = order[(len(x) - 1) // 2]
+    return float(x[k]), bool(c[k])
+
+
 def _active(ref: Tensor, families: list[str], fraction: float) -> Tensor:
     active = torch.zeros_like(ref, dtype=torch.bool)
     for fam in dict.fromkeys(families):
@@ -345,13 +419,18 @@ def _active(ref: Tensor, families: list[str], fraction: float) -> Tensor:
     return active
 
 
-def _characteristic(temps: Tensor, surv: Tensor, thr: float, use: Tensor | None = None) -> Tensor:
+def _characteristic(
+    temps: Tensor, surv: Tensor, thr: float, use: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """First upward crossing of ``thr`` along ascending temperature, log-linearly interpolated,
     using only the temperatures where ``use [temp, inst]`` holds (all when None). ``surv`` is
-    ``[temp, inst, circuit]``; NaN where an instance has no usable temperature."""
+    ``[temp, inst, circuit]``. Returns (temperatures ``[inst, circuit]``: +inf if never crossed,
+    the lowest usable temperature if already below there, NaN without a usable temperature;
+    censored: bool, already below ``thr`` at the lowest usable temperature)."""
     n_t, n_i, n_c = surv.shape
     use = torch.ones(n_t, n_i, dtype=torch.bool) if use is None else use.bool()
     out = torch.full((n_i, n_c), math.nan, dtype=torch.float64)
+    censored = torch.zeros(n_i, n_c, dtype=torch.bool)
     order = torch.argsort(temps)
     for i in range(n_i):
         keep = [a for a in order.tolist() if bool(use[a, i])]
@@ -361,6 +440,7 @@ def _characteristic(temps: Tensor, surv: Tensor, thr: float, use: Tensor | None 
         s = surv[keep, i].double()  # [temp, circuit]
         res = torch.full((n_c,), math.inf, dtype=torch.float64)
         decided = s[0] < thr
+        censored[i] = decided
         res[decided] = float(t[0].exp())
         for k in range(1, len(t)):
             cross = (s[k] < thr) & ~decided
@@ -368,4 +448,4 @@ def _characteristic(temps: Tensor, surv: Tensor, thr: float, use: Tensor | None 
             res = torch.where(cross, (t[k - 1] + frac * (t[k] - t[k - 1])).exp(), res)
             decided |= cross
         out[i] = res
-    return out
+    return out, censored

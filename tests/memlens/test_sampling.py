@@ -180,7 +180,7 @@ def test_calibrate_returns_the_decision_with_its_table_and_plot():
     res = memlens.estimate_llc(model, data, chains=8, draws=200, seed=5, progress=False)
     torch.testing.assert_close(cal.step_size, res.calibration.step_size)
     for c in cal.choices:  # never a step whose λ̂ still moves with ε
-        assert c["decided"] and abs(c["delta"]) + c["delta_err"] <= c["bound"]
+        assert c["decided"] and abs(c["bias"]) + c["bias_err"] <= c["bound"]
     steps = {r["s"] for r in cal.rows}
     assert len(steps) >= 3 and max(steps) > cal.choices[0]["s"]  # larger steps were tried
     big = max(cal.rows, key=lambda r: r["s"])

@@ -50,10 +50,11 @@ def test_characteristic_temperature_interpolates_in_log_t():
     temps = torch.tensor([1.0, 10.0, 100.0])
     surv = torch.tensor([[1.0, 0.9, 0.2], [0.4, 0.1, 0.0], [1.0, 1.0, 0.9]])[None]  # [1, 3, 3]
     surv = surv.permute(2, 0, 1)  # [temp, inst=1, circuit=3]
-    tc = _characteristic(temps, surv, 0.5)[0]
+    tc, censored = _characteristic(temps, surv, 0.5)
+    tc, censored = tc[0], censored[0]
     # circuit 0 crosses 0.5 between t=10 (0.9) and t=100 (0.2): log10 t = 1 + 0.4/0.7
     assert torch.isclose(tc[0], torch.tensor(10 ** (1 + 0.4 / 0.7), dtype=torch.float64))
-    assert tc[1] == 1.0  # already dead at the lowest temperature
+    assert tc[1] == 1.0 and censored.tolist() == [False, True, False]  # dead at the lowest t
     assert torch.isinf(tc[2])  # never dies
 
 
