@@ -159,7 +159,24 @@ family_table(surv, ["feature", "datum"])
 bottleneck_verdict = verdict(surv, "datum", "feature")
 
 # %% [markdown]
-# ## 6. The MLP block: neuron circuits and datum circuits
+# ## 6. Vaintrob's bucket of circuits, measured
+# Per circuit: its loss contribution ΔL (the rise in L_n when it is ablated at its hook), its
+# complexity Δλ (the drop in λ̂ when it is ablated during sampling; every ablation is an arm of
+# one batched, coupled sampler run) and their ratio. The predicted characteristic temperature
+# t̂ = nβ·ΔL/Δλ is where the loss a circuit buys stops outweighing its complexity; we compare it
+# with the measured one (healthy, uncensored circuits) by rank correlation.
+
+# %%
+from probes.bucket import measure_bucket
+
+bucket = measure_bucket(model, train, surv, localization=GAMMA, chains=CHAINS, draws=DRAWS,
+                        max_steps=BUDGET, progress=False)  # fmt: skip
+for i in range(SEEDS):
+    print(bucket.summary(i))
+bucket.plot().savefig("05_bucket.png", dpi=120)
+
+# %% [markdown]
+# ## 7. The MLP block: neuron circuits and datum circuits
 # A memorising MLP block: T points through 32 neurons, trained with a small L1 penalty on the
 # activations so that each neuron stores one or two points (tutorial 02). `neuron:k` is neuron k's
 # activation on its key datum; `datum:j` is how much of target j the output reproduces.

@@ -129,8 +129,8 @@ def analyse(
     finite: Tensor,  # bool [arm, chain, inst]
     diffusion: Tensor,  # [arm, chain, inst]
     *,
-    init_loss: Tensor,  # [inst]
-    eval_init: Tensor,  # [inst]
+    init_loss: Tensor,  # [inst] or [arm, inst]: the loss at w* each arm is measured against
+    eval_init: Tensor,  # [inst] or [arm, inst]
     nbeta: Tensor,  # [arm, inst] effective
     burnin: int,
     n_params: int,
@@ -142,13 +142,14 @@ def analyse(
     post = loss[:, :, burnin:, :].double()
     keep = eval_draws >= burnin
     post_eval = eval_loss[:, :, keep, :].double()
-    init_d, ev0 = init_loss.double(), eval_init.double()
+    init_d = init_loss.double().expand(arms, n_inst)
+    ev0 = eval_init.double().expand(arms, n_inst)
     nb = nbeta.double()
-    limit = init_d[None, :] + blowup * (init_d.abs()[None, :] + n_params / (2 * nb))  # [arm,inst]
+    limit = init_d + blowup * (init_d.abs() + n_params / (2 * nb))  # [arm, inst]
     ok_trace = torch.isfinite(loss).all(2) & torch.isfinite(eval_loss).all(2) & finite
     big = (loss.double().nan_to_num(float("inf")) > limit[:, None, None, :]).any(2)
     diverged = ~ok_trace | big
-    per_chain = nb[:, None, :] * (post.mean(2) - init_d[None, None, :])
+    per_chain = nb[:, None, :] * (post.mean(2) - init_d[:, None, :])
     per_chain = per_chain.masked_fill(diverged, float("nan"))
     ok = (~diverged).double()
     n_ok = ok.sum(1)
@@ -157,7 +158,7 @@ def analyse(
     std = (dev2 / (n_ok - 1).clamp_min(1)).sqrt()
     mean = mean.masked_fill(n_ok == 0, float("nan"))
     std = std.masked_fill(n_ok < 2, float("nan"))
-    below = (post_eval < ev0[None, None, None, :]).double().mean(2)
+    below = (post_eval < ev0[:, None, None, :]).double().mean(2)
     frac_below = (below * ok).sum(1) / n_ok.clamp_min(1)
     rhat = torch.full((arms, n_inst), float("nan"), dtype=torch.float64)
     ess = torch.full_like(rhat, float("nan"))

@@ -80,6 +80,9 @@ class Plan:
     #: per arm: the random stream group it reads (arms of one group share noise and minibatches,
     #: which couples them); None: one group per arm
     stream: list[int] | None = None
+    #: forward hooks ``(hook name, fn)`` active on the expanded model during sampling (e.g. an
+    #: ablation per arm); removed when sampling ends
+    hooks: list | None = None
 
     @property
     def arms(self) -> int:
@@ -240,7 +243,7 @@ def sample(
     kept: list[dict[str, Tensor]] | None = [] if plan.keep_draws else None
     n_eval = 0
     bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), expanded.hooks(fwd_hooks=plan.hooks or []):
         # the parameters are row slices of W, so their .grad views cannot be dense; PyTorch
         # warns (once) that this "may impair performance", and accumulates into them in place
         warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")

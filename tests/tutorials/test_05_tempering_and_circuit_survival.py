@@ -13,6 +13,7 @@ def test_tutorial_05_runs(run_tutorial, tmp_path):
         assert f"  {family:8s} seed 1: median characteristic temperature" in out
     assert out.count("datum vs ") == 2 and "95% CI over seeds" in out
     assert "LLC spectrum" in out
+    assert "predicted vs measured characteristic temperature: Spearman" in out
     for png in ("05_calibration.png", "05_trace.png", "05_survival.png", "05_spectrum.png",
-                "05_survival_mlp.png"):  # fmt: skip
+                "05_survival_mlp.png", "05_bucket.png"):  # fmt: skip
         assert (tmp_path / png).stat().st_size > 10_000
