@@ -118,14 +118,16 @@ def expand_batch(data: Batch, copies: int) -> Batch:
 
 class _Streams:
     """Per-(group, chain) generators read in blocks of ``K`` steps (see the module docstring).
-    ``next()`` returns this step's draw for every copy (arm x chain): ``[copies, *shape]``."""
+    ``next()`` returns this step's draw for every copy (arm x chain), ``[copies, *shape]``, passed
+    through ``post`` (applied once per block, to the whole block ``[K, copies, *shape]``)."""
 
-    def __init__(self, seed: int, salt: int, groups: list[int], chains: int, shape: tuple, dev):
+    def __init__(self, seed: int, salt: int, groups: list[int], chains: int, shape: tuple, dev,
+                 normal: bool, post=None):  # fmt: skip
         per_step = 1
         for s in shape:
             per_step *= s
         self.K = max(1, BLOCK_ELEMENTS // per_step)
-        self.shape = shape
+        self.shape, self.normal, self.post = shape, normal, post
         keys = sorted(set(groups))
         self.gens = []
         for a in keys:
@@ -141,16 +143,19 @@ class _Streams:
         self.block: Tensor | None = None
         self.pos = self.K
 
-    def next(self, normal: bool) -> Tensor:
+    def next(self) -> Tensor:
         if self.pos == self.K:
-            draw = torch.randn if normal else torch.rand
-            self.block = torch.stack(
+            draw = torch.randn if self.normal else torch.rand
+            block = torch.stack(
                 [draw(self.K, *self.shape, generator=g, device=self.device) for g in self.gens], 1
             )
+            if self.index is not None:
+                block = block.index_select(1, self.index)
+            self.block = block if self.post is None else self.post(block)
             self.pos = 0
         out = self.block[self.pos]
         self.pos += 1
-        return out if self.index is None else out.index_select(0, self.index)
+        return out
 
 
 def _flatten_parameters(expanded: HookedToyModel) -> tuple[Tensor, Tensor, list[Tensor]]:
@@ -220,18 +225,26 @@ def sample(
         acc_xi = torch.zeros(E, P, device=dev)
 
     groups = plan.stream or list(range(arms))
-    noise = _Streams(plan.seed, 41, groups, plan.chains, (n_inst, P), dev)
+    noise = _Streams(plan.seed, 41, groups, plan.chains, (n_inst, P), dev, normal=True)
     full = plan.batch_size is None
     if full:
         fixed = expand_batch(data, copies)
     else:
-        picks = _Streams(plan.seed, 43, groups, plan.chains, (plan.batch_size, n_inst), dev)
+        b = plan.batch_size
         col = (torch.arange(E, device=dev) % n_inst)[:, None]
         n_pts = data.n_points().to(dev, torch.float32)[col[:, 0]][:, None]
-        # rows of [points * inst, ...]: one index_select gathers every copy's minibatch
+
+        def flat_rows(u: Tensor) -> Tensor:
+            """Uniforms [K, copies, batch, inst] -> rows of the flattened training set
+            [K, E * batch], instance-major (see expand_batch), for one index_select per step."""
+            u = u.transpose(2, 3).reshape(u.shape[0], E, b)
+            idx = (u * n_pts).long().clamp_max(len(data) - 1) * n_inst + col
+            return idx.reshape(u.shape[0], E * b)
+
+        picks = _Streams(plan.seed, 43, groups, plan.chains, (b, n_inst), dev, normal=False,
+                         post=flat_rows)  # fmt: skip
         flat_x = data.inputs.reshape(-1, *data.inputs.shape[2:])
         flat_y = None if data.targets is None else data.targets.reshape(-1, *data.targets.shape[2:])
-        mb_shape = (E, plan.batch_size)  # gathered instance-major, see expand_batch
     reuse_eval = full and setup.eval_is_full and plan.eval_every == 1
     eval_x = None if reuse_eval else expand_batch(setup.eval_set, copies)
 
@@ -251,27 +264,26 @@ def sample(
             if full:
                 batch = fixed
             else:
-                u = picks.next(normal=False).transpose(1, 2).reshape(mb_shape)
-                idx = ((u * n_pts).long().clamp_max(len(data) - 1) * n_inst + col).reshape(-1)
-                x = flat_x.index_select(0, idx).view(*mb_shape, *flat_x.shape[1:])
+                idx = picks.next()
+                x = flat_x.index_select(0, idx).view(E, b, *flat_x.shape[1:]).transpose(0, 1)
                 tg = None
                 if flat_y is not None:
-                    tg = flat_y.index_select(0, idx).view(*mb_shape, *flat_y.shape[1:])
-                    tg = tg.transpose(0, 1)
-                batch = Batch(x.transpose(0, 1), tg, None, None)
+                    tg = flat_y.index_select(0, idx).view(E, b, *flat_y.shape[1:]).transpose(0, 1)
+                batch = Batch(x, tg, None, None)
             loss = expanded.loss(batch)  # [E], at the weights before this step's update
             G.zero_()
             if in_place:
-                (nb_e * loss).sum().backward()
+                loss.backward(nb_e)  # d(Σ_e nβ_e L_e)/dW, accumulated into G
                 if step == 0 and not _grads_in_place(params, G):  # pragma: no cover (torch change)
                     in_place = False
                     torch.cat([p.grad.reshape(E, -1) for p in params], 1, out=G)
             else:  # pragma: no cover
                 grads = torch.autograd.grad((nb_e * loss).sum(), params)
                 torch.cat([g.reshape(E, -1) for g in grads], 1, out=G)
-            xi = noise.next(normal=True).reshape(E, P)
+            xi = noise.next().reshape(E, P)
             with torch.no_grad():
-                acc += loss
+                if plan.thin > 1:
+                    acc += loss
                 G.add_(W - W0, alpha=gamma)
                 if coarse:
                     due = due_table[step % period]
@@ -285,8 +297,11 @@ def sample(
             if step % plan.thin != plan.thin - 1:
                 continue
             k = step // plan.thin
-            traces[k] = acc / plan.thin
-            acc.zero_()
+            if plan.thin > 1:
+                torch.div(acc, plan.thin, out=traces[k])
+                acc.zero_()
+            else:
+                traces[k] = loss.detach()
             if n_eval < len(eval_draws) and eval_draws[n_eval] == k:
                 if reuse_eval:
                     evals[n_eval] = loss.detach()
