@@ -135,10 +135,19 @@ class SurvivalResult(ProbeResult):
         )
         lo, hi = out["ci95"]
         g = out["geometric_mean"]
-        if hi < 1:
+        if g != g:
+            out["verdict"] = (
+                f"cannot tell: no seed has finite, uncensored medians for both {early} and {late} "
+                "(a family dies below the lowest healthy temperature or survives the ladder)"
+            )
+        elif hi < 1:
             out["verdict"] = f"{early} circuits die first, at {g:.2g}x the temperature of {late}"
         elif lo > 1:
             out["verdict"] = f"{early} circuits die LATER, at {g:.2g}x the temperature of {late}"
+        elif lo != lo:
+            out["verdict"] = (
+                f"{early}/{late} temperature ratio {g:.2g} from a single seed: no interval"
+            )
         else:
             out["verdict"] = (
                 f"no detectable difference: {early}/{late} temperature ratio {g:.2g}, 95% CI "

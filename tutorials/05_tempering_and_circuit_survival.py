@@ -41,11 +41,11 @@ GAMMA = 10.0
 BUDGET = 6_000 if FAST else 20_000  # SGLD steps per chain "auto" may spend on one run
 
 
-def temper_quietly(model, train, temps, **kw):
+def temper_quietly(model, train, temps, gamma=GAMMA, **kw):
     """memlens.temper, with its warnings collected (each names the unhealthy cells)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = ml.temper(model, train, temps, chains=CHAINS, draws=DRAWS, localization=GAMMA,
+        res = ml.temper(model, train, temps, chains=CHAINS, draws=DRAWS, localization=gamma,
                         max_steps=BUDGET, seed=0, progress=False, **kw)  # fmt: skip
     for w in caught:
         print("sampler warning:", w.message)
@@ -178,8 +178,12 @@ bucket.plot().savefig("05_bucket.png", dpi=120)
 # %% [markdown]
 # ## 7. The MLP block: neuron circuits and datum circuits
 # A memorising MLP block: T points through 32 neurons, trained with a small L1 penalty on the
-# activations so that each neuron stores one or two points (tutorial 02). `neuron:k` is neuron k's
-# activation on its key datum; `datum:j` is how much of target j the output reproduces.
+# activations so that each neuron stores one or two points (tutorial 02): here the *neurons* are
+# the memorised dictionary entries. `neuron:k` is neuron k's activation on its key datum;
+# `datum:j` is how much of target j the output reproduces. With 16 points nβ ≈ 5.8, so the cold
+# rungs need a stronger pull, γ = 100, to mix within the budget (tutorial text: at γ = 10 every
+# rung below t ≈ 0.1 stays unhealthy); the price is a hot end limited by γ (weights noised by
+# ~0.1), where a circuit may survive the whole ladder.
 
 # %%
 mlp_task = MLPTask(SparseFeatures(n_features=32, sparsity=0.9, normalize=True), d_model=8,
@@ -188,8 +192,8 @@ mlp_train = mlp_task.sample(T=16, seed=0)
 mlp = MLPBlock(**mlp_task.model_kwargs(), d_mlp=32, seed=0)
 with ml.sparse_activations(mlp, 0.1):
     ml.train(mlp, mlp_train, steps=2000, lr=1e-2, weight_decay=1e-2, warmup=100, progress=False)
-mlp_temps = torch.logspace(-2, 1, 8 if FAST else 12).tolist()
-mlp_tempered = temper_quietly(mlp, mlp_train, mlp_temps, probes=["survival"])
+mlp_temps = torch.logspace(-2, 2, 8 if FAST else 12).tolist()
+mlp_tempered = temper_quietly(mlp, mlp_train, mlp_temps, gamma=100.0, probes=["survival"])
 health_report(mlp_tempered, "MLP block")
 mlp_surv = mlp_tempered.probe("survival")
 print(mlp_surv.summary())
