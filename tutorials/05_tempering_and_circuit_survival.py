@@ -12,7 +12,7 @@
 # Euler–Maruyama SGLD's stationary variance is 1/(a(1 − εa/4)): the step that mixes fastest is
 # the most biased one. So memlens never asks you for a step size: `step_size="auto"` (the
 # default) picks, per temperature, a step whose λ̂ no longer moves with ε (λ̂(3ε) and λ̂(ε),
-# measured on coupled chains, agree within 10%) and where the chains mix, and every
+# measured on coupled chains, put its bias within 5%) and where the chains mix, and every
 # (temperature, instance) cell carries a health flag. Unhealthy cells are hatched in the figures
 # and left out of every characteristic temperature. `MEMLENS_FAST=1` shrinks every size.
 
@@ -82,7 +82,7 @@ print(run.summary())
 # of dimensionless steps s = ε·a (a: the top curvature of the posterior at w*, from
 # Hessian-vector products), coupled chains for the bias test, and the steps per draw the chains
 # need to mix. Large steps inflate λ̂; the chosen step is the largest whose own bias
-# (λ̂(3ε) − λ̂(ε))/2 is certainly within 10%.
+# (λ̂(3ε) − λ̂(ε))/2 is certainly within 5%.
 
 # %%
 cal = ml.calibrate(model, train, [1.0], chains=8, draws=DRAWS, localization=GAMMA,

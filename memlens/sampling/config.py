@@ -92,7 +92,7 @@ class SGLDConfig:
     max_diffusion: float = 0.25
     max_rhat: float = 1.1
     min_ess: float = 100.0
-    bias_tolerance: float = 0.1
+    bias_tolerance: float = 0.05
     max_steps: int = 6_000
 
     def __post_init__(self) -> None:

@@ -13,9 +13,13 @@ step.
 
 Randomness. Each (arm, chain) pair owns two generators seeded from ``(seed, arm, chain)``, one for
 its Langevin noise and one for its minibatch indices, so a chain's trace does not depend on how many
-chains or arms share the run. The generators are read in blocks of ``K`` steps (``K`` fixed by the
-per-chain sizes alone, so the numbers do not depend on the number of chains): one call per chain per
-``K`` steps, i.e. at most one call per step whenever ``K`` is at least the number of chains.
+chains or arms share the run (kept because it costs nothing measurable: see below). The generators
+are read in blocks of ``K`` steps (``K`` fixed by the per-chain sizes alone, so the numbers do not
+depend on the number of chains): one call per chain per ``K`` steps, i.e. at most one call per step
+whenever ``K`` is at least the number of chains; the step itself reads a slice of the block. Arms
+may share a stream group (``Plan.stream``), which couples them (the calibration's bias test), and
+may update only every ``stride`` steps with the summed noise (a coarser discretisation of the same
+Brownian path).
 
 Losses. ``Run.loss`` holds, per draw, the mean of the per-step losses over the ``thin`` steps since
 the previous draw (minibatch or full-batch; unbiased for E_w[L_n(w)]): it feeds λ̂. ``Run.eval_loss``
@@ -122,11 +126,11 @@ class _Streams:
     through ``post`` (applied once per block, to the whole block ``[K, copies, *shape]``)."""
 
     def __init__(self, seed: int, salt: int, groups: list[int], chains: int, shape: tuple, dev,
-                 normal: bool, post=None):  # fmt: skip
+                 normal: bool, steps: int, post=None):  # fmt: skip
         per_step = 1
         for s in shape:
             per_step *= s
-        self.K = max(1, BLOCK_ELEMENTS // per_step)
+        self.K = max(1, min(steps, BLOCK_ELEMENTS // per_step))
         self.shape, self.normal, self.post = shape, normal, post
         keys = sorted(set(groups))
         self.gens = []
@@ -225,7 +229,8 @@ def sample(
         acc_xi = torch.zeros(E, P, device=dev)
 
     groups = plan.stream or list(range(arms))
-    noise = _Streams(plan.seed, 41, groups, plan.chains, (n_inst, P), dev, normal=True)
+    steps = plan.draws * plan.thin
+    noise = _Streams(plan.seed, 41, groups, plan.chains, (n_inst, P), dev, True, steps)
     full = plan.batch_size is None
     if full:
         fixed = expand_batch(data, copies)
@@ -241,14 +246,13 @@ def sample(
             idx = (u * n_pts).long().clamp_max(len(data) - 1) * n_inst + col
             return idx.reshape(u.shape[0], E * b)
 
-        picks = _Streams(plan.seed, 43, groups, plan.chains, (b, n_inst), dev, normal=False,
+        picks = _Streams(plan.seed, 43, groups, plan.chains, (b, n_inst), dev, False, steps,
                          post=flat_rows)  # fmt: skip
         flat_x = data.inputs.reshape(-1, *data.inputs.shape[2:])
         flat_y = None if data.targets is None else data.targets.reshape(-1, *data.targets.shape[2:])
     reuse_eval = full and setup.eval_is_full and plan.eval_every == 1
     eval_x = None if reuse_eval else expand_batch(setup.eval_set, copies)
 
-    steps = plan.draws * plan.thin
     eval_draws = [k for k in range(plan.draws) if k % plan.eval_every == plan.eval_every - 1]
     traces = torch.empty(plan.draws, E, device=dev)
     evals = torch.empty(len(eval_draws), E, device=dev)
