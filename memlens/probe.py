@@ -215,6 +215,14 @@ class StreamingProbe(abc.ABC):
         """The hooks to capture at every draw (called after :meth:`begin`)."""
         return tuple(self.hooks)
 
+    def run(self, model: HookedToyModel, train: Tensor | Batch | None = None) -> ProbeResult:
+        """Streaming probes need tempered draws: this says how to get them."""
+        name = self.registered_name
+        raise ValueError(
+            f"probe {name!r} streams over tempered SGLD draws and cannot run on one model: use "
+            f"memlens.temper(model, train, probes=[{name!r}]) or `memlens temper`"
+        )
+
     @abc.abstractmethod
     def begin(
         self, model: HookedToyModel, data: Batch, temperatures: Tensor, chains: int

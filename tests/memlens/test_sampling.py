@@ -135,6 +135,7 @@ def test_singular_model_within_20_percent_of_its_known_llc():
     assert bool(res.health.ok.all()), res.health.describe(0, 0)
 
 
+@pytest.mark.slow
 def test_old_recommendation_was_biased_and_auto_is_not():
     """The issue's case: n = 10^4, nβ = n/log n, a 2-parameter regular model. The old calibrate
     recommended ε = 1e-3 (its largest healthy step), which puts ε·a ≈ 2.2 in the stiff directions:
@@ -159,10 +160,11 @@ def test_old_recommendation_was_biased_and_auto_is_not():
     assert float(new.step_size[0, 0]) < 1e-3 / 5
 
 
+@pytest.mark.slow
 def test_auto_step_grows_with_temperature_and_holds_at_every_rung():
     model, data = regression(3, n=1000)
-    temps = [0.3, 1.0, 3.0, 10.0]
-    res = memlens.temper(model, data, temps, chains=8, draws=200, seed=4, progress=False)
+    temps = [0.3, 2.0, 10.0]
+    res = memlens.temper(model, data, temps, chains=8, draws=150, seed=4, progress=False)
     eps = res.step_size[:, 0]
     assert bool((eps[1:] > eps[:-1]).all()), eps  # hotter posteriors are flatter
     nb = nbeta_of(1000)

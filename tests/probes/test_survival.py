@@ -65,6 +65,8 @@ def test_bad_arguments_and_misuse(trained):
     with pytest.raises((TypeError, ValueError)):
         with memlens.probing(model, "survival"):  # it streams over draws; it is no hook probe
             pass
+    with pytest.raises(ValueError, match="memlens.temper"):
+        CircuitSurvivalProbe().run(model, train)
     with pytest.raises(ValueError, match="no result"):
         CircuitSurvivalProbe().result()
     with pytest.raises(ValueError, match="threshold"):  # arguments by name are validated too
