@@ -40,6 +40,7 @@ from torch import Tensor
 from memlens.data import Batch
 from memlens.hooked import Circuits, HookedToyModel
 from memlens.probe import ProbeResult, StreamingProbe
+from probes.characteristic import censored_median, characteristic_temperature, compare_ratios
 
 __all__ = ["CircuitSurvivalProbe", "SurvivalResult"]
 
@@ -88,7 +89,7 @@ class SurvivalResult(ProbeResult):
         """(lower median characteristic temperature, whether it is only an upper bound because
         at least half the family is already dead at the lowest healthy temperature)."""
         mask = self.family_mask(family) & self.active[inst]
-        return _censored_median(self.characteristic_temperature[inst][mask],
+        return censored_median(self.characteristic_temperature[inst][mask],
                                 self.censored[inst][mask])  # fmt: skip
 
     def family_median_per_chain(self, family: str, inst: int = 0) -> Tensor:
@@ -100,7 +101,7 @@ class SurvivalResult(ProbeResult):
         cens = self.censored_per_chain[:, inst][:, mask]
         out = torch.full((tc.shape[0],), math.nan, dtype=torch.float64)
         for c in range(tc.shape[0]):
-            med, is_cens = _censored_median(tc[c], cens[c])
+            med, is_cens = censored_median(tc[c], cens[c])
             out[c] = math.nan if is_cens else med
         return out
 
@@ -109,51 +110,16 @@ class SurvivalResult(ProbeResult):
         per chain, the ratio of the two families' median characteristic temperatures; overall,
         their geometric mean with a 95% t-interval over instances (seeds) and the range over
         chains. Ratios below 1 mean ``early`` dies first. Instances where either median is not a
-        finite temperature (a family survives the whole healthy ladder) are left out."""
-        n_inst = len(self.active)
+        finite temperature (a family survives the whole healthy ladder) or only an upper bound
+        (half a family is dead at the lowest healthy temperature) are left out."""
         per_inst, per_chain = [], []
-        for i in range(n_inst):
+        for i in range(len(self.active)):
             (ma, ca), (mb, cb) = self.family_median(early, i), self.family_median(late, i)
             ok = math.isfinite(ma) and math.isfinite(mb) and not ca and not cb
             per_inst.append(ma / mb if ok else math.nan)
-            ca = self.family_median_per_chain(early, i)
-            cb = self.family_median_per_chain(late, i)
-            per_chain += [float(x / y) for x, y in zip(ca, cb, strict=True)]
-        logs = torch.tensor(
-            [math.log(r) for r in per_inst if r == r and r > 0], dtype=torch.float64
-        )
-        chains = torch.tensor([r for r in per_chain if r == r and 0 < r < math.inf])
-        out = {"early": early, "late": late, "per_instance": per_inst, "per_chain": per_chain}
-        out["geometric_mean"] = float(logs.mean().exp()) if len(logs) else math.nan
-        if len(logs) >= 2:
-            half = _T95.get(len(logs) - 1, 1.96) * float(logs.std()) / math.sqrt(len(logs))
-            out["ci95"] = (math.exp(float(logs.mean()) - half), math.exp(float(logs.mean()) + half))
-        else:
-            out["ci95"] = (math.nan, math.nan)
-        out["chain_range"] = (
-            (float(chains.min()), float(chains.max())) if len(chains) else (math.nan, math.nan)
-        )
-        lo, hi = out["ci95"]
-        g = out["geometric_mean"]
-        if g != g:
-            out["verdict"] = (
-                f"cannot tell: no seed has finite, uncensored medians for both {early} and {late} "
-                "(a family dies below the lowest healthy temperature or survives the ladder)"
-            )
-        elif hi < 1:
-            out["verdict"] = f"{early} circuits die first, at {g:.2g}x the temperature of {late}"
-        elif lo > 1:
-            out["verdict"] = f"{early} circuits die LATER, at {g:.2g}x the temperature of {late}"
-        elif lo != lo:
-            out["verdict"] = (
-                f"{early}/{late} temperature ratio {g:.2g} from a single seed: no interval"
-            )
-        else:
-            out["verdict"] = (
-                f"no detectable difference: {early}/{late} temperature ratio {g:.2g}, 95% CI "
-                f"[{lo:.2g}, {hi:.2g}] over seeds"
-            )
-        return out
+            ca_, cb_ = self.family_median_per_chain(early, i), self.family_median_per_chain(late, i)
+            per_chain += [float(x / y) for x, y in zip(ca_, cb_, strict=True)]
+        return compare_ratios(early, late, per_inst, per_chain)
 
     def scalars(self) -> dict[str, float]:
         out = {}
@@ -366,10 +332,12 @@ class CircuitSurvivalProbe(StreamingProbe):
         healthy = tempering.health.ok.clone()
         temps = self.temperatures.double()
         use = healthy & (n_ok[..., 0].cpu() > 0)  # [temp, inst]
-        tc, cens = _characteristic(temps, surv.cpu(), self.threshold, use)
+        tc, cens = characteristic_temperature(temps, surv.cpu(), self.threshold, use)
         tc = tc.masked_fill(~active.cpu(), math.nan)
         per = [
-            _characteristic(temps, surv_c[:, c].cpu(), self.threshold, use & ok[:, c].cpu())
+            characteristic_temperature(
+                temps, surv_c[:, c].cpu(), self.threshold, use & ok[:, c].cpu()
+            )
             for c in range(surv_c.shape[1])
         ]
         tc_c = torch.stack([p[0] for p in per]).masked_fill(~active.cpu()[None], math.nan)
@@ -403,22 +371,6 @@ class CircuitSurvivalProbe(StreamingProbe):
         return self._result
 
 
-#: two-sided 95% Student-t quantiles by degrees of freedom
-_T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
-
-
-def _censored_median(tc: Tensor, censored: Tensor) -> tuple[float, bool]:
-    """Lower median of ``tc`` (NaN ignored; +inf counts as dying last) and whether it is
-    censored (the median circuit died at or below the lowest healthy temperature)."""
-    keep = ~torch.isnan(tc)
-    x, c = tc[keep].double(), censored[keep]
-    if not len(x):
-        return math.nan, False
-    order = torch.argsort(x, stable=True)
-    k = order[(len(x) - 1) // 2]
-    return float(x[k]), bool(c[k])
-
-
 def _active(ref: Tensor, families: list[str], fraction: float) -> Tensor:
     active = torch.zeros_like(ref, dtype=torch.bool)
     for fam in dict.fromkeys(families):
@@ -426,35 +378,3 @@ def _active(ref: Tensor, families: list[str], fraction: float) -> Tensor:
         top = ref[:, mask].max(1, keepdim=True).values.clamp_min(1e-12)
         active[:, mask] = ref[:, mask] > fraction * top
     return active
-
-
-def _characteristic(
-    temps: Tensor, surv: Tensor, thr: float, use: Tensor | None = None
-) -> tuple[Tensor, Tensor]:
-    """First upward crossing of ``thr`` along ascending temperature, log-linearly interpolated,
-    using only the temperatures where ``use [temp, inst]`` holds (all when None). ``surv`` is
-    ``[temp, inst, circuit]``. Returns (temperatures ``[inst, circuit]``: +inf if never crossed,
-    the lowest usable temperature if already below there, NaN without a usable temperature;
-    censored: bool, already below ``thr`` at the lowest usable temperature)."""
-    n_t, n_i, n_c = surv.shape
-    use = torch.ones(n_t, n_i, dtype=torch.bool) if use is None else use.bool()
-    out = torch.full((n_i, n_c), math.nan, dtype=torch.float64)
-    censored = torch.zeros(n_i, n_c, dtype=torch.bool)
-    order = torch.argsort(temps)
-    for i in range(n_i):
-        keep = [a for a in order.tolist() if bool(use[a, i])]
-        if not keep:
-            continue
-        t = temps[keep].double().log()
-        s = surv[keep, i].double()  # [temp, circuit]
-        res = torch.full((n_c,), math.inf, dtype=torch.float64)
-        decided = s[0] < thr
-        censored[i] = decided
-        res[decided] = float(t[0].exp())
-        for k in range(1, len(t)):
-            cross = (s[k] < thr) & ~decided
-            frac = ((s[k - 1] - thr) / (s[k - 1] - s[k]).clamp_min(1e-12)).clamp(0, 1)
-            res = torch.where(cross, (t[k - 1] + frac * (t[k] - t[k - 1])).exp(), res)
-            decided |= cross
-        out[i] = res
-    return out, censored

@@ -10,7 +10,7 @@
 * :mod:`.results`: :class:`Tempering`.
 """
 
-from memlens.sampling.calibration import Calibration, top_curvature
+from memlens.sampling.calibration import top_curvature
 from memlens.sampling.config import SGLDConfig
 from memlens.sampling.diagnostics import (
     LLC,
@@ -20,7 +20,7 @@ from memlens.sampling.diagnostics import (
     split_rhat,
 )
 from memlens.sampling.llc import calibrate, estimate_llc, temper
-from memlens.sampling.results import Tempering
+from memlens.sampling.results import Calibration, Tempering
 from memlens.sampling.spectrum import Spectrum, fit_spectrum
 
 __all__ = [

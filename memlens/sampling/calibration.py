@@ -33,18 +33,17 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from memlens.data import _mix
-from memlens.io import jsonable
 from memlens.sampling.config import SGLDConfig
 from memlens.sampling.diagnostics import analyse, effective_sample_size
+from memlens.sampling.results import Calibration
 from memlens.sampling.sgld import Plan, Setup, eval_schedule, sample
 
-__all__ = ["Calibration", "top_curvature", "auto_step"]
+__all__ = ["top_curvature", "auto_step"]
 
 GRID = (3.0, 1.0, 1 / 3)  # dimensionless steps s = ε · a_max
 RATIO = 3.0
@@ -85,123 +84,6 @@ def top_curvature(setup: Setup, iters: int = 30, max_points: int = 4096, seed: i
         norm = per_inst([h.detach() ** 2 for h in hv]).sqrt().clamp_min(1e-30)
         v = [h.detach() / norm.view(-1, *([1] * (h.ndim - 1))) for h in hv]
     return lam.abs()
-
-
-@dataclass
-class Calibration:
-    """The record of an automatic step-size choice: every grid point tried, and why each
-    (temperature, instance) got its step. ``step_size`` is ``[temp, inst]``."""
-
-    temperatures: Tensor  # [temp]
-    curvature: Tensor  # [temp, inst] a = (nβ/t) h + γ at w*
-    rows: list[dict]  # one per (temperature, instance, grid step) at its last measurement
-    choices: list[dict]  # one per (temperature, instance)
-    thin: int  # SGLD steps per draw chosen for the run
-    calibration_thin: int
-    seconds: float
-    bias_tolerance: float
-
-    @property
-    def step_size(self) -> Tensor:
-        n_t = len(self.temperatures)
-        n_i = max(c["inst"] for c in self.choices) + 1
-        out = torch.empty(n_t, n_i, dtype=torch.float64)
-        for c in self.choices:
-            out[c["temp"], c["inst"]] = c["step_size"]
-        return out
-
-    @property
-    def bias_failed(self) -> Tensor:
-        n_t = len(self.temperatures)
-        n_i = max(c["inst"] for c in self.choices) + 1
-        out = torch.zeros(n_t, n_i, dtype=torch.bool)
-        for c in self.choices:
-            out[c["temp"], c["inst"]] = not c["decided"]
-        return out
-
-    @property
-    def recommended(self) -> list[dict]:
-        """The decided choices (step size per temperature and instance)."""
-        return [c for c in self.choices if c["decided"]]
-
-    def table(self, inst: int | None = None) -> str:
-        head = (
-            f"{'t':>8} {'inst':>4} {'s=ε·a':>7} {'step ε':>9} {'λ̂':>9} {'± se':>7} "
-            f"{'R-hat':>6} {'ESS':>6} {'div':>4}  verdict"
-        )
-        lines = [head]
-        for r in self.rows:
-            if inst is not None and r["inst"] != inst:
-                continue
-            lines.append(
-                f"{r['temperature']:>8.3g} {r['inst']:>4d} {r['s']:>7.3g} {r['step_size']:>9.3g} "
-                f"{r['llc']:>9.4g} {r['llc_se']:>7.2g} {r['rhat']:>6.3f} {r['ess']:>6.0f} "
-                f"{r['diverged']:>4.0%}  {r['verdict']}"
-            )
-        return "\n".join(lines)
-
-    def summary(self) -> str:
-        lines = [
-            f"step size auto ({self.seconds:.1f} s of calibration; steps per draw {self.thin}, "
-            f"calibrated at {self.calibration_thin}; bias tolerance {self.bias_tolerance:.0%}):"
-        ]
-        for c in self.choices:
-            lines.append(f"  t={c['temperature']:.3g} inst {c['inst']}: {c['reason']}")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict:
-        return jsonable(
-            {
-                "temperatures": self.temperatures,
-                "curvature": self.curvature,
-                "rows": self.rows,
-                "choices": self.choices,
-                "thin": self.thin,
-                "calibration_thin": self.calibration_thin,
-                "seconds": self.seconds,
-                "bias_tolerance": self.bias_tolerance,
-            }
-        )
-
-    def plot(self, ax=None, inst: int = 0):
-        """λ̂ against the dimensionless step s = ε·a per temperature: chosen steps starred,
-        unhealthy grid points crossed."""
-        import matplotlib.pyplot as plt
-
-        fig = ax.figure if ax is not None else plt.figure(figsize=(6.5, 4.2))
-        ax = ax or fig.add_subplot()
-        cmap = plt.get_cmap("viridis")
-        n_t = len(self.temperatures)
-        for a in range(n_t):
-            rs = sorted(
-                (r for r in self.rows if r["temp"] == a and r["inst"] == inst),
-                key=lambda r: r["s"],
-            )
-            if not rs:
-                continue
-            col = cmap(a / max(1, n_t - 1))
-            x = [r["s"] for r in rs]
-            y = [r["llc"] for r in rs]
-            e = [r["llc_se"] if math.isfinite(r["llc_se"]) else 0.0 for r in rs]
-            ax.errorbar(x, y, yerr=e, color=col, capsize=2, lw=1,
-                        label=f"t = {self.temperatures[a]:.3g}")  # fmt: skip
-            for r in rs:
-                ax.plot(r["s"], r["llc"], "o" if r["mixed"] else "x", color=col, ms=5)
-            c = next(c for c in self.choices if c["temp"] == a and c["inst"] == inst)
-            ax.plot(c["s"], c["llc"], "*", ms=14, mfc="gold" if c["decided"] else "white",
-                    mec="k")  # fmt: skip
-        ax.plot([], [], "k*", mfc="gold", ms=10, label="chosen (bias test passed)")
-        ax.plot([], [], "k*", mfc="white", ms=10, label="fallback (bias test failed)")
-        ax.plot([], [], "kx", label="not mixed / diverged")
-        ax.set(
-            xscale="log",
-            xlabel="dimensionless step s = ε · a  (a: top curvature of the posterior at w*)",
-            ylabel="λ̂ (mean ± standard error)",
-            title=f"step-size calibration, instance {inst}: λ̂ must stop moving with ε",
-        )
-        ax.legend(fontsize=7, ncol=2)
-        fig.tight_layout()
-        return fig
 
 
 def _measure(setup, cfg, temps, rungs, grids, curv, thin, progress) -> tuple[dict, dict]:

@@ -20,10 +20,10 @@ from torch import Tensor
 
 from memlens.data import Batch, _mix, as_batch
 from memlens.hooked import HookedToyModel
-from memlens.sampling.calibration import Calibration, auto_step
+from memlens.sampling.calibration import auto_step
 from memlens.sampling.config import SGLDConfig, check_int
 from memlens.sampling.diagnostics import analyse, health, warn
-from memlens.sampling.results import Tempering
+from memlens.sampling.results import Calibration, Tempering
 from memlens.sampling.sgld import Plan, Setup, eval_schedule, sample
 from memlens.sampling.streaming import ProbeDriver, resolve_streaming
 from memlens.train import evaluate

@@ -3,6 +3,7 @@ healthy chains; the streaming-probe protocol."""
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import pytest
@@ -10,7 +11,8 @@ import torch
 
 import memlens
 from memlens.data import SparseFeatures
-from probes.survival import CircuitSurvivalProbe, _characteristic
+from probes.characteristic import characteristic_temperature
+from probes.survival import CircuitSurvivalProbe
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +52,7 @@ def test_characteristic_temperature_interpolates_in_log_t():
     temps = torch.tensor([1.0, 10.0, 100.0])
     surv = torch.tensor([[1.0, 0.9, 0.2], [0.4, 0.1, 0.0], [1.0, 1.0, 0.9]])[None]  # [1, 3, 3]
     surv = surv.permute(2, 0, 1)  # [temp, inst=1, circuit=3]
-    tc, censored = _characteristic(temps, surv, 0.5)
+    tc, censored = characteristic_temperature(temps, surv, 0.5)
     tc, censored = tc[0], censored[0]
     # circuit 0 crosses 0.5 between t=10 (0.9) and t=100 (0.2): log10 t = 1 + 0.4/0.7
     assert torch.isclose(tc[0], torch.tensor(10 ** (1 + 0.4 / 0.7), dtype=torch.float64))
@@ -170,3 +172,18 @@ def test_unembed_datum_circuits_at_the_extremes():
     assert s.survival[0][s.active].min() > 0.95
     assert s.survival[1][s.active].max() < s.threshold
     assert not s.noised_out[0].any() and s.noised_out[1][s.active].all()
+
+
+def test_family_comparison_verdicts():
+    from probes.characteristic import compare_ratios
+
+    first = compare_ratios("datum", "feature", [0.5, 0.6, 0.55], [0.4, 0.7])
+    # geometric mean of 0.5, 0.6, 0.55, and a t-interval (2 dof) that stays below 1
+    assert first["geometric_mean"] == pytest.approx((0.5 * 0.6 * 0.55) ** (1 / 3))
+    assert first["ci95"][1] < 1 and "die first" in first["verdict"]
+    assert first["chain_range"] == pytest.approx((0.4, 0.7))
+    later = compare_ratios("datum", "feature", [3.0, 3.3, 2.9], [])
+    assert "LATER" in later["verdict"]
+    same = compare_ratios("datum", "feature", [0.9, 1.1], [])
+    assert "no detectable difference" in same["verdict"]
+    assert "cannot tell" in compare_ratios("a", "b", [math.nan], [])["verdict"]
