@@ -151,19 +151,34 @@ class BucketResult(ProbeResult):
 
 
 def _ablation_hooks(masks: dict[str, Tensor], arms: int, chains: int) -> list:
-    """Forward hooks multiplying each hook's activation by its arm's mask (arm 0: intact)."""
+    """Forward hooks multiplying each hook's activation by its arm's mask (arm 0: intact).
+
+    Every forward pass these hooks see runs over the training set in order, possibly in row
+    chunks (``HookedToyModel.loss`` chunks large batches), so each hook keeps its position in the
+    training set and wraps around after T rows."""
     hooks = []
     for name, m in masks.items():  # m: [circuit, T, inst, ...]
         full = torch.cat([torch.ones_like(m[:1]), m])[:arms]  # [arm, T, inst, ...]
         full = full[:, None].expand(arms, chains, *full.shape[1:])  # [arm, chain, T, inst, ...]
         T = full.shape[2]
         full = full.movedim(2, 0).reshape(T, -1, *full.shape[4:])  # [T, arm*chain*inst, ...]
-
-        def fn(act: Tensor, hook, mask=full) -> Tensor:
-            return act * mask
-
-        hooks.append((name, fn))
+        hooks.append((name, _RowMask(full)))
     return hooks
+
+
+class _RowMask:
+    """A forward hook applying rows ``pos .. pos + batch`` of a mask, then advancing ``pos``."""
+
+    def __init__(self, mask: Tensor):
+        self.mask, self.pos = mask, 0
+
+    def __call__(self, act: Tensor, hook) -> Tensor:
+        n, T = act.shape[0], self.mask.shape[0]
+        if self.pos + n > T:
+            raise ValueError(f"ablation hook saw {n} rows at row {self.pos} of a {T}-point set")
+        out = act * self.mask[self.pos : self.pos + n]
+        self.pos = (self.pos + n) % T
+        return out
 
 
 def measure_bucket(

@@ -66,3 +66,22 @@ def test_loss_contribution_and_complexity(trained):
         b.predicted[fin], (b.nbeta[:, None] * b.loss_contribution / b.complexity)[fin]
     )
     assert "Δλ" in b.summary()
+
+
+def test_ablation_masks_follow_row_chunks(trained, monkeypatch):
+    """HookedToyModel.loss evaluates big batches in row chunks; the ablation must too."""
+    import memlens.hooked as hooked
+    from memlens.sampling.sgld import expand_batch
+    from probes.bucket import _ablation_hooks
+
+    model, train = trained
+    c = model.circuits(train)
+    arms = len(c.names) + 1
+    big = model.expand(arms)
+    batch = expand_batch(memlens.data.as_batch(train), arms)
+    with torch.no_grad(), big.hooks(fwd_hooks=_ablation_hooks(c.ablations, arms, 1)):
+        whole = big.loss(batch)
+    monkeypatch.setattr(hooked, "LOSS_CHUNK_ELEMENTS", 3 * arms * 2 * 6)  # 3-row chunks
+    with torch.no_grad(), big.hooks(fwd_hooks=_ablation_hooks(c.ablations, arms, 1)):
+        chunked = big.loss(batch)
+    torch.testing.assert_close(chunked, whole)
