@@ -60,6 +60,7 @@ class StoryConfig:
     # by γ and cold chains would need ~1/(εγ) ≈ 10⁴-10⁵ steps to mix; γ = 100 (common in LLC
     # practice) makes every rung mixable within the sampler's budget
     localization: float = 100.0
+    max_steps: int = 3_000  # "auto"'s budget: SGLD steps per chain in one sampler run
 
 
 def _task(name: str, s: dict, seed: int) -> D.Task:
@@ -195,6 +196,7 @@ def run(
             draws=cfg.draws,
             step_size=cfg.step_size,
             localization=cfg.localization,
+            max_steps=cfg.max_steps,
             seed=seed,
             probes=["survival"],
             progress=False,

@@ -38,7 +38,7 @@ CHAINS, DRAWS = 4, (100 if FAST else 200)
 # held only by γ and cold chains would need ~1/(εγ) ≈ 10⁵ steps to mix; γ = 10 keeps the hot
 # end hot (weights noised by ~0.3, enough to kill every circuit) and the cold end mixable.
 GAMMA = 10.0
-BUDGET = 6_000 if FAST else 20_000  # SGLD steps per chain "auto" may spend on one run
+BUDGET = 3_000 if FAST else 20_000  # SGLD steps per chain "auto" may spend on one run
 
 
 def temper_quietly(model, train, temps, gamma=GAMMA, **kw):
