@@ -8,7 +8,7 @@ under the localised posterior, by quadrature). Before this change, ``memlens.cal
 ``estimate_llc`` there gave λ̂ 124% and 80% too high with R-hat ≈ 1.00 (commit a4bad90). This
 script runs that step and ``step_size="auto"`` side by side and prints the errors.
 
-    python benchmarks/llc_ground_truth.py [--chains 16] [--draws 300] [--seed 0]
+    python benchmarks/llc_ground_truth.py [--chains 16] [--draws 300] [--seed 0] [--max-steps N]
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--chains", type=int, default=16)
     ap.add_argument("--draws", type=int, default=300)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-steps", type=int, default=20_000, help="auto's budget per chain")
     args = ap.parse_args()
     torch.set_num_threads(1)
     kw = dict(
@@ -108,7 +109,7 @@ def main() -> None:
             warnings.simplefilter("ignore")
             old = memlens.estimate_llc(model, data, step_size=OLD_STEP, **kw)
         t0 = time.perf_counter()
-        new = memlens.estimate_llc(model, data, min_ess=400, **kw)
+        new = memlens.estimate_llc(model, data, min_ess=400, max_steps=args.max_steps, **kw)
         dt = time.perf_counter() - t0
         lo, lo_se = float(old.llc.mean[0, 0]), float(old.llc.se[0, 0])
         la, la_se = float(new.llc.mean[0, 0]), float(new.llc.se[0, 0])
