@@ -61,7 +61,7 @@ def characteristic_temperature(
 def compare_ratios(early: str, late: str, per_inst: list[float], per_chain: list[float]) -> dict:
     """Summarise temperature ratios early/late: geometric mean over instances (seeds) with a 95%
     t-interval, the range over chains, and a verdict in words."""
-    logs = torch.tensor([math.log(r) for r in per_inst if r == r and r > 0], dtype=torch.float64)
+    logs = torch.tensor([math.log(r) for r in per_inst if 0 < r < math.inf], dtype=torch.float64)
     chains = torch.tensor([r for r in per_chain if r == r and 0 < r < math.inf])
     out = {"early": early, "late": late, "per_instance": per_inst, "per_chain": per_chain}
     out["geometric_mean"] = float(logs.mean().exp()) if len(logs) else math.nan
@@ -75,20 +75,34 @@ def compare_ratios(early: str, late: str, per_inst: list[float], per_chain: list
     )
     lo, hi = out["ci95"]
     g = out["geometric_mean"]
-    if g != g:
+    known = [r for r in per_inst if r == r]
+    below, above = sum(r < 1 for r in known), sum(r > 1 for r in known)
+    out["seeds_earlier"], out["seeds_later"] = below, above
+    signs = f"{early} earlier in {below}, later in {above} of {len(known)} seeds"
+    size = f"ratio {g:.2g}, 95% CI [{lo:.2g}, {hi:.2g}]" if g == g else "no finite ratio"
+    if not known:
         out["verdict"] = (
-            f"cannot tell: no seed has finite, uncensored medians for both {early} and {late} "
-            "(a family dies below the lowest healthy temperature or survives the ladder)"
+            f"cannot tell: no seed has uncensored medians for both {early} and {late} (a family "
+            "dies below the lowest healthy temperature)"
         )
     elif hi < 1:
-        out["verdict"] = f"{early} circuits die first, at {g:.2g}x the temperature of {late}"
-    elif lo > 1:
-        out["verdict"] = f"{early} circuits die LATER, at {g:.2g}x the temperature of {late}"
-    elif lo != lo:
-        out["verdict"] = f"{early}/{late} temperature ratio {g:.2g} from a single seed: no interval"
-    else:
         out["verdict"] = (
-            f"no detectable difference: {early}/{late} temperature ratio {g:.2g}, 95% CI "
-            f"[{lo:.2g}, {hi:.2g}] over seeds"
+            f"{early} circuits die first, at {g:.2g}x the temperature of {late} ({signs})"
         )
+    elif lo > 1:
+        out["verdict"] = (
+            f"{early} circuits die LATER, at {g:.2g}x the temperature of {late} ({signs})"
+        )
+    elif len(known) >= 2 and below == len(known):
+        out["verdict"] = (
+            f"{early} circuits die first in every seed, but the size is not established ({size}; "
+            f"{signs})"
+        )
+    elif len(known) >= 2 and above == len(known):
+        out["verdict"] = (
+            f"{early} circuits die LATER in every seed, but the size is not established ({size}; "
+            f"{signs})"
+        )
+    else:
+        out["verdict"] = f"no detectable difference ({size}; {signs})"
     return out

@@ -108,15 +108,19 @@ class SurvivalResult(ProbeResult):
     def compare_families(self, early: str, late: str) -> dict:
         """Do ``early`` circuits die before ``late`` ones, and by how much? Per instance (seed) and
         per chain, the ratio of the two families' median characteristic temperatures; overall,
-        their geometric mean with a 95% t-interval over instances (seeds) and the range over
-        chains. Ratios below 1 mean ``early`` dies first. Instances where either median is not a
-        finite temperature (a family survives the whole healthy ladder) or only an upper bound
-        (half a family is dead at the lowest healthy temperature) are left out."""
+        their geometric mean with a 95% t-interval over instances (seeds), how many seeds point
+        each way, and the range over chains. Ratios below 1 mean ``early`` dies first. A family
+        that survives the whole healthy ladder (median +inf) gives a ratio of 0 or +inf: it counts
+        for the direction but not for the size; a median that is only an upper bound (half a
+        family is dead at the lowest healthy temperature) counts for neither."""
         per_inst, per_chain = [], []
         for i in range(len(self.active)):
             (ma, ca), (mb, cb) = self.family_median(early, i), self.family_median(late, i)
-            ok = math.isfinite(ma) and math.isfinite(mb) and not ca and not cb
-            per_inst.append(ma / mb if ok else math.nan)
+            # a family surviving the ladder has median +inf: the ratio is then 0 or +inf (a sign
+            # without a size); censored medians and inf/inf give no information
+            ok = ma == ma and mb == mb and not ca and not cb and not (ma == mb == math.inf)
+            per_inst.append((math.inf if mb != math.inf else 0.0) if ok and ma == math.inf
+                            else (ma / mb if ok else math.nan))  # fmt: skip
             ca_, cb_ = self.family_median_per_chain(early, i), self.family_median_per_chain(late, i)
             per_chain += [float(x / y) for x, y in zip(ca_, cb_, strict=True)]
         return compare_ratios(early, late, per_inst, per_chain)

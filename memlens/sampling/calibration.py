@@ -47,7 +47,7 @@ __all__ = ["top_curvature", "auto_step"]
 
 GRID = (3.0, 1.0, 1 / 3)  # dimensionless steps s = ε · a_max
 RATIO = 3.0
-ROUNDS = 4
+ROUNDS = 6
 CAL_CHAINS, CAL_DRAWS = 4, 48
 MIN_ESS_CAL = 50.0
 Z = 2.0
@@ -252,6 +252,7 @@ def auto_step(
     todo = list(range(n_t))
     for _ in range(ROUNDS):
         rows_new, pairs_new = _measure(setup, cfg, temps, todo, grids, curv, thin, progress)
+        measured_thin = thin
         results.update(rows_new)
         paired.update(pairs_new)
         wish, grow_up, grow_down = [thin], set(), set()
@@ -324,7 +325,11 @@ def auto_step(
                 why = (
                     f"ε = {pick['step_size']:.3g} (s = {pick['s']:.3g}) is a fallback: no pair "
                     "of steps passed the bias test within the budget, so λ̂ here may be biased"
-                    + (f" ({failed[(a, i)]})" if (a, i) in failed else "")
+                    + (
+                        f" ({failed[(a, i)]})"
+                        if (a, i) in failed
+                        else f" (still undecided after {ROUNDS} calibration rounds)"
+                    )
                 )
                 choices.append(_choice(pick, False, why))
                 if mixed:
@@ -341,7 +346,7 @@ def auto_step(
         rows=rows,
         choices=choices,
         thin=run_thin,
-        calibration_thin=thin,
+        calibration_thin=measured_thin,
         seconds=time.perf_counter() - t0,
         bias_tolerance=cfg.bias_tolerance,
     )

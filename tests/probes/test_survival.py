@@ -187,3 +187,7 @@ def test_family_comparison_verdicts():
     same = compare_ratios("datum", "feature", [0.9, 1.1], [])
     assert "no detectable difference" in same["verdict"]
     assert "cannot tell" in compare_ratios("a", "b", [math.nan], [])["verdict"]
+    # two seeds where the late family survives the whole ladder: direction without size
+    mixed = compare_ratios("datum", "neuron", [8.0, 3.0, math.inf, math.inf], [])
+    assert mixed["seeds_later"] == 4 and "LATER in every seed" in mixed["verdict"]
+    assert mixed["geometric_mean"] == pytest.approx(math.sqrt(24.0))
