@@ -1,9 +1,14 @@
 """LLC estimation: memlens.estimate_llc vs devinterp 1.3.2's estimate_learning_coeff_with_summary.
 
 The same trained TMS model (20 features, 5 hidden, tied, 10^4 training points) and the same
-settings: nβ = n / log n (passed explicitly: devinterp's default is the batch size), ε = 3e-3,
-γ = 1, 4 chains x 200 draws, no burn-in, minibatch 256, L_n(w*) on the full training set.
-Then the scaling case: 8 temperatures x 8 chains, one memlens call vs 8 devinterp calls.
+settings: nβ = n / log n (passed explicitly: devinterp's default is the batch size), ε = 3e-3
+(explicit, on both sides), γ = 1, 4 chains x 200 draws, no burn-in, minibatch 256, L_n(w*) on the
+full training set. memlens also computes its diagnostics (R-hat and ESS on a fixed evaluation
+set, divergence, per-cell health) inside the timed call; devinterp computes none. Then the
+scaling case: 8 temperatures x 8 chains, one memlens call vs 8 devinterp calls. Each time is the
+median of ``--repeats`` runs, memlens and devinterp measured in the same invocation. Finally, for
+information (not timed against devinterp): what memlens's health flags say about ε = 3e-3, and
+the LLC with ``step_size="auto"``.
 
 devinterp is never a memlens dependency: it runs in its own virtualenv (created on first use,
 ``pip install torch==2.13.0`` first, then ``devinterp==1.3.2``), in a subprocess, reading the
@@ -79,17 +84,19 @@ for r in range(repeats):
     t0 = time.perf_counter()
     out = run(blob["chains"], nbeta, r)
     times.append(time.perf_counter() - t0)
-t0 = time.perf_counter()
-scal = []
-for k, t in enumerate(temps):
-    try:
-        scal.append(run(chains_scaling, nbeta / t, 100 + k))
-    except RuntimeError:  # devinterp raises on a NaN loss
-        scal.append({"llc/mean": float("nan")})
-t_scal = time.perf_counter() - t0
+scal_times, scal = [], []
+for r in range(repeats):
+    t0 = time.perf_counter()
+    scal = []
+    for k, t in enumerate(temps):
+        try:
+            scal.append(run(chains_scaling, nbeta / t, 100 * r + k))
+        except RuntimeError:  # devinterp raises on a NaN loss
+            scal.append({"llc/mean": float("nan")})
+    scal_times.append(time.perf_counter() - t0)
 print(json.dumps({"seconds": times, "llc_mean": float(out["llc/mean"]),
                   "llc_std": float(out["llc/std"]),
-                  "scaling_seconds": t_scal,
+                  "scaling_seconds": statistics.median(scal_times),
                   "scaling_llc": [float(s["llc/mean"]) for s in scal]}))
 """
 
@@ -121,6 +128,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--venv", default=os.path.join(tempfile.gettempdir(), "venv-devinterp"))
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument(
+        "--devinterp-python",
+        default=None,
+        help="an interpreter that already imports devinterp 1.3.2 (instead of --venv)",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -141,7 +153,7 @@ def main() -> None:
     )
     temps = torch.logspace(0, 2, 8).tolist()  # t >= 1: ε = 3e-3 diverges when colder
 
-    ml_times, res = [], None
+    ml_times, scal_times, res, scal = [], [], None, None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         memlens.estimate_llc(model, train, seed=99, **kw)  # warm-up
@@ -149,13 +161,14 @@ def main() -> None:
             t0 = time.perf_counter()
             res = memlens.estimate_llc(model, train, seed=r, **kw)
             ml_times.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        scal = memlens.temper(model, train, temperatures=temps, seed=0, **{**kw, "chains": 8})
-        ml_scal = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            scal = memlens.temper(model, train, temps, seed=r, **{**kw, "chains": 8})
+            scal_times.append(time.perf_counter() - t0)
+    ml_scal = statistics.median(scal_times)
     ml_llc, ml_std = float(res.llc.mean[0, 0]), float(res.llc.std[0, 0])
 
     di = None
-    py = ensure_devinterp(args.venv)
+    py = args.devinterp_python or ensure_devinterp(args.venv)
     if py is not None:
         with tempfile.TemporaryDirectory() as tmp:
             path = os.path.join(tmp, "tms.pt")
@@ -180,6 +193,7 @@ def main() -> None:
                 capture_output=True,
                 text=True,
             )
+            print(f"devinterp ran in its venv ({len(temps)} calls for the ladder)")
             if proc.returncode == 0:
                 di = json.loads(proc.stdout.strip().splitlines()[-1])
             else:
@@ -191,13 +205,31 @@ def main() -> None:
     )
     print(f"{'':38}{'memlens':>14}{'devinterp 1.3.2':>18}{'ratio':>9}")
     t_ml = statistics.median(ml_times)
+    health = scal.health
+    print(
+        f"memlens health at ε = {EPS}: {int(health.ok.sum())}/{health.ok.numel()} ladder cells "
+        f"healthy; t=1: {res.health.describe(0, 0)}"
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        t0 = time.perf_counter()
+        auto = memlens.estimate_llc(model, train, **{**kw, "step_size": "auto", "burnin": None})
+        t_auto = time.perf_counter() - t0
+    print(
+        f"memlens step_size='auto' at t=1 (not timed against devinterp): λ̂ = "
+        f"{float(auto.llc.mean[0, 0]):.2f} ± {float(auto.llc.se[0, 0]):.2f} at ε = "
+        f"{float(auto.step_size[0, 0]):.2g}, {auto.config.thin} steps per draw, "
+        f"{t_auto:.1f} s; {auto.health.describe(0, 0)}"
+    )
     if di is None:
         print(f"{'4 chains x 200 draws, seconds':38}{t_ml:>14.3f}{'n/a':>18}")
         print(f"{'LLC mean ± std over chains':38}{ml_llc:>8.3f} ± {ml_std:.3f}")
         print(f"{'8 temps x 8 chains, seconds':38}{ml_scal:>14.3f}{'n/a':>18}")
+        print("speedup vs devinterp 1.3.2: n/a (devinterp 1.3.2 could not run)")
         return
     t_di = statistics.median(di["seconds"])
-    print(f"{'4 chains x 200 draws, seconds':38}{t_ml:>14.3f}{t_di:>18.3f}{t_di / t_ml:>8.1f}x")
+    r4, r64 = t_di / t_ml, di["scaling_seconds"] / ml_scal
+    print(f"{'4 chains x 200 draws, seconds':38}{t_ml:>14.3f}{t_di:>18.3f}{r4:>8.1f}x")
     print(
         f"{'LLC mean ± std over chains':38}{ml_llc:>7.3f} ± {ml_std:<5.3f}"
         f"{di['llc_mean']:>11.3f} ± {di['llc_std']:<5.3f}"
@@ -210,11 +242,12 @@ def main() -> None:
     )
     print(
         f"{'8 temps x 8 chains, seconds':38}{ml_scal:>14.3f}{di['scaling_seconds']:>18.3f}"
-        f"{di['scaling_seconds'] / ml_scal:>8.1f}x   (devinterp: 8 calls)"
+        f"{r64:>8.1f}x   (devinterp: 8 calls)"
     )
     print("LLC per temperature (memlens | devinterp):")
     for t, a, b in zip(temps, scal.llc.mean[:, 0].tolist(), di["scaling_llc"], strict=True):
         print(f"  t={t:7.3f}  {a:9.3f} | {b:9.3f}")
+    print(f"speedup vs devinterp 1.3.2: {r4:.1f}x (4x200), {r64:.1f}x (8x8 ladder)")
 
 
 if __name__ == "__main__":

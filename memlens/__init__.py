@@ -39,10 +39,11 @@ _LAZY = {
     "register_model": ("memlens.registry", "register_model"),
     "register_probe": ("memlens.registry", "register_probe"),
     "sweep": ("memlens.sweeps", "sweep"),
-    "Tempering": ("memlens.temper", "Tempering"),
-    "calibrate": ("memlens.temper", "calibrate"),
-    "estimate_llc": ("memlens.temper", "estimate_llc"),
-    "temper": ("memlens.temper", "temper"),
+    "SGLDConfig": ("memlens.sampling", "SGLDConfig"),
+    "Tempering": ("memlens.sampling", "Tempering"),
+    "calibrate": ("memlens.sampling", "calibrate"),
+    "estimate_llc": ("memlens.sampling", "estimate_llc"),
+    "temper": ("memlens.sampling", "temper"),
     "TrainResult": ("memlens.training", "TrainResult"),
     "evaluate": ("memlens.training", "evaluate"),
     "sparse_activations": ("memlens.training", "sparse_activations"),
@@ -81,8 +82,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         register_model,
         register_probe,
     )
+    from memlens.sampling import SGLDConfig, Tempering, calibrate, estimate_llc, temper
     from memlens.sweeps import sweep
-    from memlens.temper import Tempering, calibrate, estimate_llc, temper
     from memlens.training import TrainResult, evaluate, sparse_activations, train
 
 __version__ = "0.1.0"
@@ -92,6 +93,7 @@ __all__ = [
     "estimate_llc",
     "calibrate",
     "Tempering",
+    "SGLDConfig",
     "Batch",
     "Circuits",
     "ModelBundle",

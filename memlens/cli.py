@@ -365,9 +365,11 @@ def _temper_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draws", type=_positive(int), default=200, help="SGLD draws per chain")
     p.add_argument(
         "--step-size",
-        type=_positive(float),
-        required=True,
-        help="SGLD step size epsilon (try 1e-4 to 1e-3; too small gives lambda~0)",
+        type=lambda v: v if v == "auto" else _positive(float)(v),
+        default="auto",
+        help="SGLD step size epsilon: 'auto' chooses, per temperature, a step where the LLC no "
+        "longer changes with epsilon and the chains mix (what memlens.calibrate reports); a "
+        "number fixes it (too large biases the LLC up, too small leaves the chains unmixed)",
     )
     p.add_argument(
         "--localization",
@@ -383,7 +385,7 @@ def _temper_args(p: argparse.ArgumentParser) -> None:
     _temper_args
 )
 def _temper(ns: argparse.Namespace) -> int:
-    from memlens.temper import temper
+    from memlens.sampling import temper
 
     if any(t <= 0 for t in ns.temperatures):
         raise ValueError(f"temperatures must be positive, got {ns.temperatures}")

@@ -115,6 +115,10 @@ class Circuits:
     inputs: Float[Tensor, "probe inst d_in"]
     hooks: tuple[str, ...]
     readout: Callable[[dict[str, Tensor]], Tensor]
+    #: optional: how to remove each circuit from a forward pass over the training set, as
+    #: multiplicative masks ``{hook: [circuit, T, inst, ...]}`` on that hook's activation
+    #: (used to measure a circuit's loss contribution and complexity, probes/bucket.py)
+    ablations: dict[str, Tensor] | None = None
 
     @property
     def families(self) -> list[str]:

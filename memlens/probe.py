@@ -235,3 +235,69 @@ def _hook_fn(probe: Probe, name: str):
         return None
 
     return fn
+
+
+# ---------------------------------------------------------------- streaming probes (tempering)
+import abc  # noqa: E402
+
+__all__ += ["StreamingProbe"]
+
+
+class StreamingProbe(abc.ABC):
+    """Base class of probes that stream over tempered SGLD draws (``memlens.temper(...,
+    probes=[...])``), e.g. circuit survival.
+
+    The sampler drives it in three calls:
+
+    1. ``begin(model, data, temperatures, chains)`` once, with the trained model at w* and its
+       training :class:`~memlens.data.Batch`. It returns the probe inputs ``[batch, inst, d_in]``
+       to run through the sampled models at every kept draw (or ``None`` for no forward pass).
+    2. ``on_draw(acts, draw)`` at every kept draw (after burn-in, every ``probe_every`` draws):
+       ``acts[hook]`` is the activation at each hook in :meth:`reads`, already shaped
+       ``[temp, chain, *hook layout]``, i.e. ``[temp, chain, batch, inst, ...]`` for a hook laid out
+       ``[batch, inst, ...]``. The probe never reshapes the expanded model's instance axis itself.
+    3. ``end(tempering)`` once, with the finished :class:`~memlens.sampling.Tempering` (its
+       ``diagnostics.diverged`` and ``health`` say which chains and cells to trust).
+
+    ``result()`` returns a :class:`ProbeResult`. Register a streaming probe like any probe
+    (``memlens.probes`` entry point or ``@memlens.register_probe``); the sampler accepts it as an
+    instance, a class, a registered name, or ``(name, {argument: value})``.
+    """
+
+    #: hooks whose activations ``on_draw`` receives (override :meth:`reads` when they depend on the
+    #: model, which is known only in ``begin``)
+    hooks: ClassVar[tuple[str, ...]] = ()
+
+    @property
+    def registered_name(self) -> str:
+        return PROBES.name_of(self) or type(self).__name__
+
+    def reads(self) -> tuple[str, ...]:
+        """The hooks to capture at every draw (called after :meth:`begin`)."""
+        return tuple(self.hooks)
+
+    def run(self, model: HookedToyModel, train: Tensor | Batch | None = None) -> ProbeResult:
+        """Streaming probes need tempered draws: this says how to get them."""
+        name = self.registered_name
+        raise ValueError(
+            f"probe {name!r} streams over tempered SGLD draws and cannot run on one model: use "
+            f"memlens.temper(model, train, probes=[{name!r}]) or `memlens temper`"
+        )
+
+    @abc.abstractmethod
+    def begin(
+        self, model: HookedToyModel, data: Batch, temperatures: Tensor, chains: int
+    ) -> Tensor | None:
+        """Prepare references at w*; return the probe inputs ``[batch, inst, d_in]`` (or None)."""
+
+    @abc.abstractmethod
+    def on_draw(self, acts: dict[str, Tensor], draw: int) -> None:
+        """Accumulate one draw: ``acts[hook]`` is ``[temp, chain, *hook layout]``."""
+
+    @abc.abstractmethod
+    def end(self, tempering: Any) -> None:
+        """Finish with the :class:`~memlens.sampling.Tempering` result (health, divergence)."""
+
+    @abc.abstractmethod
+    def result(self) -> ProbeResult:
+        """The probe's result (after :meth:`end`)."""

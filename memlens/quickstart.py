@@ -54,8 +54,12 @@ class StoryConfig:
     temperatures: tuple = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
     chains: int = 4
     draws: int = 200
-    step_size: float = 1e-3  # SGLD ε at t = 1, scaled ∝ t (so ε·nβ/t is fixed), capped at 0.03
-    localization: float = 1.0  # γ
+    step_size: str | float = "auto"  # SGLD ε: "auto" chooses it per temperature (see temper)
+    # γ: with T = 16 points nβ = n/log n ≈ 5.8, so at γ = 1 most weight directions are held only
+    # by γ and cold chains would need ~1/(εγ) ≈ 10⁴-10⁵ steps to mix; γ = 100 (common in LLC
+    # practice) makes every rung mixable within the sampler's budget
+    localization: float = 100.0
+    max_steps: int = 3_000  # "auto"'s budget: SGLD steps per chain in one sampler run
 
 
 def loss_table(seed: int, progress: bool, bar: tqdm) -> list[dict]:
@@ -175,22 +179,26 @@ def run(
             f"{top} with D* {[round(float(dstar[j]), 3) for j in top]}"
         )
 
-    # 4. temper the memorising model
-    from memlens.temper import temper
+    # 4. temper the memorising model (step size "auto": a step where λ̂ no longer moves with ε)
+    import warnings
 
-    eps = [min(cfg.step_size * t, 0.03) for t in cfg.temperatures]
-    tempering = temper(
-        models["memorising"],
-        data["memorising"],
-        temperatures=cfg.temperatures,
-        chains=cfg.chains,
-        draws=cfg.draws,
-        step_size=eps,
-        localization=cfg.localization,
-        seed=seed,
-        probes=["survival"],
-        progress=False,
-    )
+    from memlens.sampling import temper
+
+    with warnings.catch_warnings(record=True) as caught:  # reported below, in words
+        warnings.simplefilter("always")
+        tempering = temper(
+            models["memorising"],
+            data["memorising"],
+            cfg.temperatures,
+            chains=cfg.chains,
+            draws=cfg.draws,
+            step_size=cfg.step_size,
+            localization=cfg.localization,
+            max_steps=cfg.max_steps,
+            seed=seed,
+            probes=["survival"],
+            progress=False,
+        )
     bar.update(1)
     surv = tempering.probe("survival")
     bar.clear()
@@ -199,6 +207,21 @@ def run(
         f"{cfg.chains} chains x {cfg.draws} draws, batched) =="
     )
     print(tempering.summary())
+    bad = [
+        f"t={t:.3g}: {tempering.health.describe(a, 0)}"
+        for a, t in enumerate(cfg.temperatures)
+        if not bool(tempering.health.ok[a, 0])
+    ]
+    if bad:
+        print(
+            f"Sampler health: {len(bad)} of {len(cfg.temperatures)} temperature(s) unhealthy "
+            "(hatched in the survival figure, left out of the LLC fit and of characteristic "
+            "temperatures):\n  " + "\n  ".join(bad)
+        )
+    else:
+        print(f"Sampler health: all {len(cfg.temperatures)} temperatures healthy.")
+    for w in caught:
+        print(f"sampler warning: {w.message}")
     print(surv.summary())
 
     # 5. the report

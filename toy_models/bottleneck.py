@@ -152,7 +152,9 @@ class Bottleneck(HookedToyModel):
 
     def circuits(self, train: Tensor | Batch) -> Circuits:
         """``feature:i`` is feature i's reconstruction x'_i on the one-hot input e_i; ``datum:j``
-        is the fraction of training point j reconstructed, ⟨x'_j, x_j⟩ / ‖x_j‖², on x_j."""
+        is the fraction of training point j reconstructed, ⟨x'_j, x_j⟩ / ‖x_j‖², on x_j.
+        Ablating ``feature:i`` zeroes output i at ``hook_out``; ablating ``datum:j`` zeroes point
+        j's hidden vector at ``hook_hidden``."""
         train = self.check_batch(train)
         n, inst = self.cfg.n_features, self.n_instances
         x = train.inputs.detach()
@@ -167,7 +169,14 @@ class Bottleneck(HookedToyModel):
             return torch.cat([feat, datum], dim=-1)
 
         names = [f"feature:{i}" for i in range(n)] + [f"datum:{j}" for j in range(len(train))]
-        return Circuits(names=names, inputs=inputs, hooks=("hook_out",), readout=readout)
+        # ablations on the training set: feature i loses its output x'_i; datum j its hidden h_j
+        T, m = len(train), self.cfg.d_hidden
+        out_mask = torch.ones(n + T, T, inst, n, device=x.device)
+        out_mask[torch.arange(n), :, :, torch.arange(n)] = 0
+        hid_mask = torch.ones(n + T, T, inst, m, device=x.device)
+        hid_mask[n + torch.arange(T), torch.arange(T)] = 0
+        ablations = {"hook_out": out_mask, "hook_hidden": hid_mask}
+        return Circuits(names, inputs, ("hook_out",), readout, ablations)
 
 
 class BottleneckTask(Task):

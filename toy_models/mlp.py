@@ -174,7 +174,8 @@ class MLPBlock(HookedToyModel):
     def circuits(self, train: Batch) -> Circuits:
         """``neuron:k`` is neuron k's activation on its key datum (the training point that drives it
         hardest at the current weights); ``datum:j`` is the fraction of training target j that the
-        output reproduces, ⟨y_j, t_j⟩ / ‖t_j‖²."""
+        output reproduces, ⟨y_j, t_j⟩ / ‖t_j‖². Ablating ``neuron:k`` zeroes it at ``hook_post`` on
+        every point; ablating ``datum:j`` zeroes point j's whole hidden code there."""
         train = self.check_batch(train)
         x, tgt = train.inputs.detach(), train.target.detach()
         with torch.no_grad():
@@ -193,7 +194,13 @@ class MLPBlock(HookedToyModel):
         names = [f"neuron:{k}" for k in range(self.cfg.d_mlp)] + [
             f"datum:{j}" for j in range(len(train))
         ]
-        return Circuits(names=names, inputs=x, hooks=("hook_post", "hook_out"), readout=readout)
+        # ablations on the training set at hook_post: neuron k silenced on every point; datum j's
+        # whole hidden code silenced
+        K, T = self.cfg.d_mlp, len(train)
+        mask = torch.ones(K + T, T, self.n_instances, K, device=x.device)
+        mask[torch.arange(K), :, :, torch.arange(K)] = 0
+        mask[K + torch.arange(T), torch.arange(T)] = 0
+        return Circuits(names, x, ("hook_post", "hook_out"), readout, {"hook_post": mask})
 
 
 class MLPTask(EmbeddedTask):

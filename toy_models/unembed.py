@@ -170,9 +170,11 @@ class Unembed(HookedToyModel):
             return (own - other).transpose(-1, -2)  # [..., inst, T]
 
         names = [f"datum:{j}" for j in range(len(train))]
-        return Circuits(
-            names=names, inputs=train.inputs.detach(), hooks=("hook_logits",), readout=readout
-        )
+        T = len(train)  # ablating datum j zeroes its residual input at hook_in
+        mask = torch.ones(T, T, self.n_instances, self.cfg.d_model, device=y.device)
+        mask[torch.arange(T), torch.arange(T)] = 0
+        inputs = train.inputs.detach()
+        return Circuits(names, inputs, ("hook_logits",), readout, {"hook_in": mask})
 
 
 class UnembedTask(EmbeddedTask):

@@ -6,11 +6,18 @@
 # The local learning coefficient λ̂ = (nβ/t)(E[L_n(w)] − L_n(w*)) counts the effective
 # parameters the model uses. Vaintrob ("Memorization-generalization in practice", 2025) reads a
 # trained model as a bucket of circuits: heating noises out the least efficient ones first, and
-# memorised dictionary entries should die before general features. Here we (1) calibrate the
-# sampler, (2) estimate the LLC, (3) sweep a temperature ladder, and (4) read the circuit-survival
-# heat map and the λ̂ spectrum. `MEMLENS_FAST=1` shrinks every size.
+# memorised dictionary entries should die before general features.
+#
+# Numbers from SGLD are only as good as the sampler. For a quadratic direction of curvature a,
+# Euler–Maruyama SGLD's stationary variance is 1/(a(1 − εa/4)): the step that mixes fastest is
+# the most biased one. So memlens never asks you for a step size: `step_size="auto"` (the
+# default) picks, per temperature, a step whose λ̂ no longer moves with ε (λ̂(3ε) and λ̂(ε),
+# measured on coupled chains, put its bias within 5%) and where the chains mix, and every
+# (temperature, instance) cell carries a health flag. Unhealthy cells are hatched in the figures
+# and left out of every characteristic temperature. `MEMLENS_FAST=1` shrinks every size.
 
 # %%
+import math
 import os
 import warnings
 
@@ -21,123 +28,188 @@ import torch
 
 import memlens as ml
 from memlens.data import SparseFeatures
-from toy_models import Bottleneck
+from toy_models import Bottleneck, MLPBlock, MLPTask
 
 torch.set_num_threads(1)
 FAST = os.environ.get("MEMLENS_FAST") == "1"
-N_FEAT, HIDDEN, T = 20, 5, (40 if FAST else 60)
-DRAWS = 120 if FAST else 300
+SEEDS = 2 if FAST else 4  # independently trained models, packed as instances
+CHAINS, DRAWS = 4, (100 if FAST else 200)
+# γ: with tens of training points nβ = n/log n is ~15, so at γ = 1 most weight directions are
+# held only by γ and cold chains would need ~1/(εγ) ≈ 10⁵ steps to mix; γ = 10 keeps the hot
+# end hot (weights noised by ~0.3, enough to kill every circuit) and the cold end mixable.
+GAMMA = 10.0
+BUDGET = 3_000 if FAST else 20_000  # SGLD steps per chain "auto" may spend on one run
+
+
+def temper_quietly(model, train, temps, gamma=GAMMA, **kw):
+    """memlens.temper, with its warnings collected (each names the unhealthy cells)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = ml.temper(model, train, temps, chains=CHAINS, draws=DRAWS, localization=gamma,
+                        max_steps=BUDGET, seed=0, progress=False, **kw)  # fmt: skip
+    for w in caught:
+        print("sampler warning:", w.message)
+    return res
+
+
+def health_report(res, name):
+    ok = res.health.ok
+    print(f"{name}: {int(ok.sum())}/{ok.numel()} (temperature, seed) cells healthy")
+    for a, t in enumerate(res.temperatures.tolist()):
+        for i in range(ok.shape[1]):
+            if not bool(ok[a, i]):
+                print(f"  t={t:.3g} seed {i}: {res.health.describe(a, i)}")
+
 
 # %% [markdown]
-# A bottleneck (20 sparse features into 5 hidden dimensions) trained on a finite set of T points:
-# at this T some points are memorised (fully reconstructed) while several features are learned.
+# ## 1. A memorising bottleneck, trained from several seeds at once
+# 20 sparse features into 5 hidden dimensions, T points each: at this T the points are
+# memorised (train loss far below test loss) while features are learned too. Each instance is an
+# independent seed: its own data and its own initialisation.
 
 # %%
+N_FEAT, HIDDEN, T = 20, 5, (40 if FAST else 60)
 feats = SparseFeatures(n_features=N_FEAT, sparsity=0.9)
-train, test = feats.sample(T=T, n_instances=2, seed=0), feats.sample(T=2048, n_instances=2, seed=1)
-model = Bottleneck(n_features=N_FEAT, d_hidden=HIDDEN, n_instances=2, seed=0)
+train = feats.sample(T=T, n_instances=SEEDS, seed=0)
+test = feats.sample(T=2048, n_instances=SEEDS, seed=1)
+model = Bottleneck(n_features=N_FEAT, d_hidden=HIDDEN, n_instances=SEEDS, seed=0)
 run = ml.train(model, train, steps=1500 if FAST else 4000, lr=1e-2, test=test, progress=False)
 print(run.summary())
 
 # %% [markdown]
-# ## 1. Calibrate
-# nβ defaults to n/log n with n the number of training points. Too small a step leaves the chains
-# diffusing (λ̂ ≈ 0), too large a step diverges; `calibrate` runs the whole grid in one batch.
+# ## 2. The step-size decision, shown
+# `ml.calibrate` runs the decision `step_size="auto"` makes, on its own: per temperature a grid
+# of dimensionless steps s = ε·a (a: the top curvature of the posterior at w*, from
+# Hessian-vector products), coupled chains for the bias test, and the steps per draw the chains
+# need to mix. Large steps inflate λ̂; the chosen step is the largest whose own bias
+# (λ̂(3ε) − λ̂(ε))/2 is certainly within 5%.
 
 # %%
-cal = ml.calibrate(
-    model,
-    train,
-    step_sizes=[1e-6, 1e-4, 1e-3, 1e-1],
-    localizations=[1.0, 10.0],
-    chains=4,
-    draws=DRAWS,
-    progress=False,
-)
-print(cal.table())
+cal = ml.calibrate(model, train, [1.0], chains=8, draws=DRAWS, localization=GAMMA,
+                   max_steps=BUDGET, progress=False)  # fmt: skip
+print(cal.table(inst=0))
+print(cal.summary())
 cal.plot().savefig("05_calibration.png", dpi=120)
-eps = cal.recommended["step_size"] if cal.recommended else 1e-4
-gamma = cal.recommended["localization"] if cal.recommended else 1.0
 
 # %% [markdown]
-# ## 2. Estimate the LLC at t = 1
+# ## 3. The LLC at t = 1, with the automatic step
 
 # %%
-llc = ml.estimate_llc(
-    model, train, chains=8, draws=DRAWS, step_size=eps, localization=gamma, seed=0, progress=False
-)
-print(llc.summary())
+llc = ml.estimate_llc(model, train, chains=8, draws=DRAWS, localization=GAMMA, seed=0,
+                      max_steps=BUDGET, progress=False)  # fmt: skip
+print(llc.summary().split("step size auto")[0])
 llc.plot_trace().savefig("05_trace.png", dpi=120)
 
 # %% [markdown]
-# ## 3. Sweep a log-spaced temperature ladder, with the survival probe streaming over draws
-# Hotter temperatures have a flatter posterior, so the step grows with t (capped for stability).
+# ## 4. A log-spaced temperature ladder, with the survival probe streaming over the draws
+# The step is chosen per rung (a cold posterior is narrower and needs a smaller step). The
+# survival probe compares each circuit's activation at w* with its activation over the draws:
+# survival = 1 − RMS(a − a*)/|a*|, noised out below 0.5, and a circuit's characteristic
+# temperature is where it crosses 0.5, read from healthy cells only.
 
 # %%
-temps = torch.logspace(-2, 3, 8 if FAST else 10).tolist()  # >= 8 log-spaced temperatures
-steps = [min(eps * t, 0.02) for t in temps]
-with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    tempered = ml.temper(
-        model,
-        train,
-        temperatures=temps,
-        chains=4 if FAST else 8,
-        draws=DRAWS,
-        step_size=steps,
-        localization=gamma,
-        seed=0,
-        probes=["survival"],
-        progress=False,
-    )
-for w in caught:
-    print("warning:", w.message)
-print(tempered.summary())
-
-# %% [markdown]
-# ## 4. Which circuits die first? The survival heat map and the spectrum
-# Survival is 1 − RMS(a − a*)/|a*| over draws (clipped to [0, 1]); a circuit is noised out below
-# 0.5, and its characteristic temperature is where it crosses 0.5.
-
-# %%
+temps = torch.logspace(-2, 1, 8 if FAST else 12).tolist()  # >= 8 log-spaced temperatures
+tempered = temper_quietly(model, train, temps, probes=["survival"])
+print(tempered.summary().split("step size auto")[0])
+health_report(tempered, "bottleneck")
 surv = tempered.probe("survival")
 print(surv.summary())
 surv.plot().savefig("05_survival.png", dpi=120)
-d = tempered.diagnostics
-for i in range(2):
-    tf, td = surv.family_temperature("feature", i), surv.family_temperature("datum", i)
-    # circuits that never die get t_c = +inf; they count as dying last
-    tf_med = float(tf.nan_to_num(posinf=float("inf")).median()) if len(tf) else float("nan")
-    td_med = float(td.nan_to_num(posinf=float("inf")).median()) if len(td) else float("nan")
-    before = float((td < tf_med).double().mean()) if len(td) and len(tf) else float("nan")
-    verdict = "datum circuits die first" if td_med < tf_med else "datum circuits do NOT die first"
-    print(
-        f"instance {i}: median characteristic temperature feature {tf_med:.3g} "
-        f"({len(tf)} active), datum {td_med:.3g} ({len(td)} active); "
-        f"{before:.0%} of datum circuits die below the median feature -> {verdict}"
-    )
-    print(
-        f"  sampler health, inst {i}: R-hat {float(d.rhat[:, i].min()):.2f}-"
-        f"{float(d.rhat[:, i].max()):.2f}, ESS {float(d.ess[:, i].min()):.0f}-"
-        f"{float(d.ess[:, i].max()):.0f}, diverged chains {int(d.diverged[:, :, i].sum())}"
-    )
 spec = tempered.spectrum()
 print(spec.summary())
 spec.plot().savefig("05_spectrum.png", dpi=120)
 
+
 # %% [markdown]
-# **What this run shows (recorded, not tuned).** Full mode (T = 60 points, 2 instances, 10
-# temperatures from 10⁻² to 10³, 8 chains × 300 draws, seed 0; train loss 0.033/0.037 against
-# test loss 0.53/0.45, so the points are largely memorised): the median characteristic
-# temperature of the `datum` circuits is 0.058 (49 active) vs 0.062 for `feature` circuits (20
-# active) in instance 0, and 0.065 (43) vs 0.069 (18) in instance 1; 51% and 53% of datum
-# circuits die below the median feature. Datum circuits die *marginally* earlier, but the gap
-# (~6%) is far smaller than one rung of the ladder (×3.6), so this is no real separation: the
-# prediction is **not** clearly borne out on this model. In fast mode (T = 40, 8 rungs, 4 chains)
-# the two instances disagree (datum 0.15 vs feature 0.19; datum 0.18 vs feature 0.16).
-# Caveats, honestly: every circuit dies between t = 0.01 and t ≈ 0.5, so only the three coldest
-# rungs resolve anything, and even at t = 0.01 survival is ~0.8, not 1 (the ladder does not reach
-# a fully cold end); sampler health there is mediocre (R-hat 1.04–1.24, ESS 24–199 at
-# t ≤ 0.13; R-hat up to 1.67, ESS 13 at t = 10³), and λ̂ = 65 / 57 at t = 0.01 is at or above the
-# regular bound d/2 = 60 (d = 120 weights), a sign the coldest chains are not equilibrated. A finer ladder
-# over t ∈ [10⁻⁴, 1] with more draws is the obvious next experiment.
+# ## 5. Do memorised datum circuits die before feature circuits?
+# Per seed and per chain: the median characteristic temperature of each family. The verdict
+# compares the two families' medians, with a 95% interval over seeds and the range over chains.
+
+
+# %%
+def family_table(s, families):
+    """Median characteristic temperature per family and seed; "≤ t" when at least half the family
+    is already dead at the lowest healthy temperature (then it is only an upper bound)."""
+    for fam in families:
+        for i in range(len(s.active)):
+            tc = s.family_temperature(fam, i)
+            med, censored = s.family_median(fam, i)
+            txt = "n/a" if med != med else ("≤ " if censored else "") + f"{med:.3g}"
+            chains = s.family_median_per_chain(fam, i)
+            print(
+                f"  {fam:8s} seed {i}: median characteristic temperature {txt} ({len(tc)} "
+                f"active, {int(torch.isinf(tc).sum())} survive the healthy ladder); per chain "
+                + ", ".join(f"{float(c):.3g}" for c in chains)
+            )
+
+
+def verdict(s, early, late):
+    c = s.compare_families(early, late)
+    lo, hi = c["ci95"]
+    clo, chi = c["chain_range"]
+    print(
+        f"{early} vs {late}: temperature ratio {c['geometric_mean']:.3g} (95% CI over seeds "
+        f"[{lo:.3g}, {hi:.3g}]; per chain {clo:.3g} to {chi:.3g}) -> {c['verdict']}"
+    )
+    return c
+
+
+print("median characteristic temperature feature / datum, bottleneck:")
+family_table(surv, ["feature", "datum"])
+bottleneck_verdict = verdict(surv, "datum", "feature")
+
+# %% [markdown]
+# ## 6. Vaintrob's bucket of circuits, measured
+# Per circuit: its loss contribution ΔL (the rise in L_n when it is ablated at its hook), its
+# complexity Δλ (the drop in λ̂ when it is ablated during sampling; every ablation is an arm of
+# one batched, coupled sampler run) and their ratio. The predicted characteristic temperature
+# t̂ = nβ·ΔL/Δλ is where the loss a circuit buys stops outweighing its complexity; we compare it
+# with the measured one (healthy, uncensored circuits) by rank correlation.
+
+# %%
+from probes.bucket import measure_bucket
+
+bucket = measure_bucket(model, train, surv, localization=GAMMA, chains=CHAINS, draws=DRAWS,
+                        max_steps=BUDGET, progress=False)  # fmt: skip
+for i in range(SEEDS):
+    print(bucket.summary(i))
+bucket.plot().savefig("05_bucket.png", dpi=120)
+
+# %% [markdown]
+# ## 7. The MLP block: neuron circuits and datum circuits
+# A memorising MLP block: T points through 32 neurons, trained with a small L1 penalty on the
+# activations so that each neuron stores one or two points (tutorial 02): here the *neurons* are
+# the memorised dictionary entries. `neuron:k` is neuron k's activation on its key datum;
+# `datum:j` is how much of target j the output reproduces. With 16 points nβ ≈ 5.8, so the cold
+# rungs need a stronger pull, γ = 100, to mix within the budget (tutorial text: at γ = 10 every
+# rung below t ≈ 0.1 stays unhealthy); the price is a hot end limited by γ (weights noised by
+# ~0.1), where a circuit may survive the whole ladder.
+
+# %%
+mlp_task = MLPTask(SparseFeatures(n_features=32, sparsity=0.9, normalize=True), d_model=8,
+                   n_instances=SEEDS, seed=0)  # fmt: skip
+mlp_train = mlp_task.sample(T=16, seed=0)
+mlp = MLPBlock(**mlp_task.model_kwargs(), d_mlp=32, seed=0)
+with ml.sparse_activations(mlp, 0.1):
+    ml.train(mlp, mlp_train, steps=2000, lr=1e-2, weight_decay=1e-2, warmup=100, progress=False)
+mlp_temps = torch.logspace(-2, 2, 8 if FAST else 12).tolist()
+mlp_tempered = temper_quietly(mlp, mlp_train, mlp_temps, gamma=100.0, probes=["survival"])
+health_report(mlp_tempered, "MLP block")
+mlp_surv = mlp_tempered.probe("survival")
+print(mlp_surv.summary())
+mlp_surv.plot().savefig("05_survival_mlp.png", dpi=120)
+print("median characteristic temperature neuron / datum, MLP block:")
+family_table(mlp_surv, ["neuron", "datum"])
+mlp_verdict = verdict(mlp_surv, "datum", "neuron")
+
+# %% [markdown]
+# **What this run shows** is recorded at the end of the file (numbers from a full run, not tuned).
+
+# %%
+print(
+    f"sampler health: bottleneck {int(tempered.health.ok.sum())}/{tempered.health.ok.numel()}, "
+    f"MLP block {int(mlp_tempered.health.ok.sum())}/{mlp_tempered.health.ok.numel()} cells healthy"
+)
+for name, c in (("bottleneck", bottleneck_verdict), ("MLP block", mlp_verdict)):
+    ratio = c["geometric_mean"]
+    print(f"{name}: {c['verdict']}" + ("" if math.isfinite(ratio) else " (no finite ratio)"))

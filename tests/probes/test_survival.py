@@ -1,13 +1,18 @@
-"""Circuit survival at the temperature extremes, on a small trained bottleneck."""
+"""Circuit survival at the temperature extremes, on small trained models; survival only from
+healthy chains; the streaming-probe protocol."""
 
 from __future__ import annotations
+
+import math
+import warnings
 
 import pytest
 import torch
 
 import memlens
 from memlens.data import SparseFeatures
-from probes.survival import CircuitSurvivalProbe, _characteristic
+from probes.characteristic import characteristic_temperature
+from probes.survival import CircuitSurvivalProbe
 
 
 @pytest.fixture(scope="module")
@@ -37,17 +42,21 @@ def test_every_circuit_survives_cold_and_none_survives_hot(trained):
     tc = s.characteristic_temperature[s.active]
     assert ((tc > 1e-4) & (tc < 1e5)).all()
     assert "noised out" in s.summary() and s.plot() is not None
-    assert set(s.to_dict()) >= {"survival", "noised_out", "characteristic_temperature"}
+    assert set(s.to_dict()) >= {"survival", "noised_out", "characteristic_temperature", "healthy"}
+    # per-chain characteristic temperatures (for confidence intervals) bracket the pooled one
+    per_chain = s.characteristic_per_chain[:, s.active]
+    assert per_chain.shape[0] == 2 and torch.isfinite(per_chain).all()
 
 
 def test_characteristic_temperature_interpolates_in_log_t():
     temps = torch.tensor([1.0, 10.0, 100.0])
     surv = torch.tensor([[1.0, 0.9, 0.2], [0.4, 0.1, 0.0], [1.0, 1.0, 0.9]])[None]  # [1, 3, 3]
     surv = surv.permute(2, 0, 1)  # [temp, inst=1, circuit=3]
-    tc = _characteristic(temps, surv, 0.5)[0]
+    tc, censored = characteristic_temperature(temps, surv, 0.5)
+    tc, censored = tc[0], censored[0]
     # circuit 0 crosses 0.5 between t=10 (0.9) and t=100 (0.2): log10 t = 1 + 0.4/0.7
     assert torch.isclose(tc[0], torch.tensor(10 ** (1 + 0.4 / 0.7), dtype=torch.float64))
-    assert tc[1] == 1.0  # already dead at the lowest temperature
+    assert tc[1] == 1.0 and censored.tolist() == [False, True, False]  # dead at the lowest t
     assert torch.isinf(tc[2])  # never dies
 
 
@@ -55,31 +64,78 @@ def test_bad_arguments_and_misuse(trained):
     model, train = trained
     with pytest.raises(ValueError, match="threshold"):
         CircuitSurvivalProbe(threshold=1.5)
-    with pytest.raises(ValueError, match="temper"):
+    with pytest.raises((TypeError, ValueError)):
+        with memlens.probing(model, "survival"):  # it streams over draws; it is no hook probe
+            pass
+    with pytest.raises(ValueError, match="memlens.temper"):
         CircuitSurvivalProbe().run(model, train)
     with pytest.raises(ValueError, match="no result"):
         CircuitSurvivalProbe().result()
+    with pytest.raises(ValueError, match="threshold"):  # arguments by name are validated too
+        memlens.temper(model, train, probes=[("survival", {"threshold": 2.0})], step_size=1e-4)
+
+
+def test_a_temperature_whose_chains_all_diverged_has_no_survival(trained):
+    model, train = trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = memlens.temper(
+            model,
+            train,
+            [1e-4, 1.0],
+            nbeta=100.0,
+            chains=2,
+            draws=40,
+            step_size=[1e-8, 1e3],  # the second rung blows up
+            seed=0,
+            probes=[("survival", {"threshold": 0.4})],
+            progress=False,
+        )
+    s = res.probe("survival")
+    assert s.threshold == 0.4  # the argument given by name reached the probe
+    assert bool(res.diagnostics.diverged[1].all())
+    assert torch.isnan(s.survival[1]).all() and not s.noised_out[1].any()
+    assert s.chains_used[1].tolist() == [0, 0] and s.chains_used[0].tolist() == [2, 2]
+    assert not s.healthy[1].any()
+    text = s.summary()
+    line = next(x for x in text.splitlines() if x.strip().startswith("t=1:"))
+    assert "no healthy chains" in line and "noised out none" not in line
+    # the cold rung still measures: every active circuit survives there
+    assert s.survival[0][s.active].min() > 0.95
+    # characteristic temperatures come from healthy rungs only: no circuit "dies" at t = 1
+    assert not torch.isclose(s.characteristic_temperature[s.active], torch.tensor(1.0)).any()
 
 
 def _extremes(model, train):
-    """Temper at nβ/t = 1e6 (cold) and 1e-3 (hot: only the γ = 1 localisation holds w)."""
+    """Temper at nβ/t = 1e6 (cold) and 1e-3 (hot: only the γ = 1 localisation holds w), with
+    explicit steps sized to each temperature. These chains are far too short to pass the default
+    health thresholds (characteristic temperatures are read from healthy cells only), so the
+    thresholds are relaxed here: the extremes, not the sampler, are under test."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _temper_extremes(model, train)
+
+
+def _temper_extremes(model, train):
     return memlens.temper(
         model,
         train,
-        temperatures=[1e-4, 1e5],
+        [1e-4, 1e5],
         nbeta=100.0,
         chains=2,
         draws=80,
         burnin=30,
         step_size=[1e-8, 0.05],
         localization=1.0,
+        min_ess=1.0,
+        max_rhat=100.0,
+        max_diffusion=1e9,
         seed=0,
         probes=["survival"],
         progress=False,
     ).probe("survival")
 
 
-@pytest.mark.filterwarnings("ignore:chains barely move")
 def test_mlp_block_neuron_and_datum_circuits_at_the_extremes():
     from toy_models import MLPBlock, MLPTask
 
@@ -99,7 +155,6 @@ def test_mlp_block_neuron_and_datum_circuits_at_the_extremes():
         assert s.survival[1][mask].max() < s.threshold, (fam, s.survival[1][mask].max())
 
 
-@pytest.mark.filterwarnings("ignore:chains barely move")
 def test_unembed_datum_circuits_at_the_extremes():
     from toy_models import Unembed, UnembedTask
 
@@ -118,3 +173,22 @@ def test_unembed_datum_circuits_at_the_extremes():
     assert s.survival[0][s.active].min() > 0.95
     assert s.survival[1][s.active].max() < s.threshold
     assert not s.noised_out[0].any() and s.noised_out[1][s.active].all()
+
+
+def test_family_comparison_verdicts():
+    from probes.characteristic import compare_ratios
+
+    first = compare_ratios("datum", "feature", [0.5, 0.6, 0.55], [0.4, 0.7])
+    # geometric mean of 0.5, 0.6, 0.55, and a t-interval (2 dof) that stays below 1
+    assert first["geometric_mean"] == pytest.approx((0.5 * 0.6 * 0.55) ** (1 / 3))
+    assert first["ci95"][1] < 1 and "die first" in first["verdict"]
+    assert first["chain_range"] == pytest.approx((0.4, 0.7))
+    later = compare_ratios("datum", "feature", [3.0, 3.3, 2.9], [])
+    assert "LATER" in later["verdict"]
+    same = compare_ratios("datum", "feature", [0.9, 1.1], [])
+    assert "no detectable difference" in same["verdict"]
+    assert "cannot tell" in compare_ratios("a", "b", [math.nan], [])["verdict"]
+    # two seeds where the late family survives the whole ladder: direction without size
+    mixed = compare_ratios("datum", "neuron", [8.0, 3.0, math.inf, math.inf], [])
+    assert mixed["seeds_later"] == 4 and "LATER in every seed" in mixed["verdict"]
+    assert mixed["geometric_mean"] == pytest.approx(math.sqrt(24.0))
