@@ -10,7 +10,9 @@ uniform importance stores a pentagon: five features of norm ~1 at 72-degree gaps
 dimensionality a little below 2/5. For each seed the script reports
 
 - the norms of the strongest features and how many have norm >= 0.5 (``n_big``; 5 for a pentagon),
-- the feature dimensionality D_i = |W_i|^2 / sum_j (W_i^ . W_j)^2 of the five strongest,
+- the feature dimensionality D_i = |W_i|^2 / sum_j (W_i^ . W_j)^2 of the five strongest, over all
+  features and among the five alone, and the summed squared norm of the other features (each of
+  which lowers the five's D through its overlap with them),
 - the angular gaps between the five strongest, sorted by angle, and the largest deviation from 72,
 - the test loss (fresh points, squared error summed over features).
 
@@ -52,12 +54,16 @@ def geometry(model, test) -> dict:
     order = norms.argsort(descending=True)
     top = order[:5]
     D = feature_dimensionality(W)[top]
+    D_alone = feature_dimensionality(W[:, top])  # the five among themselves
+    rest = norms[order[5:]] ** 2
     ang = torch.atan2(W[1, top], W[0, top]).sort().values
     gaps = torch.diff(torch.cat([ang, ang[:1] + 2 * math.pi])) * 180 / math.pi
     return {
         "top_norms": [round(float(v), 3) for v in norms[order[:7]]],
         "n_big": int((norms >= BIG).sum()),
         "D_top5": [round(float(v), 3) for v in D],
+        "D_top5_alone": [round(float(v), 3) for v in D_alone],
+        "rest_norm2": round(float(rest.sum()), 2),
         "gaps_deg": [round(float(v), 1) for v in gaps],
         "max_gap_dev_deg": round(float((gaps - 72).abs().max()), 1),
         "test_loss": round(float(evaluate(model, test)[0]), 4),
@@ -73,9 +79,9 @@ def is_pentagon(g: dict) -> bool:
     )
 
 
-def snapshots(seed: int, lr: float, warmup: int, at: list[int]) -> list[dict]:
+def snapshots(seed: int, lr: float, warmup: int, at: list[int], T: int | None) -> list[dict]:
     """Constant-lr AdamW (after warmup) on the preset's cell; geometry at each step in ``at``."""
-    p, model, tr, te = cell(seed)
+    p, model, tr, te = cell(seed, T)
     wd = p["train"]["weight_decay"]
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
     out, t0 = [], time.perf_counter()
@@ -88,14 +94,22 @@ def snapshots(seed: int, lr: float, warmup: int, at: list[int]) -> list[dict]:
         opt.step()
         if step + 1 in at:
             g = geometry(model, te)
-            out.append({"seed": seed, "step": step + 1, "s": round(time.perf_counter() - t0), **g})
+            out.append(
+                {
+                    "seed": seed,
+                    "T": len(tr),
+                    "step": step + 1,
+                    "s": round(time.perf_counter() - t0),
+                    **g,
+                }
+            )
             print(fmt(out[-1]), flush=True)
     return out
 
 
-def cosine(seed: int, steps: int, lr: float, warmup: int) -> dict:
+def cosine(seed: int, steps: int, lr: float, warmup: int, T: int | None) -> dict:
     """``memlens.train`` with the preset's schedule (warmup, cosine to 0) for ``steps``."""
-    p, model, tr, te = cell(seed)
+    p, model, tr, te = cell(seed, T)
     t0 = time.perf_counter()
     train(
         model,
@@ -106,15 +120,23 @@ def cosine(seed: int, steps: int, lr: float, warmup: int) -> dict:
         weight_decay=p["train"]["weight_decay"],
         progress=False,
     )
-    g = {"seed": seed, "step": steps, "s": round(time.perf_counter() - t0), **geometry(model, te)}
+    g = {
+        "seed": seed,
+        "T": len(tr),
+        "step": steps,
+        "s": round(time.perf_counter() - t0),
+        **geometry(model, te),
+    }
     print(fmt(g), flush=True)
     return g
 
 
 def fmt(g: dict) -> str:
     return (
-        f"seed {g['seed']} step {g['step']:>6d} ({g['s']:>4d} s): n_big {g['n_big']:>2d} "
-        f"norms {g['top_norms']}  D_top5 {g['D_top5']}  gaps {g['gaps_deg']} "
+        f"T {g['T']} seed {g['seed']} step {g['step']:>6d} ({g['s']:>4d} s): "
+        f"n_big {g['n_big']:>2d} "
+        f"norms {g['top_norms']}  D_top5 {g['D_top5']} (alone {g['D_top5_alone']}; other "
+        f"features' |W|^2 sum {g['rest_norm2']})  gaps {g['gaps_deg']} "
         f"(max dev {g['max_gap_dev_deg']})  test {g['test_loss']}  "
         f"{'PENTAGON' if is_pentagon(g) else ''}"
     )
@@ -127,6 +149,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     ap.add_argument("--snapshots", default=None, help="steps to measure at, constant lr")
     ap.add_argument("--cosine", type=int, default=None, help="total steps, cosine schedule")
+    ap.add_argument("--T", type=int, default=None, help="training-set size (default: the largest)")
     a = ap.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",")]
     if (a.snapshots is None) == (a.cosine is None):
@@ -135,9 +158,9 @@ def main(argv: list[str] | None = None) -> None:
         at = sorted(int(s) for s in a.snapshots.split(","))
         if at[0] <= a.warmup:
             ap.error(f"--snapshots must come after --warmup={a.warmup}, got {at[0]}")
-        rows = [r for s in seeds for r in snapshots(s, a.lr, a.warmup, at)]
+        rows = [r for s in seeds for r in snapshots(s, a.lr, a.warmup, at, a.T)]
     else:
-        rows = [cosine(s, a.cosine, a.lr, a.warmup) for s in seeds]
+        rows = [cosine(s, a.cosine, a.lr, a.warmup, a.T) for s in seeds]
     n = sum(is_pentagon(r) for r in rows)
     print(f"{n}/{len(rows)} measurements are pentagons")
 

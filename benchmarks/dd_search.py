@@ -49,6 +49,26 @@ TASK_SEARCH_KEYS = {
 }
 
 
+# The cpu presets as they were when the search started (memlens.sweep.PRESETS then): every
+# configuration of the search is this base with some keys overridden, so the stages below name the
+# same configurations (and ids) whatever the presets become.
+_T13 = [3, 5, 9, 17, 30, 53, 95, 169, 300, 533, 949, 1687, 3000]
+_TRAIN0 = {"steps": 1000, "lr": 1e-2, "warmup": 50, "weight_decay": 1e-2}
+SEARCH_BASE: dict[str, dict] = {
+    "bottleneck": copy.deepcopy(PRESETS["bottleneck"]["cpu"]),
+    "mlp": {
+        "grid": {"T": _T13, "seed": [0, 1, 2]},
+        "task": {"n_features": 100, "sparsity": 0.99, "d_model": 20, "d_mlp": 64, "n_test": 1000},
+        "train": _TRAIN0,
+    },
+    "unembed": {
+        "grid": {"T": _T13, "seed": [0, 1, 2]},
+        "task": {"n_features": 100, "sparsity": 0.99, "d_model": 20, "n_test": 1000},
+        "train": _TRAIN0,
+    },
+}
+
+
 # ------------------------------------------------------------------------------ configurations
 def log_T(lo: int, hi: int, n: int) -> list[int]:
     """``n`` log-spaced integer training-set sizes in [lo, hi] (duplicates removed)."""
@@ -60,14 +80,15 @@ def make_config(
     overrides: dict | None = None,
     T: list[int] | None = None,
     seeds: list[int] | None = None,
-    base: str = "cpu",
+    base: str | None = None,
 ) -> dict:
-    """A configuration: the setting's ``base`` preset with task/train keys overridden.
+    """A configuration: the setting's search base (:data:`SEARCH_BASE`, or the named preset
+    ``base`` of ``memlens.sweep.PRESETS``) with task/train keys overridden.
 
     Raises ``ValueError`` naming the key for keys the setting does not search over."""
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
-    p = copy.deepcopy(PRESETS[setting][base])
+    p = copy.deepcopy(SEARCH_BASE[setting] if base is None else PRESETS[setting][base])
     task, train = p["task"], p["train"]
     for k, v in (overrides or {}).items():
         if k in TRAIN_KEYS:
@@ -197,7 +218,7 @@ def format_row(r: dict) -> str:
         f"{ok} ratio {r['ratio']:5.2f} (small {r['ratio_small']:5.2f}, large "
         f"{r['ratio_large']:5.2f}) at T={r['T_peak']:<5d} seeds_ok {r['seeds_ok']}/"
         f"{r['n_seeds']}  loss {r['small_T_loss']:.3g}/{r['peak']:.3g}/{r['large_T_loss']:.3g}"
-        f"  {r['seconds']:.0f}s"
+        f"  {r.get('seconds', r.get('wall_s', 0)):.0f}s"
     )
 
 
@@ -260,6 +281,34 @@ def figure(folder: str | os.PathLike, png: str | os.PathLike, title: str | None 
     return st
 
 
+def preset_check(setting: str, out: Path, png: str | None = None, probes: bool = True) -> dict:
+    """Run ``memlens sweep --model SETTING --preset cpu`` (the default path, resumable) and check
+    the criterion on its table; optionally draw its curve. Prints the sweep's wall time (the sum of
+    its groups' times, so a resumed sweep reports the whole)."""
+    from memlens import cli
+    from memlens.sweep import read_results
+
+    folder = out / f"preset-{setting}"
+    argv = ["sweep", "--model", setting, "--preset", "cpu", "--out", str(folder)]
+    if not probes:
+        argv += ["--probes", "none"]
+    if cli.main(argv) != 0:
+        raise SystemExit(f"memlens {' '.join(argv)} failed")
+    _, rows = read_results(folder)
+    st = peak_stats(curve(rows))
+    groups = {r["group"]: (r["group_seconds"], r["train_seconds"]) for r in rows}
+    st["wall_s"] = round(sum(g for g, _ in groups.values()), 1)
+    st["train_s"] = round(sum(t for _, t in groups.values()), 1)
+    print(
+        f"{setting} cpu preset ({len(rows)} cells, {len(groups)} groups): "
+        f"{st['wall_s']:.0f} s wall ({st['train_s']:.0f} s training) -- {format_row(st)}"
+    )
+    if png:
+        figure(folder, png)
+        print(f"wrote {png}")
+    return st
+
+
 # ------------------------------------------------------------------------------ stages
 def _vary(setting: str, axes: dict[str, list], **kw) -> list[dict]:
     names = list(axes)
@@ -284,7 +333,7 @@ STAGES: dict[str, dict] = {
     # 1. the presets' neighbourhood: sparsity x weight decay (mlp), sparsity x label rule (unembed)
     "coarse": {
         "mlp": lambda: (
-            [make_config("mlp", **COARSE)]
+            [make_config("mlp", T=log_T(3, 3000, 10), seeds=[0, 1])]  # the first run
             + _vary("mlp", {"weight_decay": [0.1, 1.0], "sparsity": [0.9, 0.99]}, **COARSE)
         ),
         "unembed": lambda: _vary(
@@ -336,6 +385,27 @@ STAGES: dict[str, dict] = {
             **COARSE,
         ),
     },
+    # 4. unembed: a harder rule (more features and tokens, same ~10 active) so that generalising
+    #    starts later than the linear interpolation threshold (T ~ d_model)
+    "vocab": {
+        "unembed": lambda: _around(
+            "unembed",
+            {"labels": "rule", "lr": 3e-2},
+            [{"n_features": 300, "sparsity": 0.967}, {"n_features": 1000, "sparsity": 0.99}],
+            T=log_T(3, 10_000, 9),
+            seeds=[0, 1],
+        ),
+    },
+    # 5. unembed, 300 features: preset-sized grids (13 T in [3, 3000], 3 seeds); lr and sparsity
+    "refine": {
+        "unembed": lambda: _around(
+            "unembed",
+            {"labels": "rule", "n_features": 300, "sparsity": 0.967, "lr": 3e-2},
+            [{}, {"lr": 1e-2}, {"sparsity": 0.98}, {"sparsity": 0.95}],
+            T=log_T(3, 3000, 13),
+            seeds=[0, 1, 2],
+        ),
+    },
 }
 
 
@@ -365,10 +435,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/dd-search", help="results folder (default: %(default)s)")
     ap.add_argument("--table", action="store_true", help="print the table of all results")
     ap.add_argument("--figure", metavar="SWEEP_DIR", help="plot a sweep folder's curve")
+    ap.add_argument(
+        "--preset-check",
+        choices=SETTINGS,
+        help="run `memlens sweep --model SETTING --preset cpu` and check the criterion",
+    )
+    ap.add_argument("--no-probes", action="store_true", help="--preset-check without probes")
     ap.add_argument("--png", help="where --figure writes its PNG")
     ap.add_argument("--progress", action="store_true", help="show training progress bars")
     a = ap.parse_args(argv)
     out = Path(a.out)
+    if a.preset_check:
+        st = preset_check(a.preset_check, out, a.png, probes=not a.no_probes)
+        return 0 if st["passes"] else 1
     if a.figure:
         if not a.png:
             ap.error("--figure needs --png")

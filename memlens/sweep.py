@@ -127,16 +127,18 @@ PRESETS: dict[str, dict[str, dict]] = {
             "task": {"n_features": 10_000, "sparsity": 0.999, "d_model": 100, "d_mlp": 256},
             "train": {"steps": 50_000, "lr": 1e-3, "warmup": 2_500, "weight_decay": 1e-2},
         },
+        # ~10 active features of 100 (S = 0.9) seen through d_model = 20; weight decay 0.1 and
+        # 3,000 steps: test loss peaks near T ~ 2 d_mlp (benchmarks/dd_search.py)
         "cpu": {
             "grid": {"T": _logspace(3, 3000, 13), "seed": [0, 1, 2]},
             "task": {
                 "n_features": 100,
-                "sparsity": 0.99,
+                "sparsity": 0.9,
                 "d_model": 20,
                 "d_mlp": 64,
                 "n_test": 1000,
             },
-            "train": {"steps": 1000, "lr": 1e-2, "warmup": 50, "weight_decay": 1e-2},
+            "train": {"steps": 3000, "lr": 1e-2, "warmup": 50, "weight_decay": 0.1},
         },
         "smoke": {
             "grid": {"T": [3, 6, 12, 24], "seed": [0, 1]},
@@ -150,10 +152,18 @@ PRESETS: dict[str, dict[str, dict]] = {
             "task": {"n_features": 10_000, "sparsity": 0.999, "d_model": 100},
             "train": {"steps": 50_000, "lr": 1e-3, "warmup": 2_500, "weight_decay": 1e-2},
         },
+        # the rule label (largest active feature) over 300 features, ~10 active (S = 0.967),
+        # through d_model = 20: test loss peaks near T ~ 5 d_model (benchmarks/dd_search.py)
         "cpu": {
             "grid": {"T": _logspace(3, 3000, 13), "seed": [0, 1, 2]},
-            "task": {"n_features": 100, "sparsity": 0.99, "d_model": 20, "n_test": 1000},
-            "train": {"steps": 1000, "lr": 1e-2, "warmup": 50, "weight_decay": 1e-2},
+            "task": {
+                "n_features": 300,
+                "sparsity": 0.967,
+                "d_model": 20,
+                "labels": "rule",
+                "n_test": 1000,
+            },
+            "train": {"steps": 1000, "lr": 3e-2, "warmup": 50, "weight_decay": 1e-2},
         },
         "smoke": {
             "grid": {"T": [3, 6, 12, 24], "seed": [0, 1]},

@@ -1,0 +1,69 @@
+"""Double descent in all three settings, through the default path: ``memlens sweep --preset cpu``.
+
+The criterion (issue 13): the median-over-seeds test loss peaks at an interior T at least 1.2x the
+median test loss at BOTH ends of the T range. The whole cpu presets take minutes each on 2 cores,
+so each test runs a documented sub-grid of its preset's T values (its smallest T, the T values
+around the peak, and its largest T) with the preset's task, training settings and seeds
+unmodified; ``python benchmarks/dd_search.py --preset-check SETTING`` runs the whole preset.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from memlens import cli
+from memlens.sweep import preset, read_results
+
+THRESHOLD = 1.2
+
+# T values of each cpu preset used here: both ends of the preset's T range and the peak's
+# neighbourhood (found by running the whole preset, see benchmarks/dd_search.py).
+SUBGRID = {
+    "bottleneck": None,
+    "mlp": None,
+    "unembed": None,
+}
+
+
+def median_curve(rows: list[dict]) -> tuple[list[int], np.ndarray]:
+    """``(T values, median test loss over seeds at each T)``."""
+    by: dict[int, list[float]] = {}
+    for r in rows:
+        by.setdefault(int(r["T"]), []).append(float(r["test_loss"]))
+    Ts = sorted(by)
+    return Ts, np.array([np.median(by[T]) for T in Ts])
+
+
+def test_median_curve_and_criterion_on_a_hand_made_table():
+    rows = [
+        {"T": T, "seed": s, "test_loss": v}
+        for T, vals in {3: [1.0, 1.2, 0.8], 30: [2.0, 5.0, 2.6], 300: [1.1, 0.9, 1.0]}.items()
+        for s, v in enumerate(vals)
+    ]
+    Ts, med = median_curve(rows)
+    assert Ts == [3, 30, 300]
+    np.testing.assert_allclose(med, [1.0, 2.6, 1.0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["bottleneck", "mlp", "unembed"])
+def test_cpu_preset_shows_double_descent(setting, tmp_path):
+    p = preset(setting, "cpu")
+    T = SUBGRID[setting]
+    # the sub-grid is the preset's own: its values, both of its ends
+    assert set(T) <= set(p["grid"]["T"]), (T, p["grid"]["T"])
+    assert min(T) == min(p["grid"]["T"]) and max(T) == max(p["grid"]["T"])
+    out = tmp_path / setting
+    argv = ["sweep", "--model", setting, "--preset", "cpu", "--out", str(out)]
+    argv += ["--T", ",".join(map(str, T)), "--probes", "none", "--no-progress"]
+    assert cli.main(argv) == 0
+    config, rows = read_results(out)
+    assert config["train"] == {**config["train"], **p["train"]}  # the preset's training, as is
+    assert sorted({r["seed"] for r in rows}) == p["grid"]["seed"]
+    Ts, med = median_curve(rows)
+    k = 1 + int(np.argmax(med[1:-1]))
+    ratios = med[k] / med[0], med[k] / med[-1]
+    curve = dict(zip(Ts, med.round(4).tolist(), strict=True))
+    msg = f"{setting}: median test loss by T {curve}; peak / ends {ratios}"
+    assert min(ratios) >= THRESHOLD, msg
