@@ -259,6 +259,9 @@ def figure(folder: str | os.PathLike, png: str | os.PathLike, title: str | None 
         ax.plot(Ts, med, color=color, lw=2.2, marker="o", ms=4, label=f"{label} loss, median")
     st = peak_stats(curve(rows))
     ax.axvline(st["T_peak"], color="gray", ls=":", lw=1)
+    if setting == "unembed":  # the loss of a uniform guess over the vocabulary
+        v = int(config["task"]["n_features"]) + 1
+        ax.axhline(np.log(v), color="gray", ls="--", lw=1, label=f"uniform guess, ln {v}")
     ax.set_xscale("log")
     if setting != "unembed":
         ax.set_yscale("log")
@@ -393,6 +396,32 @@ STAGES: dict[str, dict] = {
             {"labels": "rule", "lr": 3e-2},
             [{"n_features": 300, "sparsity": 0.967}, {"n_features": 1000, "sparsity": 0.99}],
             T=log_T(3, 10_000, 9),
+            seeds=[0, 1],
+        ),
+    },
+    # 5. mlp: more features per residual dimension (stage 3's best knob), ~10 active each
+    "features": {
+        "mlp": lambda: _around(
+            "mlp",
+            {**_MLP, "n_features": 200, "sparsity": 0.95},
+            [{"steps": 1000}, {"n_features": 400, "sparsity": 0.975, "steps": 1000}],
+            **COARSE,
+        ),
+    },
+    # 6. smoke presets: the same settings scaled down to seconds (run with --out runs/dd-smoke)
+    "smoke": {
+        "mlp": lambda: _around(
+            "mlp",
+            {"n_features": 30, "sparsity": 0.7, "d_model": 8, "d_mlp": 16, "n_test": 256},
+            [{"weight_decay": 0.1, "steps": s} for s in (300, 1000)],
+            T=log_T(3, 400, 7),
+            seeds=[0, 1],
+        ),
+        "unembed": lambda: _around(
+            "unembed",
+            {"labels": "rule", "d_model": 8, "lr": 3e-2, "n_test": 256, "sparsity": 0.85},
+            [{"n_features": 60}, {"n_features": 120}],
+            T=log_T(3, 1000, 7),
             seeds=[0, 1],
         ),
     },

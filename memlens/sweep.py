@@ -140,10 +140,11 @@ PRESETS: dict[str, dict[str, dict]] = {
             },
             "train": {"steps": 3000, "lr": 1e-2, "warmup": 50, "weight_decay": 0.1},
         },
+        # the cpu preset scaled down (~9 active of 30 features, d_model 8): still a bump, T ~ 15
         "smoke": {
-            "grid": {"T": [3, 6, 12, 24], "seed": [0, 1]},
-            "task": {"n_features": 30, "sparsity": 0.9, "d_model": 8, "d_mlp": 16, "n_test": 256},
-            "train": {"steps": 60, "lr": 1e-2, "warmup": 5, "weight_decay": 1e-2},
+            "grid": {"T": _logspace(3, 400, 7), "seed": [0, 1]},
+            "task": {"n_features": 30, "sparsity": 0.7, "d_model": 8, "d_mlp": 16, "n_test": 256},
+            "train": {"steps": 1000, "lr": 1e-2, "warmup": 50, "weight_decay": 0.1},
         },
     },
     "unembed": {
@@ -165,10 +166,17 @@ PRESETS: dict[str, dict[str, dict]] = {
             },
             "train": {"steps": 1000, "lr": 3e-2, "warmup": 50, "weight_decay": 1e-2},
         },
+        # the cpu preset scaled down (120 features, ~18 active, d_model 8): still a bump, T ~ 55
         "smoke": {
-            "grid": {"T": [3, 6, 12, 24], "seed": [0, 1]},
-            "task": {"n_features": 30, "sparsity": 0.9, "d_model": 8, "n_test": 256},
-            "train": {"steps": 60, "lr": 1e-2, "warmup": 5, "weight_decay": 1e-2},
+            "grid": {"T": _logspace(3, 1000, 7), "seed": [0, 1]},
+            "task": {
+                "n_features": 120,
+                "sparsity": 0.85,
+                "d_model": 8,
+                "labels": "rule",
+                "n_test": 256,
+            },
+            "train": {"steps": 1000, "lr": 3e-2, "warmup": 50, "weight_decay": 1e-2},
         },
     },
 }

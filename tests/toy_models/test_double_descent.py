@@ -46,24 +46,41 @@ def test_median_curve_and_criterion_on_a_hand_made_table():
     np.testing.assert_allclose(med, [1.0, 2.6, 1.0])
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("setting", ["bottleneck", "mlp", "unembed"])
-def test_cpu_preset_shows_double_descent(setting, tmp_path):
-    p = preset(setting, "cpu")
-    T = SUBGRID[setting]
-    # the sub-grid is the preset's own: its values, both of its ends
-    assert set(T) <= set(p["grid"]["T"]), (T, p["grid"]["T"])
-    assert min(T) == min(p["grid"]["T"]) and max(T) == max(p["grid"]["T"])
-    out = tmp_path / setting
-    argv = ["sweep", "--model", setting, "--preset", "cpu", "--out", str(out)]
-    argv += ["--T", ",".join(map(str, T)), "--probes", "none", "--no-progress"]
-    assert cli.main(argv) == 0
+def run_preset(setting: str, name: str, out, T: list[int] | None = None):
+    """``memlens sweep --model SETTING --preset NAME`` (probes off; T restricted if given):
+    the preset's settings, its T values (or the sub-grid ``T``) and the median test-loss curve."""
+    p = preset(setting, name)
+    argv = ["sweep", "--model", setting, "--preset", name, "--out", str(out)]
+    if T is not None:
+        # a sub-grid of the preset's own T values, with both of its ends
+        assert set(T) <= set(p["grid"]["T"]), (T, p["grid"]["T"])
+        assert min(T) == min(p["grid"]["T"]) and max(T) == max(p["grid"]["T"])
+        argv += ["--T", ",".join(map(str, T))]
+    assert cli.main(argv + ["--probes", "none", "--no-progress"]) == 0
     config, rows = read_results(out)
     assert config["train"] == {**config["train"], **p["train"]}  # the preset's training, as is
     assert sorted({r["seed"] for r in rows}) == p["grid"]["seed"]
-    Ts, med = median_curve(rows)
+    return median_curve(rows)
+
+
+def assert_bump(setting: str, Ts: list[int], med: np.ndarray) -> None:
+    """The criterion: an interior peak at least THRESHOLD x the median at both ends."""
     k = 1 + int(np.argmax(med[1:-1]))
     ratios = med[k] / med[0], med[k] / med[-1]
     curve = dict(zip(Ts, med.round(4).tolist(), strict=True))
-    msg = f"{setting}: median test loss by T {curve}; peak / ends {ratios}"
+    msg = f"{setting}: median test loss by T {curve}; peak at T={Ts[k]} / ends = {ratios}"
     assert min(ratios) >= THRESHOLD, msg
+
+
+@pytest.mark.parametrize("setting", ["mlp", "unembed"])
+def test_smoke_preset_shows_double_descent(setting, tmp_path):
+    """The smoke presets are the cpu settings scaled down to seconds, and keep the bump."""
+    Ts, med = run_preset(setting, "smoke", tmp_path / setting)
+    assert_bump(setting, Ts, med)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("setting", ["bottleneck", "mlp", "unembed"])
+def test_cpu_preset_shows_double_descent(setting, tmp_path):
+    Ts, med = run_preset(setting, "cpu", tmp_path / setting, SUBGRID[setting])
+    assert_bump(setting, Ts, med)
