@@ -79,10 +79,12 @@ def is_pentagon(g: dict) -> bool:
     )
 
 
-def snapshots(seed: int, lr: float, warmup: int, at: list[int], T: int | None) -> list[dict]:
+def snapshots(
+    seed: int, lr: float, warmup: int, at: list[int], T: int | None, wd: float | None
+) -> list[dict]:
     """Constant-lr AdamW (after warmup) on the preset's cell; geometry at each step in ``at``."""
     p, model, tr, te = cell(seed, T)
-    wd = p["train"]["weight_decay"]
+    wd = p["train"]["weight_decay"] if wd is None else wd
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=wd)
     out, t0 = [], time.perf_counter()
     for step in range(max(at)):
@@ -107,9 +109,10 @@ def snapshots(seed: int, lr: float, warmup: int, at: list[int], T: int | None) -
     return out
 
 
-def cosine(seed: int, steps: int, lr: float, warmup: int, T: int | None) -> dict:
+def cosine(seed: int, steps: int, lr: float, warmup: int, T: int | None, wd: float | None) -> dict:
     """``memlens.train`` with the preset's schedule (warmup, cosine to 0) for ``steps``."""
     p, model, tr, te = cell(seed, T)
+    wd = p["train"]["weight_decay"] if wd is None else wd
     t0 = time.perf_counter()
     train(
         model,
@@ -117,7 +120,7 @@ def cosine(seed: int, steps: int, lr: float, warmup: int, T: int | None) -> dict
         steps=steps,
         lr=lr,
         warmup=warmup,
-        weight_decay=p["train"]["weight_decay"],
+        weight_decay=wd,
         progress=False,
     )
     g = {
@@ -149,6 +152,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     ap.add_argument("--snapshots", default=None, help="steps to measure at, constant lr")
     ap.add_argument("--cosine", type=int, default=None, help="total steps, cosine schedule")
+    ap.add_argument(
+        "--weight-decay", type=float, default=None, help="AdamW weight decay (default: preset's)"
+    )
     ap.add_argument("--T", type=int, default=None, help="training-set size (default: the largest)")
     a = ap.parse_args(argv)
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -158,9 +164,9 @@ def main(argv: list[str] | None = None) -> None:
         at = sorted(int(s) for s in a.snapshots.split(","))
         if at[0] <= a.warmup:
             ap.error(f"--snapshots must come after --warmup={a.warmup}, got {at[0]}")
-        rows = [r for s in seeds for r in snapshots(s, a.lr, a.warmup, at, a.T)]
+        rows = [r for s in seeds for r in snapshots(s, a.lr, a.warmup, at, a.T, a.weight_decay)]
     else:
-        rows = [cosine(s, a.cosine, a.lr, a.warmup, a.T) for s in seeds]
+        rows = [cosine(s, a.cosine, a.lr, a.warmup, a.T, a.weight_decay) for s in seeds]
     n = sum(is_pentagon(r) for r in rows)
     print(f"{n}/{len(rows)} measurements are pentagons")
 

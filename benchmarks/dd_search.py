@@ -266,7 +266,17 @@ def figure(folder: str | os.PathLike, png: str | os.PathLike, title: str | None 
     if setting != "unembed":
         ax.set_yscale("log")
     lo = min(st["small_T_loss"], st["large_T_loss"], st["peak"])
-    ax.set_ylim(bottom=lo / 30 if setting != "unembed" else 0)
+    bottom = lo / 30 if setting != "unembed" else 0
+    ax.set_ylim(bottom=bottom)
+    if setting != "unembed" and min(r["train_loss"] for r in rows) < bottom:
+        ax.text(
+            0.02,
+            0.03,
+            f"train loss below {bottom:.2g} (off the axis) where the points are memorised",
+            transform=ax.transAxes,
+            fontsize=7,
+            color="tab:blue",
+        )
     ax.set(xlabel="T (training-set size, points)", ylabel=LOSS_UNITS[setting])
     n_seeds = len({r["seed"] for r in rows})
     ax.set_title(
