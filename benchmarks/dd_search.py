@@ -19,7 +19,11 @@ peak / large-T end); ``seeds_ok`` counts seeds whose own curve rises 1.2x above 
 ends at the median's peak T (a robustness check, not the criterion).
 
 Stages (``--stage``) are the named lists of configurations the search ran, coarse to fine, kept
-here so the search can be rerun; ``--vary``/``--set`` run any other configuration.
+in ``benchmarks/dd_stages.py`` so the search can be rerun; ``--vary``/``--set`` run any other
+configuration. The whole search (a few CPU-hours single-threaded):
+
+    for st in coarse steps knobs vocab features refine; do for s in mlp unembed; do
+        python benchmarks/dd_search.py --setting $s --stage $st; done; done
 """
 
 from __future__ import annotations
@@ -323,129 +327,18 @@ def preset_check(setting: str, out: Path, png: str | None = None, probes: bool =
 
 
 # ------------------------------------------------------------------------------ stages
-def _vary(setting: str, axes: dict[str, list], **kw) -> list[dict]:
-    names = list(axes)
-    return [
-        make_config(setting, dict(zip(names, combo, strict=True)), **kw)
-        for combo in itertools.product(*(axes[a] for a in names))
-    ]
+def stage_configs(stage: str, setting: str) -> list[dict]:
+    """The configurations of a stage of the search (``benchmarks/dd_stages.py``) for a setting."""
+    from dd_stages import STAGES
 
-
-COARSE = {"T": log_T(3, 3000, 8), "seeds": [0, 1]}  # short grids for the search
-_MLP = {"sparsity": 0.9, "weight_decay": 0.1}  # the MLP base found in stage "coarse"
-_UNE = {"sparsity": 0.9}
-
-
-def _around(setting: str, base: dict, changes: list[dict], **kw) -> list[dict]:
-    """One configuration per change, each applied to ``base``."""
-    return [make_config(setting, {**base, **c}, **kw) for c in changes]
-
-
-# The search as it ran, coarse to fine (each list is re-runnable; finished ones are skipped).
-STAGES: dict[str, dict] = {
-    # 1. the presets' neighbourhood: sparsity x weight decay (mlp), sparsity x label rule (unembed)
-    "coarse": {
-        "mlp": lambda: (
-            [make_config("mlp", T=log_T(3, 3000, 10), seeds=[0, 1])]  # the first run
-            + _vary("mlp", {"weight_decay": [0.1, 1.0], "sparsity": [0.9, 0.99]}, **COARSE)
-        ),
-        "unembed": lambda: _vary(
-            "unembed", {"labels": ["rule", "random"], "sparsity": [0.9, 0.99]}, **COARSE
-        ),
-    },
-    # 2. around the first passing configurations: steps, width
-    "steps": {
-        "mlp": lambda: _around(
-            "mlp", _MLP, [{"steps": 3000}, {"d_mlp": 16}, {"d_mlp": 32}, {"d_mlp": 128}], **COARSE
-        ),
-        "unembed": lambda: _around(
-            "unembed",
-            _UNE,
-            [{"labels": "rule", "steps": 3000}, {"labels": "random", "steps": 3000}],
-            **COARSE,
-        ),
-    },
-    # 3. one knob at a time around the stage-2 bests: lr, normalisation, features vs widths, S, wd
-    "knobs": {
-        "mlp": lambda: _around(
-            "mlp",
-            {**_MLP, "steps": 3000},
-            [
-                {"lr": 3e-3},
-                {"steps": 1000, "lr": 3e-2},
-                {"normalize": False},
-                {"n_features": 200, "sparsity": 0.95},
-                {"weight_decay": 0.01},
-                {"sparsity": 0.8},
-                {"sparsity": 0.95},
-                {"d_model": 10},
-                {"d_model": 40},
-            ],
-            **COARSE,
-        ),
-        "unembed": lambda: _around(
-            "unembed",
-            _UNE,
-            [
-                {"labels": "rule", "lr": 3e-2},
-                {"labels": "rule", "lr": 0.1},
-                {"labels": "random", "lr": 3e-2},
-                {"labels": "rule", "sparsity": 0.8},
-                {"labels": "rule", "sparsity": 0.95},
-                {"labels": "rule", "d_model": 10},
-                {"labels": "rule", "d_model": 40},
-            ],
-            **COARSE,
-        ),
-    },
-    # 4. unembed: a harder rule (more features and tokens, same ~10 active) so that generalising
-    #    starts later than the linear interpolation threshold (T ~ d_model)
-    "vocab": {
-        "unembed": lambda: _around(
-            "unembed",
-            {"labels": "rule", "lr": 3e-2},
-            [{"n_features": 300, "sparsity": 0.967}, {"n_features": 1000, "sparsity": 0.99}],
-            T=log_T(3, 10_000, 9),
-            seeds=[0, 1],
-        ),
-    },
-    # 5. mlp: more features per residual dimension (stage 3's best knob), ~10 active each
-    "features": {
-        "mlp": lambda: _around(
-            "mlp",
-            {**_MLP, "n_features": 200, "sparsity": 0.95},
-            [{"steps": 1000}, {"n_features": 400, "sparsity": 0.975, "steps": 1000}],
-            **COARSE,
-        ),
-    },
-    # 6. smoke presets: the same settings scaled down to seconds (run with --out runs/dd-smoke)
-    "smoke": {
-        "mlp": lambda: _around(
-            "mlp",
-            {"n_features": 30, "sparsity": 0.7, "d_model": 8, "d_mlp": 16, "n_test": 256},
-            [{"weight_decay": 0.1, "steps": s} for s in (300, 1000)],
-            T=log_T(3, 400, 7),
-            seeds=[0, 1],
-        ),
-        "unembed": lambda: _around(
-            "unembed",
-            {"labels": "rule", "d_model": 8, "lr": 3e-2, "n_test": 256, "sparsity": 0.85},
-            [{"n_features": 60}, {"n_features": 120}],
-            T=log_T(3, 1000, 7),
-            seeds=[0, 1],
-        ),
-    },
-    # 5. unembed, 300 features: preset-sized grids (13 T in [3, 3000], 3 seeds); lr and sparsity
-    "refine": {
-        "unembed": lambda: _around(
-            "unembed",
-            {"labels": "rule", "n_features": 300, "sparsity": 0.967, "lr": 3e-2},
-            [{}, {"lr": 1e-2}, {"sparsity": 0.98}, {"sparsity": 0.95}],
-            T=log_T(3, 3000, 13),
-            seeds=[0, 1, 2],
-        ),
-    },
-}
+    if stage not in STAGES or setting not in STAGES[stage]:
+        have = {k: sorted(v) for k, v in STAGES.items()}
+        raise ValueError(f"no stage {stage!r} for setting {setting!r}; stages: {have}")
+    out = []
+    for base, changes, (lo, hi, n, n_seeds) in STAGES[stage][setting]:
+        for c in changes:
+            out.append(make_config(setting, {**base, **c}, log_T(lo, hi, n), list(range(n_seeds))))
+    return out
 
 
 # ------------------------------------------------------------------------------ command line
@@ -466,7 +359,7 @@ def _kv(s: str) -> tuple[str, list]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--setting", choices=SETTINGS)
-    ap.add_argument("--stage", help=f"a named list of configurations: {sorted(STAGES)}")
+    ap.add_argument("--stage", help="a named list of configurations (benchmarks/dd_stages.py)")
     ap.add_argument("--vary", type=_kv, action="append", default=[], metavar="KEY=V1,V2")
     ap.add_argument("--set", type=_kv, action="append", default=[], metavar="KEY=V")
     ap.add_argument("--T", help="LO:HI:N log-spaced training-set sizes (default: the preset's)")
@@ -504,9 +397,11 @@ def main(argv: list[str] | None = None) -> int:
         T = log_T(lo, hi, n)
     seeds = None if a.seeds is None else list(range(a.seeds))
     if a.stage:
-        if a.stage not in STAGES or a.setting not in STAGES[a.stage]:
-            ap.error(f"no stage {a.stage!r} for {a.setting}; stages: {sorted(STAGES)}")
-        cfgs = STAGES[a.stage][a.setting]()
+        try:
+            cfgs = stage_configs(a.stage, a.setting)
+        except ValueError as e:
+            print(e)
+            return 0
     else:
         fixed = {k: v[0] for k, v in a.set}
         axes = dict(a.vary)
