@@ -2,8 +2,8 @@
 
 The criterion (issue 13): the median-over-seeds test loss peaks at an interior T at least 1.2x the
 median test loss at BOTH ends of the T range. The whole cpu presets take minutes each on 2 cores,
-so each test runs a documented sub-grid of its preset's T values (its smallest T, the T values
-around the peak, and its largest T) with the preset's task, training settings and seeds
+so each test runs a documented sub-grid of its preset's T values (its smallest T, the T where the
+whole preset peaks, and its largest T) with the preset's task, training settings and seeds
 unmodified; ``python benchmarks/dd_search.py --preset-check SETTING`` runs the whole preset.
 """
 
@@ -37,17 +37,6 @@ def median_curve(rows: list[dict]) -> tuple[list[int], np.ndarray]:
     return Ts, np.array([np.median(by[T]) for T in Ts])
 
 
-def test_median_curve_and_criterion_on_a_hand_made_table():
-    rows = [
-        {"T": T, "seed": s, "test_loss": v}
-        for T, vals in {3: [1.0, 1.2, 0.8], 30: [2.0, 5.0, 2.6], 300: [1.1, 0.9, 1.0]}.items()
-        for s, v in enumerate(vals)
-    ]
-    Ts, med = median_curve(rows)
-    assert Ts == [3, 30, 300]
-    np.testing.assert_allclose(med, [1.0, 2.6, 1.0])
-
-
 def run_preset(setting: str, name: str, out, T: list[int] | None = None):
     """``memlens sweep --model SETTING --preset NAME`` (probes off; T restricted if given):
     the preset's settings, its T values (or the sub-grid ``T``) and the median test-loss curve."""
@@ -72,6 +61,22 @@ def assert_bump(setting: str, Ts: list[int], med: np.ndarray) -> None:
     curve = dict(zip(Ts, med.round(4).tolist(), strict=True))
     msg = f"{setting}: median test loss by T {curve}; peak at T={Ts[k]} / ends = {ratios}"
     assert min(ratios) >= THRESHOLD, msg
+
+
+def test_median_curve_and_criterion_on_hand_made_tables():
+    rows = [
+        {"T": T, "seed": s, "test_loss": v}
+        for T, vals in {3: [1.0, 1.2, 0.8], 30: [2.0, 5.0, 2.6], 300: [1.1, 0.9, 1.0]}.items()
+        for s, v in enumerate(vals)
+    ]
+    Ts, med = median_curve(rows)
+    assert Ts == [3, 30, 300]
+    np.testing.assert_allclose(med, [1.0, 2.6, 1.0])
+    assert_bump("bump", Ts, med)  # 2.6x both ends
+    with pytest.raises(AssertionError, match="peak at T=30"):
+        assert_bump("monotone", Ts, np.array([2.0, 1.5, 1.0]))  # interior below the small end
+    with pytest.raises(AssertionError):
+        assert_bump("too small", Ts, np.array([1.0, 1.19, 0.5]))  # 1.19x < 1.2x at one end
 
 
 @pytest.mark.parametrize("setting", ["mlp", "unembed"])
