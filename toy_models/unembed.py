@@ -310,15 +310,30 @@ PRESETS = {
         "task": {"n_features": 10_000, "sparsity": 0.999, "d_model": 100},
         "train": {"steps": 50_000, "lr": 1e-3, "warmup": 2_500, "weight_decay": 1e-2},
     },
+    # the rule label (largest active feature) over 300 features, ~10 active (S = 0.967),
+    # through d_model = 20: test loss peaks near T ~ 5 d_model (benchmarks/dd_search.py)
     "cpu": {
         "grid": {"T": _logspace(3, 3000, 13), "seed": [0, 1, 2]},
-        "task": {"n_features": 100, "sparsity": 0.99, "d_model": 20, "n_test": 1000},
-        "train": {"steps": 1000, "lr": 1e-2, "warmup": 50, "weight_decay": 1e-2},
+        "task": {
+            "n_features": 300,
+            "sparsity": 0.967,
+            "d_model": 20,
+            "labels": "rule",
+            "n_test": 1000,
+        },
+        "train": {"steps": 1000, "lr": 3e-2, "warmup": 50, "weight_decay": 1e-2},
     },
+    # the cpu preset scaled down (120 features, ~18 active, d_model 8): still a bump, T ~ 55
     "smoke": {
-        "grid": {"T": [3, 6, 12, 24], "seed": [0, 1]},
-        "task": {"n_features": 30, "sparsity": 0.9, "d_model": 8, "n_test": 256},
-        "train": {"steps": 60, "lr": 1e-2, "warmup": 5, "weight_decay": 1e-2},
+        "grid": {"T": _logspace(3, 1000, 7), "seed": [0, 1]},
+        "task": {
+            "n_features": 120,
+            "sparsity": 0.85,
+            "d_model": 8,
+            "labels": "rule",
+            "n_test": 256,
+        },
+        "train": {"steps": 1000, "lr": 3e-2, "warmup": 50, "weight_decay": 1e-2},
     },
     # `memlens report`'s phase diagram: T x residual width on the cpu preset's data. About 4 min.
     "phase": {
