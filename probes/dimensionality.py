@@ -450,7 +450,10 @@ class DimensionalityProbe(Probe):
         if mask is not None:
             D = D.masked_fill(~mask.T, float("nan"))
             Dstar = Dstar.masked_fill(~mask.T, float("nan"))
-        W = self.model.feature_directions()
+        # feature directions live in the representation space: at any other hook they would
+        # describe a different space, so the feature measures are left out there
+        at_rep = self.hook == self.model.representation_hook
+        W = self.model.feature_directions() if at_rep else None
         fdim = dpf = None
         if isinstance(W, Tensor) and W.ndim == 3:
             W = W.detach()
