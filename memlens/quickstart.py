@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from memlens.io import atomic_write_text, write_json
 from memlens.registry import get_probe
-from memlens.training import sparse_activations, train
+from memlens.training import train
 
 QUICKSTART_PRESET = "quickstart"  # each model's two-regime settings (small T, large T)
 STORY_PRESET = "story"  # the model whose dictionary, D* and tempering the quickstart follows
@@ -38,22 +38,12 @@ def _bundles_with(preset: str) -> list:
 
 @dataclasses.dataclass(frozen=True)
 class StoryConfig:
-    """The MLP-block story's settings (units: points, neurons, optimizer steps)."""
+    """The sampler settings of the quickstart's tempering (step 4). The story model's task and
+    training come from its bundle's ``story`` preset (``memlens list`` shows presets)."""
 
-    n_features: int = 64
-    sparsity: float = 0.9
-    d_model: int = 8
-    d_mlp: int = 32
-    T_memorise: int = 16  # <= d_mlp: one neuron per point is possible
-    T_generalise: int = 2048
-    steps: int = 2000
-    lr: float = 1e-2
-    weight_decay: float = 1e-2
-    l1: float = 0.1  # L1 penalty on hook_post activations (both regimes), see below
-    batch_size: int = 512  # used only when T > batch_size
-    temperatures: tuple = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
+    temperatures: tuple = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)  # t, unitless
     chains: int = 4
-    draws: int = 200
+    draws: int = 200  # kept draws per chain, burn-in included
     step_size: str | float = "auto"  # SGLD ε: "auto" chooses it per temperature (see temper)
     # γ: with T = 16 points nβ = n/log n ≈ 5.8, so at γ = 1 most weight directions are held only
     # by γ and cold chains would need ~1/(εγ) ≈ 10⁴-10⁵ steps to mix; γ = 100 (common in LLC
@@ -62,29 +52,110 @@ class StoryConfig:
     max_steps: int = 3_000  # "auto"'s budget: SGLD steps per chain in one sampler run
 
 
+# What "memorising" and "generalising" must mean in the loss table (checked, and printed):
+MEMORISE_MAX = 0.10  # memorising: train loss at most 10% of the trivial baseline's ...
+MEMORISE_GAP = 3.0  # ... and test loss at least 3x the train loss
+GENERALISE_GAP = 0.10  # generalising: test loss at most 10% above the train loss ...
+GENERALISE_MAX = 0.95  # ... and below 95% of the trivial baseline on the test set
+WEAK = 0.80  # a generalising model whose test loss is above 80% of the baseline learned little
+
+
+def verdict(regime: str, train: float, test: float, base_train: float, base_test: float):
+    """``(holds, words)``: whether a model shows the regime it was trained for, and why."""
+    if regime == "memorising":
+        ok = train <= MEMORISE_MAX * base_train and test >= MEMORISE_GAP * train
+        ratio = test / max(train, 1e-30)
+        why = f"train {train / base_train:.1%} of baseline, test/train {ratio:.3g}x"
+    else:
+        ok = test <= (1 + GENERALISE_GAP) * train and test <= GENERALISE_MAX * base_test
+        why = f"test/train {test / max(train, 1e-30):.3g}x, test {test / base_test:.0%} of baseline"
+    return ok, ("yes" if ok else "NO") + f" ({why})"
+
+
+def _fit(bundle, spec: dict, train_kw: dict, seed: int):
+    """Build, generate and train one model of ``spec``; ``(model, train set, test set, result)``."""
+    tr, te = bundle.data(spec)
+    model = bundle.build(spec)
+    kw = dict(train_kw)
+    bs = kw.get("batch_size")
+    kw["batch_size"] = bs if bs is not None and len(tr) > bs else None
+    res = train(model, tr, test=te, seed=seed, progress=False, **kw)
+    return model, tr, te, res
+
+
 def loss_table(seed: int, progress: bool, bar: tqdm) -> list[dict]:
-    """Each model with a quickstart preset, trained at its small T and its large T."""
+    """Each model with a quickstart preset, trained at its small T and its large T, with its
+    loss units, the trivial baseline (best constant prediction) and whether it shows its regime."""
     rows = []
     for bundle in _bundles_with(QUICKSTART_PRESET):
         p = bundle.preset(QUICKSTART_PRESET)
         for T, regime in zip(p["grid"]["T"], ("memorising", "generalising"), strict=True):
-            spec = {**p["task"], "T": T, "seed": seed}
-            tr, te = bundle.data(spec)
-            model = bundle.build(spec)
-            kw = dict(p["train"])
-            kw["batch_size"] = kw["batch_size"] if T > kw["batch_size"] else None
-            res = train(model, tr, test=te, seed=seed, progress=False, **kw)
-            rows.append(
-                {
-                    "model": bundle.name,
-                    "T": T,
-                    "regime": regime,
-                    "train_loss": float(res.train_loss[0]),
-                    "test_loss": float(res.test_loss[0]),
-                }
-            )
+            _, tr, te, res = _fit(bundle, {**p["task"], "T": T, "seed": seed}, p["train"], seed)
+            row = {
+                "model": bundle.name,
+                "title": bundle.title,
+                "units": bundle.loss_units,
+                "T": T,
+                "regime": regime,
+                "train_loss": float(res.train_loss[0]),
+                "test_loss": float(res.test_loss[0]),
+                "baseline_train": float(bundle.baseline(tr)[0]),
+                "baseline_test": float(bundle.baseline(te)[0]),
+            }
+            row["holds"], row["verdict"] = verdict(
+                regime, row["train_loss"], row["test_loss"], row["baseline_train"],
+                row["baseline_test"],
+            )  # fmt: skip
+            rows.append(row)
             bar.update(1)
     return rows
+
+
+def table_caveats(rows: list[dict]) -> list[str]:
+    """What the loss table does not show, in words (printed and written to summary.md)."""
+    out = []
+    for r in rows:
+        if not r["holds"]:
+            out.append(
+                f"the {r['regime']} {r['title']} (T = {r['T']}) does not show its regime: "
+                f"{r['verdict']}"
+            )
+        elif r["regime"] == "generalising" and r["test_loss"] > WEAK * r["baseline_test"]:
+            out.append(
+                f"the generalising {r['title']} (T = {r['T']}) generalises (test ≈ train) but "
+                f"learns little: its test loss is {r['test_loss'] / r['baseline_test']:.0%} of the "
+                "trivial baseline (it stores few of its features)"
+            )
+    return out
+
+
+def _print_table(rows: list[dict]) -> None:
+    head = f"{'model':11s} {'T':>6s} {'regime':13s} {'train':>9s} {'test':>9s} {'baseline':>9s}"
+    print(head + "  shows its regime?")
+    for r in rows:
+        print(
+            f"{r['model']:11s} {r['T']:6d} {r['regime']:13s} {r['train_loss']:9.3g} "
+            f"{r['test_loss']:9.3g} {r['baseline_test']:9.3g}  {r['verdict']}"
+        )
+    units = dict.fromkeys(f"{r['model']}: {r['units']}" for r in rows)
+    print("losses per point; " + "; ".join(units))
+    print(
+        "baseline: the best constant prediction on the test set "
+        "(train-set baselines in results.json)"
+    )
+
+
+def _ensure_folder(out: Path) -> None:
+    """Refuse an output folder that cannot be written, before any work."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    base = out
+    while not base.exists() and base.parent != base:
+        base = base.parent
+    if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: cannot write into {base}")
 
 
 def run(
@@ -96,62 +167,49 @@ def run(
     """Run the quickstart and write the report folder ``out``; returns the numbers it printed."""
     cfg = cfg or StoryConfig()
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
+    _ensure_folder(out)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    bar = tqdm(total=6 + 4, desc="quickstart", disable=not progress, leave=False)
+    bar = tqdm(total=6 + 5, desc="quickstart", disable=not progress, leave=False)
 
     # 1. the three settings, both regimes
     rows = loss_table(seed, progress, bar)
+    caveats = table_caveats(rows)
     bar.clear()
     print("\n== 1. Three toy settings, small T (memorising) vs large T (generalising) ==")
-    print(f"{'model':11s} {'T':>6s} {'regime':13s} {'train loss':>11s} {'test loss':>11s}")
-    for r in rows:
-        print(
-            f"{r['model']:11s} {r['T']:6d} {r['regime']:13s} {r['train_loss']:11.4g} "
-            f"{r['test_loss']:11.4g}"
-        )
+    _print_table(rows)
 
-    # 2. the story model twice
+    # 2. the story model twice, and once more without its L1 penalty (the first caveat)
     bundle = _bundles_with(STORY_PRESET)[0]
-    base = {
-        "n_features": cfg.n_features,
-        "sparsity": cfg.sparsity,
-        "d_model": cfg.d_model,
-        "d_mlp": cfg.d_mlp,
-        "seed": seed,
-        "embed_seed": seed,
-    }
-    models, data, runs = {}, {}, {}
-    for regime, T in (("memorising", cfg.T_memorise), ("generalising", cfg.T_generalise)):
-        tr, te = bundle.data({**base, "T": T})
-        model = bundle.build({**base, "T": T})
-        # Plain AdamW memorises with a distributed code (each neuron fires on about half the
-        # points): no neuron-level lookup table. An L1 penalty on the activations, as in sparse
-        # dictionary learning, makes each neuron store one or two points.
-        with sparse_activations(model, cfg.l1):
-            runs[regime] = train(
-                model,
-                tr,
-                test=te,
-                steps=cfg.steps,
-                lr=cfg.lr,
-                weight_decay=cfg.weight_decay,
-                warmup=cfg.steps // 20,
-                seed=seed,
-                batch_size=cfg.batch_size if T > cfg.batch_size else None,
-                progress=False,
-            )
-        models[regime], data[regime] = model, tr
+    story = bundle.preset(STORY_PRESET)
+    models, data, runs, specs = {}, {}, {}, {}
+    for regime, T in zip(("memorising", "generalising"), story["grid"]["T"], strict=True):
+        specs[regime] = {**story["task"], "T": T, "seed": seed}
+        models[regime], data[regime], _, runs[regime] = _fit(
+            bundle, specs[regime], story["train"], seed
+        )
         bar.update(1)
     dics = {r: get_probe("dictionary")(train=data[r]).run(models[r], data[r]) for r in models}
+    l1 = story["train"].get("l1", 0.0)
+    plain = None
+    if l1:
+        m0, tr0, _, r0 = _fit(bundle, specs["memorising"], {**story["train"], "l1": 0.0}, seed)
+        plain = get_probe("dictionary")(train=tr0).run(m0, tr0)
+        caveats.insert(
+            0,
+            f"without its L1 penalty on the activations (l1 = {l1}) the memorising "
+            f"{bundle.title} still memorises (train loss {float(r0.train_loss[0]):.2g}) but with a "
+            f"mostly distributed code: dictionary coverage {plain.coverage:.0%} (with the "
+            f"penalty: {dics['memorising'].coverage:.0%}). The quickstart trains both regimes "
+            "with the penalty, as sparse dictionary learning does.",
+        )
     bar.update(1)
     bar.clear()
-    print(
-        f"\n== 2. MLP block (d_model={cfg.d_model}, d_mlp={cfg.d_mlp}, "
-        f"n_features={cfg.n_features}): the memorised dictionary =="
-    )
+    task = story["task"]
+    shape = ", ".join(f"{k}={v}" for k, v in task.items())
+    print(f"\n== 2. {bundle.title} ({shape}): the memorised dictionary ==")
     for r in models:
         print(
             f"{r:12s} T={len(data[r]):5d}: train loss {float(runs[r].train_loss[0]):.3g}, "
@@ -163,13 +221,11 @@ def run(
     print(f"\nThe generalising model: {dics['generalising'].summary().splitlines()[-1].strip()}")
 
     # 3. D*
-    dims = {
-        r: get_probe("dimensionality")(hook="hook_post", train=data[r]).run(models[r], data[r])
-        for r in models
-    }
+    dims = {r: get_probe("dimensionality")(train=data[r]).run(models[r], data[r]) for r in models}
     bar.update(1)
     bar.clear()
-    print("\n== 3. Maximal data dimensionality D* at hook_post ==")
+    hook = dims["memorising"].hook  # the model's representation hook
+    print(f"\n== 3. Maximal data dimensionality D* at {hook} ==")
     for r in models:
         dstar = dims[r].max_data_dim[0]
         top = torch.argsort(dstar, descending=True)[:5].tolist()
@@ -177,6 +233,15 @@ def run(
             f"{r:12s}: mean D* {float(dstar.mean()):.3g} (Σ D* = rank = "
             f"{float(dstar.sum()):.3g} of {len(dstar)} points); most memorised points "
             f"{top} with D* {[round(float(dstar[j]), 3) for j in top]}"
+        )
+
+    dmem = dims["memorising"].max_data_dim[0]
+    if float(dmem.min()) > 0.99:
+        caveats.append(
+            f"every training point of the memorising model has D* = 1: with T = {len(dmem)} "
+            "points in general position in a wider layer that holds for any model, memorising or "
+            "not; the evidence is the contrast with the generalising model "
+            f"(mean D* {float(dims['generalising'].max_data_dim.mean()):.3g})"
         )
 
     # 4. temper the memorising model (step size "auto": a step where λ̂ no longer moves with ε)
@@ -225,6 +290,15 @@ def run(
     print(surv.summary())
 
     # 5. the report
+    if not bool(tempering.health.ok[:, 0].all()):
+        caveats.append(
+            f"{int((~tempering.health.ok[:, 0]).sum())} of {len(cfg.temperatures)} tempering "
+            "temperature(s) are unhealthy (listed above): they are hatched in survival.png, "
+            "marked in llc.png and left out of characteristic temperatures"
+        )
+    print("\nCaveats:" if caveats else "\nCaveats: none.")
+    for c in caveats:
+        print(f"  - {c}")
     figs = {
         "dictionary.png": dics["memorising"].plot(),
         "max_data_dim.png": dims["memorising"].compare(
@@ -232,17 +306,22 @@ def run(
         ),
         "survival.png": surv.plot(),
         "llc.png": tempering.spectrum().plot(),
-        "training.png": runs["memorising"].plot(),
+        "training.png": _training_figure(runs, bundle),
     }
     out.mkdir(parents=True, exist_ok=True)
+    import matplotlib.pyplot as plt
+
     for name, fig in figs.items():
+        fig = getattr(fig, "figure", fig)
         fig.savefig(out / name, dpi=110, bbox_inches="tight")
+        plt.close(fig)
     bar.update(1)
     numbers = {
         "seed": seed,
         "loss_table": rows,
         "story": {
             r: {
+                "model": bundle.name,
                 "T": len(data[r]),
                 "train_loss": float(runs[r].train_loss[0]),
                 "test_loss": float(runs[r].test_loss[0]),
@@ -252,16 +331,22 @@ def run(
             }
             for r in models
         },
+        "plain_coverage": None if plain is None else plain.coverage,
+        "hook": hook,
         "llc": {
             "temperatures": list(cfg.temperatures),
             "mean": tempering.llc.mean[:, 0].tolist(),
-            "std": tempering.llc.std[:, 0].tolist(),
+            "se": tempering.llc.se[:, 0].tolist(),
+            "healthy": tempering.health.ok[:, 0].tolist(),
         },
+        "survival": _survival_numbers(surv),
+        "caveats": caveats,
     }
     write_json(
         out / "config.json",
         {
-            "story": dataclasses.asdict(cfg),
+            "sampler": dataclasses.asdict(cfg),
+            "story": {bundle.name: story},
             "loss_table": {
                 b.name: b.preset(QUICKSTART_PRESET) for b in _bundles_with(QUICKSTART_PRESET)
             },
@@ -270,35 +355,87 @@ def run(
     )
     write_json(out / "results.json", numbers)
     write_json(out / "dictionary.json", dics["memorising"].to_dict())
-    for r, m in models.items():
-        m.save(out / f"mlp-{r}.pt")
-    atomic_write_text(out / "summary.md", _summary_md(cfg, numbers, dics, surv, tempering))
+    for r, m in models.items():  # with their data recipes: `memlens probe/temper` read them
+        m.save(out / f"{bundle.name}-{r}.pt", recipes=[specs[r]])
+    atomic_write_text(out / "summary.md", _summary_md(bundle, numbers, dics, surv, tempering))
     bar.close()
     print(f"\n== 5. Report written to {out.resolve()} ({time.perf_counter() - t0:.0f} s) ==")
-    print(f"   open {out / 'summary.md'}")
+    print(f"   open {out / 'summary.md'}; probe or temper a checkpoint with e.g.")
+    print(f"   memlens temper {out / (bundle.name + '-memorising.pt')} --temperatures 0.1,1,10")
     return numbers
 
 
-def _summary_md(cfg, numbers, dics, surv, tempering) -> str:
+def _survival_numbers(surv) -> dict:
+    """Per family, how many active circuits were noised out at each temperature (in the order of
+    ``temperatures``), and which temperatures were healthy."""
+    fams = list(dict.fromkeys(surv.families))
+    dead = {
+        f: [
+            int((surv.noised_out[a, 0] & surv.family_mask(f) & surv.active[0]).sum())
+            for a in range(len(surv.temperatures))
+        ]  # fmt: skip
+        for f in fams
+    }
+    return {
+        "temperatures": surv.temperatures.tolist(),
+        "active": {f: int((surv.family_mask(f) & surv.active[0]).sum()) for f in fams},
+        "noised_out": dead,
+        "healthy": surv.healthy[:, 0].tolist(),
+    }
+
+
+def _training_figure(runs: dict, bundle):
+    """Training loss of both regimes, with each run's final test loss marked."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for (regime, res), color in zip(runs.items(), ("C3", "C0"), strict=False):
+        h = res.history[:, 0].numpy()
+        ax.plot(h, lw=0.9, color=color, label=f"{regime}: training loss")
+        ax.plot([len(h) - 1], [float(res.test_loss[0])], "o", ms=7, mfc="none", color=color,
+                label=f"{regime}: test loss at the end")  # fmt: skip
+    ax.set(xlabel="optimizer step", ylabel=bundle.loss_units, yscale="log",
+           title=f"{bundle.title}: training (lines) and final test loss (circles)")  # fmt: skip
+    ax.legend(fontsize=7, loc="lower left")
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    return fig
+
+
+def _table_md(rows: list[dict]) -> list[str]:
+    units = dict.fromkeys(f"{r['model']}: {r['units']}" for r in rows)
+    return [
+        "| model | T | regime | train loss | test loss | trivial baseline (test) | shows its "
+        "regime? |",
+        "|---|---|---|---|---|---|---|",
+        *[
+            f"| {r['model']} | {r['T']} | {r['regime']} | {r['train_loss']:.3g} | "
+            f"{r['test_loss']:.3g} | {r['baseline_test']:.3g} | {r['verdict']} |"
+            for r in rows
+        ],
+        "",
+        "Losses per point; " + "; ".join(units) + ". The trivial baseline is the best constant "
+        f"prediction. Memorising: train loss ≤ {MEMORISE_MAX:.0%} of the baseline and test ≥ "
+        f"{MEMORISE_GAP:g}× train; generalising: test ≤ {1 + GENERALISE_GAP:g}× train and ≤ "
+        f"{GENERALISE_MAX:.0%} of the baseline.",
+    ]
+
+
+def _summary_md(bundle, numbers, dics, surv, tempering) -> str:
     mem, gen = numbers["story"]["memorising"], numbers["story"]["generalising"]
     lines = [
         "# memlens quickstart report",
         "",
         f"Seed {numbers['seed']}. Configs: [config.json](config.json); numbers: "
-        "[results.json](results.json); checkpoints: `mlp-memorising.pt`, `mlp-generalising.pt` "
-        "(load with `memlens.load`).",
+        f"[results.json](results.json); checkpoints: `{bundle.name}-memorising.pt`, "
+        f"`{bundle.name}-generalising.pt` (with their data recipes: `memlens probe` and "
+        "`memlens temper` read them; in Python `memlens.load_with_recipes`).",
         "",
         "## Three settings, two regimes",
         "",
-        "| model | T | regime | train loss | test loss |",
-        "|---|---|---|---|---|",
-        *[
-            f"| {r['model']} | {r['T']} | {r['regime']} | {r['train_loss']:.4g} | "
-            f"{r['test_loss']:.4g} |"
-            for r in numbers["loss_table"]
-        ],
+        *_table_md(numbers["loss_table"]),
         "",
-        f"## MLP block: the dictionary (d_mlp = {cfg.d_mlp})",
+        f"## {bundle.title}: the dictionary",
         "",
         f"- memorising, T = {mem['T']}: train loss {mem['train_loss']:.3g}, test loss "
         f"{mem['test_loss']:.3g}, coverage {mem['coverage']:.0%}, read-back {mem['read_back']:.0%}",
@@ -311,7 +448,7 @@ def _summary_md(cfg, numbers, dics, surv, tempering) -> str:
         dics["memorising"].to_table(max_rows=12),
         "```",
         "",
-        "## Maximal data dimensionality D* (hook_post, memorising vs generalising model)",
+        f"## Maximal data dimensionality D* ({numbers['hook']}, memorising vs generalising)",
         "",
         f"Mean D* {mem['mean_max_data_dim']:.3g} (memorising) vs {gen['mean_max_data_dim']:.3g} "
         "(generalising).",
@@ -330,7 +467,66 @@ def _summary_md(cfg, numbers, dics, surv, tempering) -> str:
         "",
         "![LLC against temperature](llc.png)",
         "",
-        "![training loss](training.png)",
+        "![training and test loss](training.png)",
         "",
+        "## Caveats",
+        "",
+        *([f"- {c}" for c in numbers["caveats"]] or ["none"]),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _survival_sentence(sv: dict) -> str:
+    """Which circuits were noised out where, from results.json's survival numbers."""
+    healthy = [a for a, ok in enumerate(sv["healthy"]) if ok]
+    if not healthy:
+        return "no temperature was healthy, so no circuit's fate is read"
+    t = [f"{x:g}" for x in sv["temperatures"]]
+    lo, hi = healthy[0], healthy[-1]
+    parts = []
+    for fam, n_active in sv["active"].items():
+        dead = sv["noised_out"][fam]
+        s = f"of {n_active} active {fam} circuits, {dead[lo]} are noised out at the coldest "
+        s += f"healthy t = {t[lo]} and {dead[hi]} at the hottest, t = {t[hi]}"
+        parts.append(s)
+    n_bad = len(t) - len(healthy)
+    tail = f" ({n_bad} of {len(t)} temperatures unhealthy and left out)" if n_bad else ""
+    return "; ".join(parts) + tail
+
+
+def readme_section(numbers: dict) -> str:
+    """The README's quickstart results, rendered from a run's ``results.json`` (``python
+    scripts/update_readme.py`` writes it into README.md; a test checks the two agree)."""
+    mem, gen = numbers["story"]["memorising"], numbers["story"]["generalising"]
+    llc = numbers["llc"]
+    lines = [
+        f"Its numbers (seed {numbers['seed']}; `memlens-quickstart/results.json`):",
+        "",
+        *_table_md(numbers["loss_table"]),
+        "",
+        f"The story model ({mem['model']}): memorising on T = {mem['T']} points (train loss "
+        f"{mem['train_loss']:.2g}, test {mem['test_loss']:.3g}), its dictionary read off the "
+        f"weights covers {mem['coverage']:.0%} of the points with read-back "
+        f"{mem['read_back']:.0%}; generalising on T = {gen['T']} (train "
+        f"{gen['train_loss']:.3g}, test {gen['test_loss']:.3g}) "
+        f"it has coverage {gen['coverage']:.0%}. Mean D* at `{numbers['hook']}`: "
+        f"{mem['mean_max_data_dim']:.3g} (memorising) vs {gen['mean_max_data_dim']:.3g} "
+        "(generalising).",
+        "",
+        "Tempering the memorising model, λ̂ by temperature (± standard error; * unhealthy): "
+        + ", ".join(
+            f"t = {t:g}: {m:.3g} ± {e:.2g}" + ("" if ok else "*")
+            for t, m, e, ok in zip(
+                llc["temperatures"], llc["mean"], llc["se"], llc["healthy"], strict=True
+            )  # fmt: skip
+        )
+        + ". Circuit survival: "
+        + _survival_sentence(numbers["survival"])
+        + ".",
+        "",
+        "Caveats, as the run prints them:",
+        "",
+        *([f"- {c}" for c in numbers["caveats"]] or ["- none"]),
     ]
     return "\n".join(lines)

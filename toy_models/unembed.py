@@ -345,7 +345,7 @@ PRESETS = {
     "quickstart": {
         "grid": {"T": [16, 2000]},
         "task": {"n_features": 40, "sparsity": 0.9, "d_model": 10},
-        "train": {"steps": 1500, "lr": 3e-3, "weight_decay": 1e-2, "warmup": 75, "batch_size": 512},
+        "train": {"steps": 1500, "lr": 1e-2, "weight_decay": 1e-2, "warmup": 75, "batch_size": 512},
     },
 }
 

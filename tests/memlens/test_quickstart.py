@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-FIGURES = ["dictionary.png", "max_data_dim.png", "survival.png", "llc.png"]
+FIGURES = ["dictionary.png", "max_data_dim.png", "survival.png", "llc.png", "training.png"]
 
 
 def _quickstart(out, seed=0):
-    env = {**os.environ, "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "MPLBACKEND": "Agg"}  # threads: memlens's own policy, as a user runs it
     cmd = [
         sys.executable,
         "-m",
@@ -64,3 +64,55 @@ def test_quickstart_same_seed_same_numbers(first_run, tmp_path):
     a = json.loads((out / "results.json").read_text())
     b = json.loads((tmp_path / "again" / "results.json").read_text())
     assert a == b
+
+
+NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:e[-+]?\d+)?%?")
+
+
+def _numbers_and_words(text: str):
+    nums = NUMBER.findall(text)
+    return [float(n.rstrip("%")) for n in nums], NUMBER.sub("#", text).split()
+
+
+def test_readme_quotes_what_the_quickstart_writes(first_run):
+    """The README's quickstart block (scripts/update_readme.py) renders a run's results.json:
+    a fresh run gives the same words and, to float tolerance, the same numbers."""
+    import importlib.util
+    from pathlib import Path
+
+    from memlens.quickstart import readme_section
+
+    root = Path(__file__).resolve().parents[2]
+    spec = importlib.util.spec_from_file_location(
+        "update_readme", root / "scripts/update_readme.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    quoted = mod.readme_block((root / "README.md").read_text())
+    out, stdout = first_run
+    fresh = readme_section(json.loads((out / "results.json").read_text()))
+    (qn, qw), (fn, fw) = _numbers_and_words(quoted), _numbers_and_words(fresh)
+    assert qw == fw, "the README's quickstart block has other words: run scripts/update_readme.py"
+    assert len(qn) == len(fn)
+    for q, f in zip(qn, fn, strict=True):
+        assert f == pytest.approx(q, rel=0.05, abs=0.02), (q, f)
+    for caveat in json.loads((out / "results.json").read_text())["caveats"]:
+        assert caveat in stdout  # the caveats the README promises are printed by the run
+
+
+def test_cli_probes_and_tempers_the_quickstart_checkpoints(first_run, tmp_path):
+    """The quickstart's checkpoints carry their data recipes: the CLI reads their dictionary,
+    and tempers them with the survival probe."""
+    from memlens import cli
+
+    out, _ = first_run
+    ck = out / "mlp-memorising.pt"
+    js = tmp_path / "dic.json"
+    assert cli.main(["probe", str(ck), "--probe", "dictionary", "--json", str(js)]) == 0
+    res = json.loads(js.read_text())
+    assert res["scalars"]["coverage"] >= 0.95  # the lookup table, read through the CLI
+    argv = ["temper", str(ck), "--temperatures", "1,100", "--chains", "2", "--draws", "40"]
+    argv += ["--probes", "survival", "--json", str(tmp_path / "t.json"), "--no-progress"]
+    assert cli.main(argv) == 0
+    t = json.loads((tmp_path / "t.json").read_text())
+    assert "survival" in t["probes"]
