@@ -1,7 +1,7 @@
 """Regenerate the README's quickstart numbers and figures from a quickstart run.
 
-    python scripts/update_readme.py                 # runs `memlens quickstart --out memlens-quickstart`
-    python scripts/update_readme.py --from DIR      # uses an existing run's DIR/results.json
+    python scripts/update_readme.py            # runs memlens quickstart --out memlens-quickstart
+    python scripts/update_readme.py --from DIR # uses an existing run's DIR/results.json
 
 Rewrites the block between ``<!-- quickstart:begin -->`` and ``<!-- quickstart:end -->`` in
 README.md with :func:`memlens.quickstart.readme_section` and copies the run's figures to
