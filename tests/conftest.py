@@ -17,9 +17,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 matplotlib.use("Agg")
-# The toy models are tiny: one thread avoids OpenMP overhead (and oversubscription when tutorial
-# subprocesses run beside the test process).
-torch.set_num_threads(1)
+# No thread pinning here: memlens's own policy (memlens.threads) chooses, as it does for a user.
 
 
 @pytest.fixture(autouse=True)

@@ -38,7 +38,6 @@ from toy_models import Bottleneck, BottleneckTask, MLPBlock, MLPTask, Unembed, U
 
 FAST = os.environ.get("MEMLENS_FAST") == "1"
 STEPS = 300 if FAST else 2000
-torch.set_num_threads(1)  # tiny models: one thread is faster than two fighting
 torch.manual_seed(0)
 
 # %% [markdown]

@@ -29,7 +29,7 @@ TRAIN = {"steps": 40, "lr": 1e-2, "warmup": 4, "weight_decay": 1e-2}
 GRID = {"T": [3, 10, 30], "seed": [0, 1]}
 KW = dict(task=TASK, train=TRAIN, probes=("dimensionality",), progress=False)
 TIMING = ("group_seconds", "train_seconds")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+ENV = dict(os.environ)
 
 
 def run(out, grid=GRID, **kw):

@@ -13,11 +13,11 @@ TUTORIALS = Path(__file__).resolve().parents[2] / "tutorials"
 @pytest.fixture
 def run_tutorial(tmp_path):
     """``run_tutorial("01_hooks_and_probes.py") -> stdout``; fails with its stderr if it fails.
-    The script runs with ``MEMLENS_FAST=1`` (small sizes), the Agg backend and one thread, with
-    ``tmp_path`` as its working folder (where it writes its figures)."""
+    The script runs with ``MEMLENS_FAST=1`` (small sizes), the Agg backend and memlens's own
+    thread policy, with ``tmp_path`` as its working folder (where it writes its figures)."""
 
     def run(name: str) -> str:
-        env = {**os.environ, "MEMLENS_FAST": "1", "MPLBACKEND": "Agg", "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "MEMLENS_FAST": "1", "MPLBACKEND": "Agg"}
         proc = subprocess.run(
             [sys.executable, str(TUTORIALS / name)],
             cwd=tmp_path,
