@@ -248,3 +248,22 @@ def test_temper_defaults_to_auto_steps_and_writes_json_and_figures(tmp_path, cap
 def test_debug_shows_the_traceback(tmp_path, capsys):
     with pytest.raises(FileNotFoundError):
         cli.main(["probe", str(tmp_path / "missing.pt"), "--debug"])
+
+
+def test_cli_reads_the_dictionary_of_an_l1_trained_mlp(tmp_path, capsys):
+    """Through the CLI alone: an MLP block trained with the L1 penalty memorises with one or two
+    neurons per point, and `memlens probe --probe dictionary` reads that table back."""
+    ck, js = tmp_path / "mlp.pt", tmp_path / "dic.json"
+    argv = ["train", "--model", "mlp", "--preset", "story", "--T", "16", "--out", str(ck)]
+    assert cli.main(argv + ["--no-progress"]) == 0
+    assert cli.main(["probe", str(ck), "--probe", "dictionary", "--json", str(js)]) == 0
+    res = json.loads(js.read_text())["scalars"]
+    assert res["coverage"] >= 0.9 and res["read_back_accuracy"] >= 0.9
+    assert res["mean_code_size"] <= 3  # a lookup table: a few neurons per point
+    capsys.readouterr()
+    # the same model without the penalty memorises too, but its code is distributed
+    assert cli.main(argv[:-1] + [str(tmp_path / "plain.pt"), "--l1", "0", "--no-progress"]) == 0
+    assert cli.main(["probe", str(tmp_path / "plain.pt"), "--probe", "dictionary",
+                     "--json", str(tmp_path / "plain.json")]) == 0  # fmt: skip
+    plain = json.loads((tmp_path / "plain.json").read_text())["scalars"]
+    assert plain["coverage"] < res["coverage"]
