@@ -23,9 +23,19 @@ from memlens.data import Batch, SparseFeatures, Task, as_batch
 from memlens.fused import Rows, fused_step
 from memlens.hooked import HookedToyModel, loss_rows
 
-__all__ = ["train", "TrainResult", "lr_at", "evaluate", "sparse_activations", "step_once"]
+__all__ = [
+    "train",
+    "TrainResult",
+    "Diverged",
+    "lr_at",
+    "evaluate",
+    "sparse_activations",
+    "step_once",
+]
 
 CHECK_EVERY = 100  # steps between finiteness checks (one host sync each)
+#: AdamW's first step divides lr by 1 - beta1 = 0.1 in float32: a larger lr overflows inside it
+MAX_LR = float(torch.finfo(torch.float32).max) * 0.1
 
 
 @dataclass
@@ -114,7 +124,7 @@ def _validate(model, steps, lr, weight_decay, warmup, schedule, batch_size, seed
     if not isinstance(model, HookedToyModel):
         raise TypeError(f"model must be a memlens.HookedToyModel, got {type(model).__name__}")
     validate.integer("steps", steps, 1)
-    validate.real("lr", lr, 0, low_open=True)
+    validate.real("lr", lr, 0, MAX_LR, low_open=True)
     validate.real("weight_decay", weight_decay, 0)
     if not validate.is_int(warmup) or not 0 <= warmup <= steps:
         raise ValueError(f"warmup must be an int in [0, steps={steps}], got {warmup!r}")
@@ -221,8 +231,12 @@ def train(
     and autograd backward. Both give the same numbers to float rounding.
 
     Raises:
-        ValueError before any step on bad arguments; FloatingPointError naming the step and the
-        instances if a loss becomes NaN or inf.
+        ValueError before any step on bad arguments; :class:`Diverged` (a FloatingPointError)
+        naming the step and the instances if a loss or weight becomes NaN or inf, after restoring
+        the weights of the last finiteness check that passed (every ``CHECK_EVERY`` steps).
+    Warns:
+        RuntimeWarning, once, naming the step and the instances, when a finite loss passes
+        ``EXPLOSION_FACTOR`` (10^3) x its starting value.
     """
     _validate(
         model,
@@ -319,6 +333,29 @@ def step_once(
     return losses.detach()
 
 
+class Diverged(FloatingPointError):
+    """Training produced a NaN/inf loss (or weight): the step, the (packed) instances, and the
+    step count whose weights were restored. A sweep renames the instances as its cells."""
+
+    def __init__(self, what: str, step: int, instances: list[int], restored_step: int):
+        self.what, self.step, self.instances = what, step, list(instances)
+        self.restored_step = restored_step
+        super().__init__(self.describe(f"instance(s) {self.instances}"))
+
+    def describe(self, where: str) -> str:
+        """The message, with ``where`` naming what diverged (instances, or a sweep's cells)."""
+        restored = (
+            "restored to their initial values"
+            if self.restored_step == 0
+            else f"restored to those after {self.restored_step} steps (the last finiteness "
+            "check that passed)"
+        )
+        return (
+            f"{self.what} at step {self.step} in {where}; the model's weights were {restored}; "
+            "lower lr or check the data"
+        )
+
+
 #: a finite loss above this many times its starting value (per instance) warns once
 EXPLOSION_FACTOR = 1e3
 
@@ -366,11 +403,7 @@ class _Guard:
                 ]
                 what = "weights became NaN/inf"
             self._restore()
-            raise FloatingPointError(
-                f"{what} at step {step} in instance(s) {insts}; the model's weights were restored "
-                f"to those after {self.good_step} step(s), the last finiteness check passed; lower "
-                "lr or check the data"
-            )
+            raise Diverged(what, step, insts, self.good_step)
         if not self.warned:
             self._warn_explosion(history, start, stop)
         self.checked, self.good, self.good_step = stop, self._copy(), stop
