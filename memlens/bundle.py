@@ -94,12 +94,15 @@ class ModelBundle:
 
     def full_spec(self, spec: Mapping[str, Any]) -> dict[str, Any]:
         """``spec`` with every missing key filled by its default; unknown keys raise."""
+        from memlens import validate
+
         keys = self.spec_keys()
         unknown = sorted(set(spec) - set(keys) - {"T", "seed"})
         if unknown:
             raise ValueError(
                 f"unknown setting(s) {unknown} for model {self.name!r}; known: {sorted(keys)}"
             )
+        validate.spec_values(spec, keys)  # kinds and ranges: no silent coercion
         return {**keys, **spec}
 
     # -------------------------------------------------------------------------- building

@@ -266,8 +266,7 @@ class SparseFeatures:
         fixed = self.per_instance_n
         if n_instances is None:
             return fixed or 1
-        if not isinstance(n_instances, (int, np.integer)) or n_instances <= 0:
-            raise ValueError(f"n_instances must be a positive int, got {n_instances!r}")
+        validate.positive_int("n_instances", n_instances)
         if fixed is not None and fixed != n_instances:
             raise ValueError(
                 f"n_instances={n_instances} does not match the {fixed} per-instance values given "
@@ -315,24 +314,40 @@ class SparseFeatures:
     def sample(
         self, T: int, n_instances: int | None = None, seed: int = 0
     ) -> Float[Tensor, "T inst feat"]:
-        """A finite training set of ``T`` points per instance, ``[T, inst, feat]``."""
-        if not isinstance(T, (int, np.integer)) or T <= 0:
-            raise ValueError(f"T (the number of points) must be a positive int, got {T!r}")
+        """A finite training set of ``T`` points per instance, ``[T, inst, feat]``.
+
+        Raises ``ValueError`` before any work for a ``T`` that is not a positive int, a seed that
+        is not an int (1.7 is refused, not truncated), or a set that would not fit in the memory
+        available now."""
+        validate.integer("T (the number of points)", T, 1)
         n = self.check_instances(n_instances)
+        validate.seed("seed", seed)
+        self._check_memory(f"T={int(T)} points", int(T), n)
         sparsity = self.sparsity.expand(n)
         return self._draw(int(T), instance_generators(seed, n, 1), sparsity)
 
     def batches(
         self, batch_size: int, seed: int = 0, n_instances: int | None = None
     ) -> Iterator[Float[Tensor, "batch inst feat"]]:
-        """An infinite stream of fresh batches ``[batch_size, inst, feat]`` (infinite data)."""
-        if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        """An infinite stream of fresh batches ``[batch_size, inst, feat]`` (infinite data).
+        Its arguments are checked when it is called, not at the first batch."""
+        validate.integer("batch_size", batch_size, 1)
+        validate.seed("seed", seed)
         n = self.check_instances(n_instances)
+        self._check_memory(f"batch_size={int(batch_size)}", int(batch_size), n)
         gens = instance_generators(seed, n, 2)
         sparsity = self.sparsity.expand(n)
-        while True:
-            yield self._draw(int(batch_size), gens, sparsity)
+
+        def stream() -> Iterator[Tensor]:
+            while True:
+                yield self._draw(int(batch_size), gens, sparsity)
+
+        return stream()
+
+    def _check_memory(self, what: str, rows: int, n_instances: int) -> None:
+        """Refuse a draw of ``[rows, inst, feat]`` float32 that would not fit in memory (the dense
+        result, plus as much again while it is built), before allocating anything."""
+        validate.memory(what, 2 * rows * n_instances * self.n_features * 4)
 
 
 class Task:
@@ -372,9 +387,14 @@ class Task:
         return train, test
 
     def batches(self, batch_size: int, seed: int = 0) -> Iterator[Batch]:
-        """An infinite stream of fresh batches."""
-        for k, f in enumerate(self.features.batches(batch_size, seed, self.n_instances)):
-            yield self.make_batch(f, mix_seed(seed, 3, k))
+        """An infinite stream of fresh batches (its arguments are checked when it is called)."""
+        features = self.features.batches(batch_size, seed, self.n_instances)
+
+        def stream() -> Iterator[Batch]:
+            for k, f in enumerate(features):
+                yield self.make_batch(f, mix_seed(seed, 3, k))
+
+        return stream()
 
 
 class EmbeddedTask(Task):

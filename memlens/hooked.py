@@ -202,6 +202,7 @@ class HookedToyModel(HookedRootModule):
                 batch.features,
                 batch.lengths,
             )
+        validate.rows(name, batch)
         mask = batch.mask()  # padding rows of packed sweeps are never read: not checked
         validate.finite_tensor(f"{name} inputs", batch.inputs, mask)
         validate.finite_tensor(f"{name} targets", batch.targets, mask)
@@ -304,6 +305,11 @@ class HookedToyModel(HookedRootModule):
     @classmethod
     def from_config(cls, cfg: ToyConfig) -> HookedToyModel:
         """Build from a config: ``__init__`` takes the config's fields as keyword arguments."""
+        if not isinstance(cfg, cls.Config):
+            raise TypeError(
+                f"{cls.__name__}.from_config needs a {cls.Config.__name__}, got "
+                f"{type(cfg).__name__}"
+            )
         return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
 
     # ---------------------------------------------------------------- save / load
@@ -373,8 +379,18 @@ def _model_from_payload(path, payload: dict) -> HookedToyModel:
 
 def load(path: str | os.PathLike, device: str | torch.device | None = None) -> HookedToyModel:
     """Load a model written by :meth:`HookedToyModel.save`; its class is found by registry name."""
+    device = _device(device)
     model = _model_from_payload(path, io.load_checkpoint(path))
     return model.to(device) if device is not None else model
+
+
+def _device(device: Any) -> torch.device | None:
+    if device is None:
+        return None
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device must be a torch device such as 'cpu', got {device!r}") from exc
 
 
 def load_with_recipes(
@@ -383,10 +399,16 @@ def load_with_recipes(
     """``(model, recipes)``: the model and each instance's data recipe (a spec; rebuild the data
     with ``memlens.bundle_of(model).data(spec)``). ``recipes`` is empty when none was saved.
     Reads the ``cells`` of checkpoints written by memlens 0.1 sweeps and ``memlens train`` too."""
+    device = _device(device)
     payload = io.load_checkpoint(path)
     model = _model_from_payload(path, payload)
     raw = payload.get("recipes", payload.get("cells"))
-    recipes = json.loads(raw) if isinstance(raw, str) else []
+    try:
+        recipes = json.loads(raw) if isinstance(raw, str) else []
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: unreadable data recipes ({exc})") from exc
+    if not isinstance(recipes, list) or not all(isinstance(r, dict) for r in recipes):
+        raise ValueError(f"{path}: data recipes must be a list of specs, got {recipes!r}")
     for r in recipes:  # written before data versions: memlens 0.1's generator
         r.setdefault("data_version", 1)
     return (model.to(device) if device is not None else model), recipes

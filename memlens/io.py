@@ -131,8 +131,12 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_json(path: str | os.PathLike) -> Any:
+    """The JSON in ``path``; a ``ValueError`` naming the file if it is not JSON."""
     with open(path) as fh:
-        return json.load(fh)
+        try:
+            return json.load(fh)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON: {exc}") from exc
 
 
 def append_jsonl(path: str | os.PathLike, rows: list[dict]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -17,14 +18,24 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from memlens import threads
+from memlens import threads, validate
 from memlens.data import Batch, SparseFeatures, Task, as_batch
 from memlens.fused import Rows, fused_step
 from memlens.hooked import HookedToyModel, loss_rows
 
-__all__ = ["train", "TrainResult", "lr_at", "evaluate", "sparse_activations", "step_once"]
+__all__ = [
+    "train",
+    "TrainResult",
+    "Diverged",
+    "lr_at",
+    "evaluate",
+    "sparse_activations",
+    "step_once",
+]
 
 CHECK_EVERY = 100  # steps between finiteness checks (one host sync each)
+#: AdamW's first step divides lr by 1 - beta1 = 0.1 in float32: a larger lr overflows inside it
+MAX_LR = float(torch.finfo(torch.float32).max) * 0.1
 
 
 @dataclass
@@ -87,6 +98,9 @@ def lr_at(step: int, *, steps: int, lr: float, warmup: int, schedule: str) -> fl
 @torch.no_grad()
 def evaluate(model: HookedToyModel, data: Tensor | Batch, chunk: int = 16384) -> Tensor:
     """Per-instance mean loss over a whole data set, in chunks of points."""
+    if not isinstance(model, HookedToyModel):
+        raise TypeError(f"model must be a memlens.HookedToyModel, got {type(model).__name__}")
+    validate.integer("chunk", chunk, 1)
     data = model.check_batch(data)
     n = len(data)
     if n <= chunk:
@@ -105,25 +119,28 @@ def evaluate(model: HookedToyModel, data: Tensor | Batch, chunk: int = 16384) ->
     return total / count.clamp_min(1)
 
 
-def _validate(model, steps, lr, weight_decay, warmup, schedule, batch_size):
+def _validate(model, steps, lr, weight_decay, warmup, schedule, batch_size, seed, l1, l1_hook,
+              progress, desc):  # fmt: skip
     if not isinstance(model, HookedToyModel):
         raise TypeError(f"model must be a memlens.HookedToyModel, got {type(model).__name__}")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if not (isinstance(lr, (int, float)) and lr > 0 and math.isfinite(lr)):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-        raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}")
-    if isinstance(warmup, bool) or not isinstance(warmup, int) or not 0 <= warmup <= steps:
+    validate.integer("steps", steps, 1)
+    validate.real("lr", lr, 0, MAX_LR, low_open=True)
+    validate.real("weight_decay", weight_decay, 0)
+    if not validate.is_int(warmup) or not 0 <= warmup <= steps:
         raise ValueError(f"warmup must be an int in [0, steps={steps}], got {warmup!r}")
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-    if batch_size is not None and (
-        isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0
-    ):
+    if batch_size is not None and (not validate.is_int(batch_size) or batch_size <= 0):
         raise ValueError(
             f"batch_size must be a positive int or None (full batch), got {batch_size!r}"
         )
+    validate.seed("seed", seed)
+    validate.real("l1", l1, 0)
+    if l1_hook is not None and not isinstance(l1_hook, str):
+        raise ValueError(f"l1_hook must be a hook name or None, got {l1_hook!r}")
+    validate.boolean("progress", progress)
+    if not isinstance(desc, str):
+        raise ValueError(f"desc (the progress bar's label) must be a string, got {desc!r}")
 
 
 def _stream(model, data, batch_size, seed) -> tuple[Iterator[Batch | Rows], Batch | None]:
@@ -214,10 +231,27 @@ def train(
     and autograd backward. Both give the same numbers to float rounding.
 
     Raises:
-        ValueError before any step on bad arguments; FloatingPointError naming the step and the
-        instances if a loss becomes NaN or inf.
+        ValueError before any step on bad arguments; :class:`Diverged` (a FloatingPointError)
+        naming the step and the instances if a loss or weight becomes NaN or inf, after restoring
+        the weights of the last finiteness check that passed (every ``CHECK_EVERY`` steps).
+    Warns:
+        RuntimeWarning, once, naming the step and the instances, when a finite loss passes
+        ``EXPLOSION_FACTOR`` (10^3) x its starting value.
     """
-    _validate(model, steps, lr, weight_decay, warmup, schedule, batch_size)
+    _validate(
+        model,
+        steps,
+        lr,
+        weight_decay,
+        warmup,
+        schedule,
+        batch_size,
+        seed,
+        l1,
+        l1_hook,
+        progress,
+        desc,
+    )
     penalty = (
         sparse_activations(model, l1, l1_hook) if l1 != 0 or l1_hook else contextlib.nullcontext()
     )
@@ -233,7 +267,7 @@ def train(
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     fused = fused_step(model)
     history = torch.empty(steps, model.n_instances, device=model.device)
-    checked = 0
+    guard = _Guard(model)
     t0 = time.perf_counter()
     model.train()
     bar = tqdm(total=steps, desc=desc, disable=not progress, mininterval=0.5, leave=False)
@@ -244,8 +278,7 @@ def train(
                 group["lr"] = lr_now
             history[step] = step_once(model, opt, next(stream), fused)
             if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
-                _check_finite(history, checked, step + 1)
-                checked = step + 1
+                guard.check(history, step + 1)
                 bar.update(step + 1 - bar.n)
                 bar.set_postfix(loss=f"{history[step].mean().item():.3g}")
     finally:
@@ -300,17 +333,96 @@ def step_once(
     return losses.detach()
 
 
-def _check_finite(history: Tensor, start: int, stop: int) -> None:
-    window = history[start:stop]
-    bad = ~torch.isfinite(window)
-    if bool(bad.any()):
-        rows = bad.any(1).nonzero()
-        step = start + int(rows[0])
-        insts = bad[int(rows[0])].nonzero().flatten().tolist()
-        raise FloatingPointError(
-            f"training loss became NaN/inf at step {step} in instance(s) {insts}; "
+class Diverged(FloatingPointError):
+    """Training produced a NaN/inf loss (or weight): the step, the (packed) instances, and the
+    step count whose weights were restored. A sweep renames the instances as its cells."""
+
+    def __init__(self, what: str, step: int, instances: list[int], restored_step: int):
+        self.what, self.step, self.instances = what, step, list(instances)
+        self.restored_step = restored_step
+        super().__init__(self.describe(f"instance(s) {self.instances}"))
+
+    def describe(self, where: str) -> str:
+        """The message, with ``where`` naming what diverged (instances, or a sweep's cells)."""
+        restored = (
+            "restored to their initial values"
+            if self.restored_step == 0
+            else f"restored to those after {self.restored_step} steps (the last finiteness "
+            "check that passed)"
+        )
+        return (
+            f"{self.what} at step {self.step} in {where}; the model's weights were {restored}; "
             "lower lr or check the data"
         )
+
+
+#: a finite loss above this many times its starting value (per instance) warns once
+EXPLOSION_FACTOR = 1e3
+
+
+class _Guard:
+    """Numerical faults of one training run, checked at every finiteness check (one host sync):
+
+    * a non-finite loss (or weight) raises ``FloatingPointError`` naming the first bad step and
+      the instances, after restoring the weights saved at the last check that found everything
+      finite (a copy of the parameters, kept at each check: cheap next to 100 steps);
+    * a finite loss that passes ``EXPLOSION_FACTOR`` x its starting value warns once
+      (``RuntimeWarning``) naming the step and the instances.
+    """
+
+    def __init__(self, model: HookedToyModel):
+        self.model = model
+        self.checked = 0  # steps checked so far
+        self.good = self._copy()  # weights at the last good check (step 0: the initial ones)
+        self.good_step = 0
+        self.warned = False
+
+    def _copy(self) -> dict[str, Tensor]:
+        return {n: p.detach().clone() for n, p in self.model.named_parameters()}
+
+    def _restore(self) -> None:
+        with torch.no_grad():
+            for n, p in self.model.named_parameters():
+                p.copy_(self.good[n])
+
+    def check(self, history: Tensor, stop: int) -> None:
+        start, window = self.checked, history[self.checked : stop]
+        bad = ~torch.isfinite(window)
+        weights_ok = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        if bool(bad.any()) or not weights_ok:
+            if bool(bad.any()):
+                row = int(bad.any(1).nonzero()[0])
+                step, insts = start + row, bad[row].nonzero().flatten().tolist()
+                what = "training loss became NaN/inf"
+            else:
+                step = stop - 1
+                insts = [
+                    i
+                    for i in range(self.model.n_instances)
+                    if not all(bool(torch.isfinite(p[i]).all()) for p in self.model.parameters())
+                ]
+                what = "weights became NaN/inf"
+            self._restore()
+            raise Diverged(what, step, insts, self.good_step)
+        if not self.warned:
+            self._warn_explosion(history, start, stop)
+        self.checked, self.good, self.good_step = stop, self._copy(), stop
+
+    def _warn_explosion(self, history: Tensor, start: int, stop: int) -> None:
+        first = history[0]
+        over = (history[start:stop] > EXPLOSION_FACTOR * first) & (first > 0)
+        if bool(over.any()):
+            row = int(over.any(1).nonzero()[0])
+            insts = over[row].nonzero().flatten().tolist()
+            peak = float(history[start + row, insts].max())
+            self.warned = True
+            warnings.warn(
+                f"training loss exploded: at step {start + row} it passed {EXPLOSION_FACTOR:g}x "
+                f"its starting value in instance(s) {insts} (up to {peak:.3g}, from "
+                f"{float(first[insts].max()):.3g}); lower lr",
+                RuntimeWarning,
+                stacklevel=4,
+            )
 
 
 @contextlib.contextmanager
@@ -327,8 +439,11 @@ def sparse_activations(
     L1 of sparse dictionary learning, makes each neuron store one or two points.
     ``memlens.train(..., l1=coeff)`` does the same.
     """
-    if isinstance(coeff, bool) or not isinstance(coeff, (int, float)) or not 0 <= coeff < math.inf:
-        raise ValueError(f"coeff (the L1 coefficient) must be a finite number >= 0, got {coeff!r}")
+    if not isinstance(model, HookedToyModel):
+        raise TypeError(f"model must be a memlens.HookedToyModel, got {type(model).__name__}")
+    validate.real("coeff (l1, the L1 coefficient)", coeff, 0)
+    if hook is not None and not isinstance(hook, str):
+        raise ValueError(f"hook (l1_hook) must be a hook name or None, got {hook!r}")
     hook = model.representation_hook if hook is None else hook
     if hook not in model.hook_dict:
         raise ValueError(

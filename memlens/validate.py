@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "is_int",
     "integer",
     "positive_int",
     "seed",
@@ -18,11 +21,19 @@ __all__ = [
     "boolean",
     "parse_bool",
     "finite_tensor",
+    "rows",
+    "spec_values",
+    "memory",
+    "available_memory",
 ]
 
 
-def _is_int(v: Any) -> bool:
+def is_int(v: Any) -> bool:
+    """Whether ``v`` is an int (Python or numpy), not a bool."""
     return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+_is_int = is_int
 
 
 def integer(name: str, v: Any, low: int | None = None, high: int | None = None) -> int:
@@ -112,4 +123,88 @@ def finite_tensor(name: str, t: Any, mask: Any = None) -> None:
         raise ValueError(
             f"{name} contains NaN or inf (first at index {list(idx)}, value "
             f"{float(t[idx])}); memlens needs finite data"
+        )
+
+
+def rows(name: str, batch: Any) -> None:
+    """A batch has at least one point, and its ``lengths`` (padding marks) lie in [1, rows]."""
+    n = batch.inputs.shape[0] if batch.inputs.ndim else 0
+    if n == 0:
+        raise ValueError(f"{name} has no points (shape {tuple(batch.inputs.shape)}); give T >= 1")
+    lengths = batch.lengths
+    if lengths is None:
+        return
+    if lengths.ndim != 1 or lengths.shape[0] != batch.inputs.shape[1]:
+        raise ValueError(
+            f"{name} lengths must hold one count per instance ({batch.inputs.shape[1]}), got "
+            f"shape {tuple(lengths.shape)}"
+        )
+    bad = (lengths < 1) | (lengths > n)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0])
+        raise ValueError(
+            f"{name} lengths must be in [1, {n}] (real rows per instance), got {int(lengths[i])} "
+            f"for instance {i}"
+        )
+
+
+def _kind_ok(default: Any, v: Any) -> tuple[bool, str] | None:
+    if isinstance(default, bool):
+        return isinstance(v, (bool, np.bool_)), "a bool (true or false)"
+    if isinstance(default, numbers.Integral):
+        return _is_int(v), "an int"
+    if isinstance(default, numbers.Real):
+        ok = isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+        return ok and math.isfinite(float(v)), "a finite number"
+    if isinstance(default, str):
+        return isinstance(v, str), "a string"
+    return None
+
+
+def spec_values(spec: Mapping, defaults: Mapping, where: str = "") -> None:
+    """Each value of a data-and-model spec has its default's kind (a bool is a bool, an int an
+    int, a number a finite number, a string a string: ``normalize="no"`` is refused, not read as
+    True); ``T`` (if given) is a positive int, ``seed`` (if given) an int, ``n_test`` positive and
+    ``sparsity`` in [0, 1). ``where`` is appended to messages (e.g. the sweep cell)."""
+    if "T" in spec and (not _is_int(spec["T"]) or spec["T"] <= 0):
+        raise ValueError(f"T (training-set size) must be a positive int, got {spec['T']!r}{where}")
+    if "seed" in spec and not _is_int(spec["seed"]):
+        raise ValueError(f"seed must be an int, got {spec['seed']!r}{where}")
+    for k, d in defaults.items():
+        if k not in spec:
+            continue
+        check = _kind_ok(d, spec[k])
+        if check is not None and not check[0]:
+            raise ValueError(f"{k} must be {check[1]}, got {spec[k]!r}{where}")
+    n_test = spec.get("n_test")
+    if n_test is not None and (not _is_int(n_test) or n_test <= 0):
+        raise ValueError(f"n_test (test-set size) must be a positive int, got {n_test!r}{where}")
+    s = spec.get("sparsity")
+    if isinstance(s, numbers.Real) and not 0 <= s < 1:
+        raise ValueError(f"sparsity must be in [0, 1) (0 = dense), got {s!r}{where}")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (``MemAvailable`` of /proc/meminfo; None if unknown)."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def memory(what: str, n_bytes: int) -> None:
+    """Refuse, before allocating, a tensor of ``n_bytes`` that would not fit in the memory
+    available now; ``what`` says which argument asked for it (e.g. ``"T=10**13 points"``)."""
+    avail = available_memory()
+    if avail is not None and n_bytes > avail:
+        raise ValueError(
+            f"{what} needs {n_bytes / 2**30:.3g} GiB of memory but {avail / 2**30:.3g} GiB are "
+            "available; ask for fewer points"
         )

@@ -43,6 +43,7 @@ import torch
 from jaxtyping import Float, Real
 from torch import Tensor
 
+from memlens import validate
 from memlens.data import Batch
 from memlens.io import jsonable
 from memlens.probe import Probe, ProbeResult
@@ -113,7 +114,15 @@ def _weights(W, name: str = "W") -> Tensor:
             f"{name} must have the model's parameter layout [inst, m, n], got shape "
             f"{tuple(W.shape)}{hint}"
         )
+    validate.finite_tensor(name, W)  # weights are small: checked up front
     return W if W.is_floating_point() else W.float()
+
+
+def _refuse_nonfinite(H: Tensor, name: str = "H") -> None:
+    """Raise naming the first NaN/inf of ``H`` (``[T, inst, m]``). Called only once a non-finite
+    Gram matrix showed there is one, so finite input pays nothing for the check."""
+    validate.finite_tensor(name, H)
+    raise ValueError(f"{name} contains NaN or inf; dimensionalities are undefined")
 
 
 def _check_rtol(rtol) -> None:
@@ -158,7 +167,7 @@ def _spectrum(H: Tensor) -> _Spectrum:
     if H.dtype != torch.float64:
         G = _gram(H, torch.float32)
         if not bool(torch.isfinite(G).all()) and not bool(torch.isfinite(H).all()):
-            raise ValueError("H contains NaN or inf; dimensionalities are undefined")
+            _refuse_nonfinite(H)
         if bool(torch.isfinite(G).all()):
             evals, V = torch.linalg.eigh(G)
             lam_max = evals[:, -1]
@@ -175,7 +184,7 @@ def _spectrum(H: Tensor) -> _Spectrum:
     small = G.diagonal(dim1=1, dim2=2).sum(-1) < 1e-250  # squares underflow (or H = 0)
     if not bool(torch.isfinite(G).all()) or bool(small.any()):
         if not bool(torch.isfinite(H).all()):
-            raise ValueError("H contains NaN or inf; dimensionalities are undefined")
+            _refuse_nonfinite(H)
         # magnitudes near float64's range: D and D* are scale-invariant, so rescale each instance
         amax = H.abs().amax(dim=(0, 2)).double()
         if not bool(torch.isfinite(G).all()) or bool((small & (amax > 0)).any()):

@@ -74,7 +74,10 @@ class Bottleneck(HookedToyModel):
         seed: int = 0,
     ):
         if importance is not None:
-            importance = tuple(torch.as_tensor(importance, dtype=torch.float32).tolist())
+            try:
+                importance = tuple(torch.as_tensor(importance, dtype=torch.float32).tolist())
+            except (TypeError, ValueError) as exc:
+                raise ValueError(f"importance must be numbers, got {importance!r}") from exc
             importance = tuple(tuple(r) if isinstance(r, list) else r for r in importance)
         cfg = BottleneckConfig(
             n_instances=n_instances,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -197,12 +196,19 @@ def _train_group(job: GroupJob, packed, tr_batch, te_batch):
             f"{len(job.cells)} cells)",
         )
     except FloatingPointError as exc:  # name the cells, not the packed instances
-        found = re.search(r"instance\(s\) \[([\d, ]*)\]", str(exc))
-        bad = [int(i) for i in found.group(1).split(",")] if found else range(len(job.cells))
-        cells = "; ".join(job.cells[i]["key"] for i in bad if i < len(job.cells))
-        raise FloatingPointError(
-            f"group {job.index}: {exc}; the cells that diverged: {cells}"
-        ) from exc
+        raise _name_cells(job, exc) from exc
+
+
+def _name_cells(job: GroupJob, exc: FloatingPointError) -> FloatingPointError:
+    """``exc`` with the packed instances it names replaced by the cells they hold (each cell's
+    grid values, e.g. ``{"T": 8, "seed": 1}``)."""
+    insts = getattr(exc, "instances", None)
+    where = f"sweep group {job.index} ({len(job.cells)} cells)"
+    if insts is None or not all(0 <= i < len(job.cells) for i in insts):
+        cells = "; ".join(c["key"] for c in job.cells)
+        return FloatingPointError(f"{where}: {exc}; the group's cells: {cells}")
+    cells = "; ".join(job.cells[i]["key"] for i in insts)
+    return FloatingPointError(f"{where}: {exc.describe(f'cell(s) {cells}')}")
 
 
 def run_group(job: GroupJob) -> GroupResult:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from memlens import validate
 from memlens.bundle import ModelBundle
 
 __all__ = [
@@ -171,33 +172,11 @@ def _check_train(tr: Mapping, where: str) -> None:
 
 
 def _check_spec_types(spec: Mapping, defaults: Mapping, where: str) -> None:
-    """Each spec value has its default's kind: a bool is a bool, an int an int, a number a finite
-    number, a string a string (``normalize="no"`` is refused, not read as True)."""
-    T, seed = spec["T"], spec["seed"]
-    if not _is_int(T) or T <= 0:
-        raise ValueError(f"T (training-set size) must be a positive int, got {T!r}{where}")
-    if not _is_int(seed):
-        raise ValueError(f"seed must be an int, got {seed!r}{where}")
-    for k, d in defaults.items():
-        v = spec[k]
-        if isinstance(d, bool):
-            ok, kind = isinstance(v, bool), "a bool (true or false)"
-        elif isinstance(d, Integral):
-            ok, kind = _is_int(v), "an int"
-        elif isinstance(d, Real):
-            ok, kind = _is_number(v), "a finite number"
-        elif isinstance(d, str):
-            ok, kind = isinstance(v, str), "a string"
-        else:
-            continue
-        if not ok:
-            raise ValueError(f"{k} must be {kind}, got {v!r}{where}")
-    n_test = spec.get("n_test")
-    if n_test is not None and n_test <= 0:
-        raise ValueError(f"n_test (test-set size) must be a positive int, got {n_test!r}{where}")
-    s = spec.get("sparsity")
-    if s is not None and not 0 <= s < 1:
-        raise ValueError(f"sparsity must be in [0, 1) (0 = dense), got {s!r}{where}")
+    """Each spec value has its default's kind (see :func:`memlens.validate.spec_values`)."""
+    for k in ("T", "seed"):
+        if k not in spec:
+            raise ValueError(f"a cell's spec needs {k}{where}")
+    validate.spec_values(spec, defaults, where)
 
 
 def check_cells(bundle: ModelBundle, cells: Sequence[Mapping]) -> None:

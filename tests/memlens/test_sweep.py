@@ -381,7 +381,7 @@ def test_l1_reaches_the_trainer(tmp_path):
 def test_a_sweep_that_diverged_before_any_cell_finished_does_not_poison_its_folder(tmp_path):
     out = tmp_path / "sw"
     kw = {"task": SMOKE_TASK, "probes": (), "out": out, "progress": False}
-    with pytest.raises(FloatingPointError, match=r'cells that diverged: \{"T": 3, "seed": 0\}'):
+    with pytest.raises(FloatingPointError, match=r'cell\(s\) \{"T": 3, "seed": 0\}'):
         memlens.sweep("bottleneck", {"T": [3]}, train={**SMOKE_TRAIN, "lr": 1e30}, **kw)
     with pytest.warns(S.StoreWarning, match="finished no cell; replaced it"):
         rows = memlens.sweep("bottleneck", {"T": [3]}, train=SMOKE_TRAIN, **kw)
