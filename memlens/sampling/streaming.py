@@ -38,7 +38,8 @@ def _build(p: Any, kwargs: dict) -> StreamingProbe:
             return p(**kwargs)
         except TypeError as exc:
             raise ValueError(f"bad arguments {kwargs} for probe {p.__name__}: {exc}") from None
-    name = p.__name__ if isinstance(p, type) else type(p).__name__
+    cls = p if isinstance(p, type) else type(p)
+    name = PROBES.name_of(cls) or cls.__name__  # the registered name a user typed, if any
     if (isinstance(p, type) and issubclass(p, Probe)) or isinstance(p, Probe):
         raise ValueError(
             f"probe {name} reads one model's hooks and cannot stream over tempering draws (it is "
