@@ -21,7 +21,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run(script: Path, fast: bool, timeout: float) -> tuple[float, int]:
+def run(script: Path, fast: bool, timeout: float, log: Path | None = None) -> tuple[float, int]:
     env = {**os.environ, "MPLBACKEND": "Agg"}
     env.pop("MEMLENS_FAST", None)
     if fast:
@@ -32,6 +32,8 @@ def run(script: Path, fast: bool, timeout: float) -> tuple[float, int]:
             proc = subprocess.run([sys.executable, str(script)], cwd=cwd, env=env,
                                   capture_output=True, text=True, timeout=timeout)  # fmt: skip
             code = proc.returncode
+            if log is not None:
+                log.write_text(proc.stdout + proc.stderr)
         except subprocess.TimeoutExpired:
             code = 124
         return time.perf_counter() - t0, code
@@ -43,6 +45,7 @@ def main() -> None:
     ap.add_argument("--only", default=None, help="comma-separated tutorial numbers, e.g. 03,05")
     ap.add_argument("--timeout", type=float, default=1800.0)
     ap.add_argument("--json", default="tutorial_times.json")
+    ap.add_argument("--logs", default=None, help="folder for each run's output")
     args = ap.parse_args()
     scripts = sorted((ROOT / "tutorials").glob("0*.py"))
     if args.only:
@@ -50,7 +53,11 @@ def main() -> None:
     table = {}
     for script in scripts:
         for mode in args.modes.split(","):
-            secs, code = run(script, mode == "fast", args.timeout)
+            log = None
+            if args.logs:
+                Path(args.logs).mkdir(parents=True, exist_ok=True)
+                log = Path(args.logs) / f"{script.stem}-{mode}.log"
+            secs, code = run(script, mode == "fast", args.timeout, log)
             table.setdefault(script.name, {})[mode] = {"seconds": round(secs, 1), "exit": code}
             print(f"{script.name:42s} {mode:8s} {secs:7.1f} s  exit {code}", flush=True)
     Path(args.json).write_text(json.dumps(table, indent=1))
