@@ -189,15 +189,15 @@ def _close(fig, rows, config) -> None:
     if config is not None and "n_cells" in config:
         stamp_partial(fig, len(rows), int(config["n_cells"]))
         if _failed(config):
-            fig.text(
-                0.99,
-                0.99,
-                f"FAILED: {len(_failed(config))} cells (see summary.md)",
+            fig.text(  # bottom left: the top holds the PARTIAL stamp and the title
+                0.01,
+                0.005,
+                f"FAILED: {len(_failed(config))} cells, no result (see summary.md)",
                 color="tab:red",
                 fontsize=9,
                 fontweight="bold",
-                ha="right",
-                va="top",
+                ha="left",
+                va="bottom",
             )
 
 
