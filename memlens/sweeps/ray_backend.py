@@ -31,7 +31,15 @@ from memlens.sweeps.cells import GroupJob, GroupResult, run_group
 from memlens.sweeps.run import TRIES, GroupFailure, attempt
 from memlens.threads import PARALLEL_WORK
 
-__all__ = ["RayBackend", "RayMissing", "require_ray", "task_device", "task_cpus", "group_work"]
+__all__ = [
+    "RayBackend",
+    "RayMissing",
+    "backend",
+    "require_ray",
+    "task_device",
+    "task_cpus",
+    "group_work",
+]
 
 INSTALL = "pip install 'memlens[ray]'"
 #: the object store of a local cluster the backend starts (results are small: one packed model)
@@ -233,3 +241,15 @@ class RayBackend:
                 for ref in pending:  # the driver stopped early: do not leave work running
                     with contextlib.suppress(Exception):
                         ray.cancel(ref, force=True)
+
+
+def backend(name: str, address: str | None = None) -> RayBackend:
+    """The backend the CLI's ``--backend NAME [--address A]`` asks for, when it names Ray or an
+    address: a :class:`RayBackend`, or a ``ValueError`` (an address needs ``--backend ray``;
+    :class:`RayMissing` without Ray)."""
+    if name != "ray":
+        raise ValueError(
+            f"address={address!r} is the Ray cluster to join, so it needs backend 'ray', "
+            f"got backend={name!r}"
+        )
+    return RayBackend(address=address)

@@ -243,6 +243,18 @@ def test_bad_addresses_are_refused_before_any_file(kw, field, tmp_path):
     assert not out.exists()
 
 
+@pytest.mark.user_errors
+def test_the_cli_entry_point_builds_a_ray_backend_or_refuses():
+    pytest.importorskip("ray", reason="Ray is not installed")
+    b = RB.backend("ray", address="auto")
+    assert isinstance(b, RB.RayBackend) and b.address == "auto"
+    assert RB.backend("ray").address is None  # start a local cluster
+    with pytest.raises(ValueError, match="needs backend 'ray'"):
+        RB.backend("local", address="auto")
+    with pytest.raises(ValueError, match="address must be"):
+        RB.backend("ray", address="nowhere")
+
+
 def test_a_task_trains_on_cuda_exactly_when_ray_gave_it_a_gpu(monkeypatch):
     ray = pytest.importorskip("ray", reason="Ray is not installed")
     job = memlens.sweeps.GroupJob("bottleneck", 0, tuple(_group_cells(0)), (), "cpu", True)
