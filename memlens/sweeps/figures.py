@@ -179,10 +179,44 @@ def _decorate(ax, title: str, legend_outside: bool = False) -> None:
     ax.grid(alpha=0.3, which="both")
 
 
+def _failed(config) -> list:
+    """The rows of cells whose group failed (``report`` passes them in ``config``)."""
+    return list((config or {}).get("failed_cells") or [])
+
+
 def _close(fig, rows, config) -> None:
     fig.tight_layout()
     if config is not None and "n_cells" in config:
         stamp_partial(fig, len(rows), int(config["n_cells"]))
+        if _failed(config):
+            fig.text(  # bottom left: the top holds the PARTIAL stamp and the title
+                0.01,
+                0.005,
+                f"FAILED: {len(_failed(config))} cells, no result (see summary.md)",
+                color="tab:red",
+                fontsize=9,
+                fontweight="bold",
+                ha="left",
+                va="bottom",
+            )
+
+
+def _mark_failed(ax, config) -> None:
+    """A red x at the foot of the axis at the T of each failed cell (no result to draw)."""
+    Ts = sorted({float(r["T"]) for r in _failed(config)})
+    if Ts:
+        ax.plot(
+            Ts,
+            [0.03] * len(Ts),
+            "x",
+            color="tab:red",
+            ms=9,
+            mew=2,
+            transform=ax.get_xaxis_transform(),
+            label="failed cell (no result)",
+            zorder=5,
+            clip_on=False,
+        )
 
 
 def _finish(fig, ax, rows, config, title: str, legend_outside: bool = False) -> None:
@@ -245,6 +279,7 @@ def double_descent(rows: Sequence[Mapping], config: Mapping | None = None, ax=No
                 ls="none",
                 label=None if many else f"interior peak, T = {pk['T_peak']:.0f}",
             )
+    _mark_failed(axes[0], config)
     onset = _onset(config, rows)
     for a in {id(x): x for x in axes}.values():
         if onset is not None:
@@ -252,7 +287,7 @@ def double_descent(rows: Sequence[Mapping], config: Mapping | None = None, ax=No
         lo, hi = a.dataLim.intervaly
         # a log y axis only where the losses span a decade; a narrower range reads better linear
         log_axis(a, "both" if lo > 0 and hi / lo >= 10 else "x")
-        _xlim(a, rows)
+        _xlim(a, list(rows) + _failed(config))
         a.set(xlabel=T_LABEL, ylabel=loss_units(config))
     if ax is None:
         _decorate(axes[0], "test loss (fresh points)", legend_outside=False)

@@ -19,7 +19,7 @@ from memlens.sweeps.figures import (
 )
 from memlens.sweeps.geometry import geometry, planar_setting
 from memlens.sweeps.phase import phase_axes, phase_diagram
-from memlens.sweeps.store import read_results
+from memlens.sweeps.store import is_failed, read_results
 
 __all__ = ["report", "SUMMARY_KEYS"]
 
@@ -59,7 +59,26 @@ def _peak_line(pk: dict, config: dict) -> str:
     return line
 
 
-def _summary(config: dict, rows: list[dict], written: list[Path]) -> list[str]:
+def _failed_lines(config: dict, failed: list[dict]) -> list[str]:
+    """The failed cells, a line per group with its error."""
+    if not failed:
+        return []
+    lines = [
+        f"**FAILED: {len(failed)} of {config['n_cells']} cells** (their group failed twice; the "
+        "figures mark them). Rerun the sweep command to retry them.",
+        "",
+    ]
+    by_group: dict = {}
+    for r in failed:
+        by_group.setdefault(r.get("group"), []).append(r)
+    for g, rs in sorted(by_group.items(), key=lambda x: str(x[0])):
+        cells = ", ".join(f"`{r['key']}`" for r in rs)
+        error = " ".join(str(rs[0].get("error", "no error recorded")).split())
+        lines.append(f"- group {g}: {cells}: {error}")
+    return [*lines, ""]
+
+
+def _summary(config: dict, rows: list[dict], written: list[Path], failed=()) -> list[str]:
     n = len(rows)
     lines = [f"# Sweep summary: {config['model']}", ""]
     if n < config["n_cells"]:
@@ -68,6 +87,7 @@ def _summary(config: dict, rows: list[dict], written: list[Path]) -> list[str]:
             "finish it; the figures are stamped PARTIAL.",
             "",
         ]
+    lines += _failed_lines(config, list(failed))
     lines += [
         f"- cells: {n} of {config['n_cells']} finished, in {config['n_groups']} groups; "
         f"padding waste {config['padding_waste']:.2f}x (worst group "
@@ -104,12 +124,17 @@ def report(out: str | os.PathLike, figures: str | os.PathLike | None = None) -> 
     Always: ``double_descent.png``, ``dimensionality.png``, ``weight_norms.png``,
     ``dictionary.png``; ``geometry.png`` when a setting's representation and feature directions
     are 2-d; ``phase.png`` when the grid has an axis besides T and seed. A partial sweep is
-    stamped PARTIAL in every figure and in the summary. Returns the paths written and the
-    test-loss peak of each setting."""
+    stamped PARTIAL in every figure and in the summary; cells whose group failed are listed with
+    their error in the summary, counted in every figure's stamp and marked on the double-descent
+    axis. Returns the paths written and the test-loss peak of each setting."""
     plt = pyplot()
-    config, rows = read_results(out)
+    config, rows = read_results(out, failed=True)
+    failed = [r for r in rows if is_failed(r)]
+    rows = [r for r in rows if not is_failed(r)]
     if not rows:
-        raise ValueError(f"{out} holds no finished cells yet")
+        why = f" ({len(failed)} failed: {failed[0].get('error')})" if failed else ""
+        raise ValueError(f"{out} holds no finished cells yet{why}")
+    config = {**config, "failed_cells": failed}
     dest = Path(figures) if figures is not None else Path(out)
     dest.mkdir(parents=True, exist_ok=True)
     written = []
@@ -141,7 +166,7 @@ def report(out: str | os.PathLike, figures: str | os.PathLike | None = None) -> 
         save("geometry", geometry(out, rs, [T for T in dict.fromkeys(Ts) if T in have], seed))
     if phase_axes(config)[0] is not None:
         save("phase", phase_diagram(rows, config))
-    (dest / "summary.md").write_text("\n".join(_summary(config, rows, written)))
+    (dest / "summary.md").write_text("\n".join(_summary(config, rows, written, failed)))
     return {
         "figures": [str(p) for p in written],
         "summary": str(dest / "summary.md"),

@@ -2,16 +2,26 @@
 and write each finished group (checkpoint, then its rows) as it streams back.
 
 Where a group runs is a small pluggable piece, a *backend*: any object with
-``run(jobs) -> iterator of GroupResult``. :class:`LocalBackend` runs the groups one after another
-in this process. A distributed backend submits each :class:`~memlens.sweeps.cells.GroupJob` as a
-task and yields results as they finish, in any order; the driver stays the only writer.
+``run(jobs) -> iterator of GroupResult | GroupFailure``. :class:`LocalBackend` runs the groups one
+after another in this process; :class:`~memlens.sweeps.ray_backend.RayBackend` (``backend="ray"``)
+submits each :class:`~memlens.sweeps.cells.GroupJob` as a Ray task and yields results as they
+finish, in any order. Either way the driver stays the only writer.
+
+Failures are handled once, here, for every backend. A group is tried at most :data:`TRIES` times
+(a backend retries with its own mechanism: a loop here, Ray's ``max_retries`` there), except a
+divergence, which is deterministic and recorded at once. A group that still fails comes back as a
+:class:`GroupFailure`: the driver records a row per cell with ``status: "failed"`` and the error,
+finishes the other groups, then raises :class:`SweepFailed` (a ``FloatingPointError`` when every
+failure diverged). Rerunning the command retries the failed and unfinished groups and keeps the
+finished cells.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -33,35 +43,127 @@ from memlens.sweeps.cells import (
 from memlens.sweeps.grid import check_cells, make_cells, normalise, plan_groups
 from memlens.sweeps.store import SWEEP_FORMAT, SweepStore, read_results
 
-__all__ = ["Backend", "LocalBackend", "BACKENDS", "sweep", "add_probes"]
+__all__ = [
+    "Backend",
+    "LocalBackend",
+    "BACKENDS",
+    "TRIES",
+    "GroupFailure",
+    "SweepFailed",
+    "attempt",
+    "failure_rows",
+    "sweep",
+    "add_probes",
+]
+
+#: how many times a group is tried before its cells are recorded as failed
+TRIES = 2
+#: the longest error message a failed row keeps
+MAX_ERROR_CHARS = 2000
+
+
+class SweepFailed(RuntimeError):
+    """Some groups of a sweep failed :data:`TRIES` times; their cells are recorded as failed."""
+
+
+@dataclass
+class GroupFailure:
+    """A group that failed: its job and the error (``"Type: message"``), in place of a result."""
+
+    index: int
+    job: GroupJob
+    error: str
+    kind: str = "RuntimeError"  # the exception's type name
+
+    @classmethod
+    def of(cls, job: GroupJob, exc: BaseException) -> GroupFailure:
+        """The failure of ``job`` with ``exc`` (its message kept to :data:`MAX_ERROR_CHARS`)."""
+        msg = f"{type(exc).__name__}: {exc}"
+        if len(msg) > MAX_ERROR_CHARS:
+            msg = msg[: MAX_ERROR_CHARS - 3] + "..."
+        return cls(job.index, job, msg, type(exc).__name__)
+
+
+def failure_rows(failure: GroupFailure) -> list[dict]:
+    """One row per cell of a failed group: ``status: "failed"`` and the error, no results."""
+    return [
+        {
+            "key": c["key"],
+            "cell": c["axes"],
+            "T": c["spec"]["T"],
+            "seed": c["spec"]["seed"],
+            "group": failure.index,
+            "instance": i,
+            "status": "failed",
+            "error": failure.error,
+        }
+        for i, c in enumerate(failure.job.cells)
+    ]
+
+
+def attempt(job: GroupJob, work: Callable[[GroupJob], GroupResult] = run_group):
+    """Run one group: its :class:`GroupResult` (rows stamped ``status: "ok"`` and the device), or
+    a :class:`GroupFailure` for a divergence (deterministic: a retry would diverge again). Any
+    other exception propagates, for the backend to retry."""
+    try:
+        res = work(job)
+    except FloatingPointError as exc:
+        return GroupFailure.of(job, exc)
+    for r in res.rows:
+        r["status"] = "ok"
+        r["device"] = job.device
+    return res
 
 
 @runtime_checkable
 class Backend(Protocol):
-    """Runs groups somewhere and yields each :class:`GroupResult` as it finishes."""
+    """Runs groups somewhere and yields each :class:`GroupResult` (or :class:`GroupFailure`, once
+    its retries are spent) as it finishes."""
 
-    def run(self, jobs: Sequence[GroupJob]) -> Iterator[GroupResult]: ...
+    def run(self, jobs: Sequence[GroupJob]) -> Iterator[GroupResult | GroupFailure]: ...
 
 
 class LocalBackend:
-    """Run the groups one after another in this process."""
+    """Run the groups one after another in this process, each tried at most :data:`TRIES` times.
+    ``work`` is the function that runs a group (:func:`run_group`; tests inject faults here)."""
 
-    def run(self, jobs: Sequence[GroupJob]) -> Iterator[GroupResult]:
+    def __init__(self, work: Callable[[GroupJob], GroupResult] = run_group):
+        self.work = work
+
+    def run(self, jobs: Sequence[GroupJob]) -> Iterator[GroupResult | GroupFailure]:
         for job in jobs:
-            yield run_group(job)
+            for _ in range(TRIES):
+                try:
+                    res = attempt(job, self.work)
+                    break
+                except Exception as exc:  # noqa: BLE001 - recorded, and the sweep goes on
+                    res = GroupFailure.of(job, exc)
+            yield res
 
 
-#: backends by name (the CLI's ``--backend``); a plugin may add its own
-BACKENDS: dict[str, type] = {"local": LocalBackend}
+def _ray_backend(**options: Any) -> Backend:
+    from memlens.sweeps.ray_backend import RayBackend
+
+    return RayBackend(**options)
 
 
-def _backend(backend: Any) -> Backend:
+#: backends by name (the CLI's ``--backend``); each is called with the backend options (the Ray
+#: backend takes ``address``); a plugin may add its own
+BACKENDS: dict[str, Callable[..., Backend]] = {"local": LocalBackend, "ray": _ray_backend}
+
+
+def _backend(backend: Any, address: str | None = None) -> Backend:
+    if address is not None and backend != "ray":
+        raise ValueError(
+            f"address={address!r} is the Ray cluster to join, so it needs backend='ray', "
+            f"got backend={backend!r}"
+        )
     if backend is None:
         return LocalBackend()
     if isinstance(backend, str):
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; known: {sorted(BACKENDS)}")
-        return BACKENDS[backend]()
+        return BACKENDS[backend](address=address) if backend == "ray" else BACKENDS[backend]()
     if not callable(getattr(backend, "run", None)):
         raise TypeError(f"backend must have a run(jobs) method, got {backend!r}")
     return backend
@@ -103,6 +205,7 @@ def sweep(
     preset: str | None = None,
     device: str | torch.device = "cpu",
     backend: Backend | str | None = None,
+    address: str | None = None,
     lock_timeout: float | None = None,
 ) -> list[dict]:
     """Train every cell of ``grid`` (packed into instances) and record its results in ``out/``.
@@ -120,13 +223,20 @@ def sweep(
         out: the results folder. resume: continue a sweep already there (False refuses it).
         preset: a preset of the model's bundle (e.g. ``cpu``, ``smoke``): fills grid, task and
             train (explicit ones override, key by key).
-        device: where groups train. backend: where groups run (default: this process).
+        device: where groups train. backend: where groups run: ``"local"`` (default: this
+            process, one group after another), ``"ray"`` (a Ray task per group; the device is then
+            the task's: cuda when Ray gives it a GPU, else cpu) or a backend object.
+        address: with ``backend="ray"``, the cluster to join: None starts a local one for the
+            sweep, ``"auto"`` or ``"HOST:PORT"`` joins a running one (``ray start --head``).
         lock_timeout: seconds to wait for another writer of ``out`` (None: as long as it takes,
             0: refuse at once).
     Returns:
         one row per cell of ``out/results.jsonl``, in grid order.
 
     Every argument and every cell is checked before any work and before any file is written.
+    A group that fails twice (once for a divergence) is recorded as a row per cell with
+    ``status: "failed"`` and its error; the others finish, then :class:`SweepFailed` (or
+    ``FloatingPointError``) is raised. Rerunning the same command retries the failed groups.
     """
     if not isinstance(model, str):
         raise ValueError(f"model must be a registered model name, got {model!r}")
@@ -138,7 +248,7 @@ def sweep(
         train = {**p["train"], **(train or {})}
     probes = canonical_probes(probes)
     dev = _device(device)
-    runner = _backend(backend)
+    runner = _backend(backend, address)
     g, t, tr = normalise(bundle, grid, task, train)
     store = SweepStore(out)
     for k, v in store.legacy_settings(bundle.spec_keys()).items():
@@ -172,21 +282,48 @@ def sweep(
                 f"(worst group {config['max_group_waste']:.2f}x)",
                 file=sys.stderr,
             )
-        _drive(store, runner.run(jobs), len(groups), len(done), model, progress)
+        failed = _drive(store, runner.run(jobs), len(groups), len(done), model, progress)
+    if failed:
+        _raise_failed(model, failed, len(groups), out)
     order = {c["key"]: i for i, c in enumerate(cells)}
     _, rows = read_results(out)
     return sorted(rows, key=lambda r: order.get(r["key"], len(order)))
 
 
-def _drive(store: SweepStore, results: Iterable[GroupResult], total, done, model, progress):
-    """Write each finished group as it arrives: its checkpoint first, then its rows."""
+def _drive(
+    store: SweepStore, results: Iterable[GroupResult | GroupFailure], total, done, model, progress
+) -> list[GroupFailure]:
+    """Write each group as it arrives: a finished one's checkpoint first, then its rows; a failed
+    one's rows (status ``failed``). Returns the failures."""
     from tqdm.auto import tqdm
 
+    failed = []
     with tqdm(total=total, initial=done, desc=f"sweep {model} groups", disable=not progress) as bar:
         for res in results:
-            fields = store.save_group(res.index, res.model, res.recipes)
-            store.append([{**r, **fields} for r in res.rows])
+            if isinstance(res, GroupFailure):
+                store.append(failure_rows(res))
+                failed.append(res)
+                if progress:
+                    print(f"sweep {model}: group {res.index} failed: {res.error}", file=sys.stderr)
+            else:
+                fields = store.save_group(res.index, res.model, res.recipes)
+                store.append([{**r, **fields} for r in res.rows])
             bar.update(1)
+    return failed
+
+
+def _raise_failed(model: str, failed: Sequence[GroupFailure], n_groups: int, out) -> None:
+    n_cells = sum(len(f.job.cells) for f in failed)
+    what = "; ".join(
+        f"group {f.index} ({', '.join(c['key'] for c in f.job.cells)}): {f.error}" for f in failed
+    )
+    msg = (
+        f"sweep {model}: {len(failed)} of {n_groups} groups ({n_cells} cells) failed and are "
+        f"recorded as failed in {Path(out) / 'results.jsonl'}; rerun the command to retry them. "
+        f"{what}"
+    )
+    diverged = all(f.kind == "FloatingPointError" for f in failed)
+    raise (FloatingPointError if diverged else SweepFailed)(msg)
 
 
 def add_probes(
@@ -208,9 +345,11 @@ def add_probes(
         model0, train0, _ = load_cell(out, rows[0])
         check_probes(probes, model0, train0)  # before any work
     with store.locked(lock_timeout, verbose=progress):
-        config, rows = read_results(out)
+        config, rows = read_results(out, failed=True)  # failed rows are kept as they are
         groups: dict[str, HookedToyModel] = {}
         for r in tqdm(rows, desc="probing cells", disable=not progress):
+            if r.get("status") == "failed":
+                continue
             if r["checkpoint"] not in groups:
                 groups = {r["checkpoint"]: load(Path(out) / r["checkpoint"])}  # one at a time
             model, train_set, _ = load_cell(out, r, config, groups[r["checkpoint"]])

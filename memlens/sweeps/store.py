@@ -4,8 +4,10 @@ Layout of ``out/``:
 
 * ``config.json``: the sweep (model, grid, task, train, probes: its *identity*), the packing plan's
   size, and ``added_probes`` (probes ``report --add-probes`` ran later; not part of the identity);
-* ``results.jsonl``: one row per finished cell; each row records its group's checkpoint with its
-  size and sha256;
+* ``results.jsonl``: one row per finished cell (``status: "ok"``; rows of memlens 0.1 have no
+  status and are finished too); each row records its group's checkpoint with its size and sha256.
+  A cell whose group failed twice has a row with ``status: "failed"`` and the ``error``, and no
+  results; the next run of the sweep drops those rows and retries their groups;
 * ``checkpoints/group-NNN.pt``: each packed model with the data recipe of every instance;
 * ``.lock`` (and ``.lock.holder``: who holds it): one writer at a time.
 
@@ -43,6 +45,7 @@ __all__ = [
     "upgrade_config",
     "read_results",
     "dedupe",
+    "is_failed",
 ]
 
 SWEEP_FORMAT = "memlens-sweep-v2"
@@ -121,15 +124,22 @@ def _spec_defaults(model: str) -> dict | None:
         return None
 
 
-def read_results(out: str | os.PathLike) -> tuple[dict, list[dict]]:
-    """``(config, rows)`` of a sweep folder: the config in the current format, one row per cell
-    (torn or corrupt lines and duplicates dropped, with a warning)."""
+def is_failed(row: Mapping) -> bool:
+    """Whether a row records a cell whose group failed (``status: "failed"``)."""
+    return row.get("status") == "failed"
+
+
+def read_results(out: str | os.PathLike, failed: bool = False) -> tuple[dict, list[dict]]:
+    """``(config, rows)`` of a sweep folder: the config in the current format, one row per
+    finished cell (torn or corrupt lines and duplicates dropped, with a warning); ``failed=True``
+    adds the rows of cells whose group failed (``status: "failed"``, with the ``error``)."""
     store = SweepStore(out)
     raw, problem = store.read_config()
     if raw is None:
         raise FileNotFoundError(problem or f"{out} holds no sweep (no config.json)")
     config = upgrade_config(raw, _spec_defaults(raw.get("model", "")))
-    return config, store.read_rows()
+    rows = store.read_rows()
+    return config, rows if failed else [r for r in rows if not is_failed(r)]
 
 
 class SweepStore:
@@ -207,7 +217,8 @@ class SweepStore:
         return dedupe(rows, f"{self.out}/")
 
     def _row_keys(self) -> set:
-        return {r.get("key") for r in io.read_jsonl_tolerant(self.table)[0]}
+        """The keys of the finished cells (failed rows do not count: nothing was kept of them)."""
+        return {r.get("key") for r in io.read_jsonl_tolerant(self.table)[0] if not is_failed(r)}
 
     def legacy_settings(self, spec_defaults: Mapping) -> dict:
         """The :data:`LEGACY_SPEC` values the sweep recorded here implies (its config predates
@@ -251,6 +262,8 @@ class SweepStore:
                 )
                 for p in self.checkpoints.glob("group-*.pt"):
                     p.unlink()
+                if self.table.exists():  # only failed rows of that sweep
+                    self.rewrite_rows([])
                 self.write_config(config)
                 return dict(config)
             if not resume:
@@ -376,6 +389,13 @@ class SweepStore:
         done, verdicts = set(), {}
         for gi, grp_rows in by_group.items():
             n_cells = len(groups[gi]["cells"])
+            failed = [r for r in grp_rows if is_failed(r)]
+            if failed:
+                _warn(
+                    f"group {gi} ({n_cells} cells) failed on an earlier run "
+                    f"({failed[0].get('error', 'no error recorded')}); retrying it"
+                )
+                continue
             problems = []
             for r in grp_rows:
                 rel = r.get("checkpoint")
