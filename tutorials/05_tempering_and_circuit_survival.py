@@ -30,15 +30,14 @@ import memlens as ml
 from memlens.data import SparseFeatures
 from toy_models import Bottleneck, MLPBlock, MLPTask
 
-torch.set_num_threads(1)
 FAST = os.environ.get("MEMLENS_FAST") == "1"
-SEEDS = 2 if FAST else 4  # independently trained models, packed as instances
-CHAINS, DRAWS = 4, (100 if FAST else 200)
+SEEDS = 2 if FAST else 3  # independently trained models, packed as instances
+CHAINS, DRAWS = 4, (100 if FAST else 150)
 # γ: with tens of training points nβ = n/log n is ~15, so at γ = 1 most weight directions are
 # held only by γ and cold chains would need ~1/(εγ) ≈ 10⁵ steps to mix; γ = 10 keeps the hot
 # end hot (weights noised by ~0.3, enough to kill every circuit) and the cold end mixable.
 GAMMA = 10.0
-BUDGET = 3_000 if FAST else 20_000  # SGLD steps per chain "auto" may spend on one run
+BUDGET = 3_000 if FAST else 6_000  # SGLD steps per chain "auto" may spend on one run
 
 
 def temper_quietly(model, train, temps, gamma=GAMMA, **kw):
@@ -213,3 +212,20 @@ print(
 for name, c in (("bottleneck", bottleneck_verdict), ("MLP block", mlp_verdict)):
     ratio = c["geometric_mean"]
     print(f"{name}: {c['verdict']}" + ("" if math.isfinite(ratio) else " (no finite ratio)"))
+
+# %% [markdown]
+# **What this run shows** (default mode: 3 seeds, 4 chains x 150 draws, a 6,000-step budget;
+# `python benchmarks/tutorial_times.py --only 05 --modes default --logs DIR` keeps the output):
+#
+# * Sampler health: 28 of 36 bottleneck cells and 35 of 36 MLP-block cells healthy; the others
+#   are named above and left out.
+# * Bottleneck: memorised datum circuits die *before* feature circuits in every seed (3 of 3),
+#   by a characteristic-temperature ratio of 0.59 (per chain 0.40 to 0.97), but with 3 seeds the
+#   95% interval [0.20, 1.7] still includes 1: the direction holds, the size is not established.
+#   (Fast mode, 2 seeds: no detectable difference, one seed each way.)
+# * MLP block: the opposite. Datum circuits (how much of each target the output reproduces) die
+#   *after* the neuron circuits that store them, in every seed (ratio 18, per chain 2.3 to 321;
+#   many datum circuits survive the whole healthy ladder, so the interval is unbounded). The
+#   output degrades gracefully while individual lookup neurons are noised out.
+# * Bucket of circuits: the predicted characteristic temperature t̂ = nβ·ΔL/Δλ ranks the measured
+#   ones only weakly (Spearman ρ = 0.16 pooled over 163 circuits; per seed 0.20, 0.05, 0.14).
