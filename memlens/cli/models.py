@@ -168,7 +168,6 @@ def _probe(ns: argparse.Namespace) -> int:
     _check_checkpoint(ns.checkpoint)
     json_out = ns.json and check_output_file("--json", ns.json, force=ns.force)
     fig_out = ns.figure and check_output_file("--figure", ns.figure, force=ns.force)
-    from memlens.io import write_json
     from memlens.probe import resolve_probe
     from memlens.registry import get_probe
 
@@ -181,12 +180,18 @@ def _probe(ns: argparse.Namespace) -> int:
     print(f"{ns.probe} on {ns.checkpoint} [{where}]")
     print(result.summary())
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(json_out, result.to_dict())
-        print(f"wrote {json_out}")
+        _save_json(result.to_dict(), json_out)
     if fig_out:
         _save_figure(result.plot(), fig_out)
     return 0
+
+
+def _save_json(data: dict, path: Path) -> None:
+    from memlens.io import write_json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, data)
+    print(f"wrote {path}")
 
 
 def _save_figure(fig, path: Path) -> None:
@@ -281,7 +286,6 @@ def _temper(ns: argparse.Namespace) -> int:
     figs = ns.figures and check_output_dir("--figures", ns.figures)
     names = [n.strip() for n in ns.probes.split(",") if n.strip() and n.strip() != "none"]
     probes = probe_specs(names, ns.probe_arg)
-    from memlens.io import write_json
     from memlens.sampling import SGLDConfig, temper
 
     cfg = SGLDConfig.make(None, step_size=ns.step_size, **_sampler_settings(ns))  # validates
@@ -293,9 +297,7 @@ def _temper(ns: argparse.Namespace) -> int:
     for name in res.probes:
         print(res.probe(name).summary())
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(json_out, res.to_dict())
-        print(f"wrote {json_out}")
+        _save_json(res.to_dict(), json_out)
     if figs:
         figs.mkdir(parents=True, exist_ok=True)
         _save_figure(res.plot_trace(), figs / "traces.png")
@@ -322,7 +324,6 @@ def _calibrate(ns: argparse.Namespace) -> int:
     _check_temperatures(ns.temperatures)
     json_out = ns.json and check_output_file("--json", ns.json, force=ns.force)
     fig_out = ns.figure and check_output_file("--figure", ns.figure, force=ns.force)
-    from memlens.io import write_json
     from memlens.sampling import SGLDConfig, calibrate
 
     cfg = SGLDConfig.make(None, **_sampler_settings(ns))
@@ -331,9 +332,7 @@ def _calibrate(ns: argparse.Namespace) -> int:
     print(cal.table())
     print(cal.summary())
     if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        write_json(json_out, cal.to_dict())
-        print(f"wrote {json_out}")
+        _save_json(cal.to_dict(), json_out)
     if fig_out:
         _save_figure(cal.plot(), fig_out)
     return 0
