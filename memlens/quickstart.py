@@ -31,6 +31,7 @@ from memlens.quickstart_report import (
 )
 from memlens.registry import get_probe
 from memlens.training import train
+from memlens.validate import check_output_dir
 
 QUICKSTART_PRESET = "quickstart"  # each model's two-regime settings (small T, large T)
 STORY_PRESET = "story"  # the model whose dictionary, D* and tempering the quickstart follows
@@ -114,19 +115,6 @@ def _print_table(rows: list[dict]) -> None:
     )
 
 
-def _ensure_folder(out: Path) -> None:
-    """Refuse an output folder that cannot be written, before any work."""
-    import os
-
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    base = out
-    while not base.exists() and base.parent != base:
-        base = base.parent
-    if not base.is_dir() or not os.access(base, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: cannot write into {base}")
-
-
 def run(
     out: str | Path = "memlens-quickstart",
     seed: int = 0,
@@ -135,8 +123,7 @@ def run(
 ) -> dict:
     """Run the quickstart and write the report folder ``out``; returns the numbers it printed."""
     cfg = cfg or StoryConfig()
-    out = Path(out)
-    _ensure_folder(out)
+    out = check_output_dir("--out", out)  # before any work
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ValueError(f"seed must be an int, got {seed!r}")
     t0 = time.perf_counter()

@@ -216,13 +216,3 @@ def readme_section(numbers: dict) -> str:
         *([f"- {c}" for c in numbers["caveats"]] or ["- none"]),
     ]
     return "\n".join(lines)
-
-
-__all__ = [
-    "verdict",
-    "table_caveats",
-    "summary_md",
-    "readme_section",
-    "survival_numbers",
-    "training_figure",
-]

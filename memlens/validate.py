@@ -8,11 +8,14 @@ import math
 import numbers
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "check_output_file",
+    "check_output_dir",
     "is_int",
     "integer",
     "positive_int",
@@ -208,3 +211,44 @@ def memory(what: str, n_bytes: int) -> None:
             f"{what} needs {n_bytes / 2**30:.3g} GiB of memory but {avail / 2**30:.3g} GiB are "
             "available; ask for fewer points"
         )
+
+
+# ----------------------------------------------------------------------------- output paths
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not p.exists():
+        if p.parent == p:
+            break
+        p = p.parent
+    return p
+
+
+def check_output_file(option: str, path: str | os.PathLike, force: bool = False) -> Path:
+    """A file we are about to write: not a folder, not an existing file unless ``force``, and in a
+    writable folder (created later if missing, not now)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ValueError(f"{option} {path} is a folder; give a file path, e.g. {p / 'model.pt'}")
+    if p.exists() and not force:
+        raise ValueError(f"{option} {path} exists; pass --force to overwrite it")
+    base = _nearest_existing(p.parent)
+    if not base.is_dir():
+        raise ValueError(f"{option} {path}: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: cannot write into {base} (permission denied)")
+    return p
+
+
+def check_output_dir(option: str, path: str | os.PathLike) -> Path:
+    """A folder we are about to write into: a folder (or creatable) and writable."""
+    p = Path(path)
+    if p.exists() and not p.is_dir():
+        raise ValueError(f"{option} {path} is a file, not a folder")
+    base = _nearest_existing(p)
+    if not base.is_dir():
+        raise ValueError(f"{option} {path}: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {path}: cannot write into {base} (permission denied)")
+    return p

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-from pathlib import Path
 from typing import Any
+
+from memlens.validate import check_output_dir, check_output_file
 
 __all__ = [
     "csv",
@@ -133,41 +133,3 @@ def probe_specs(names: list[str], args: list[tuple[str | None, str, Any]]) -> li
             )
         kwargs[probe][key] = value
     return [(n, kwargs[n]) if kwargs[n] else n for n in names]
-
-
-def _nearest_existing(path: Path) -> Path:
-    p = path
-    while not p.exists():
-        if p.parent == p:
-            break
-        p = p.parent
-    return p
-
-
-def check_output_file(option: str, path: str, force: bool = False) -> Path:
-    """A file we are about to write: not a folder, not an existing file unless ``force``, and in a
-    writable folder (created later if missing, not now)."""
-    p = Path(path)
-    if p.is_dir():
-        raise ValueError(f"{option} {path} is a folder; give a file path, e.g. {p / 'model.pt'}")
-    if p.exists() and not force:
-        raise ValueError(f"{option} {path} exists; pass --force to overwrite it")
-    base = _nearest_existing(p.parent)
-    if not base.is_dir():
-        raise ValueError(f"{option} {path}: {base} is a file, not a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {path}: cannot write into {base} (permission denied)")
-    return p
-
-
-def check_output_dir(option: str, path: str) -> Path:
-    """A folder we are about to write into: a folder (or creatable) and writable."""
-    p = Path(path)
-    if p.exists() and not p.is_dir():
-        raise ValueError(f"{option} {path} is a file, not a folder")
-    base = _nearest_existing(p)
-    if not base.is_dir():
-        raise ValueError(f"{option} {path}: {base} is a file, not a folder")
-    if not os.access(base, os.W_OK | os.X_OK):
-        raise ValueError(f"{option} {path}: cannot write into {base} (permission denied)")
-    return p

@@ -39,7 +39,7 @@ from torch import Tensor
 
 from memlens.data import mix_seed as _mix
 from memlens.sampling.config import SGLDConfig
-from memlens.sampling.diagnostics import analyse, effective_sample_size
+from memlens.sampling.diagnostics import analyse_run, effective_sample_size
 from memlens.sampling.results import Calibration
 from memlens.sampling.sgld import Plan, Setup, eval_schedule, sample
 
@@ -113,20 +113,7 @@ def _measure(setup, cfg, temps, rungs, grids, curv, thin, progress) -> tuple[dic
         stream=[a for a, _ in arms],
     )
     run = sample(setup, plan, progress=progress, desc=f"calibrate ({CAL_DRAWS}x{thin} steps)")
-    llc, diag = analyse(
-        run.loss,
-        run.eval_loss,
-        run.eval_draws,
-        run.finite,
-        run.diffusion,
-        init_loss=setup.init_loss,
-        eval_init=setup.eval_init,
-        nbeta=nbeta,
-        burnin=burnin,
-        n_params=setup.n_params,
-        blowup=cfg.blowup,
-        max_diffusion=cfg.max_diffusion,
-    )
+    llc, diag = analyse_run(run, setup, cfg, nbeta=nbeta, burnin=burnin)
     rows, pairs = {}, {}
     n_post = CAL_CHAINS * (CAL_DRAWS - burnin)
     for k, (a, j) in enumerate(arms):

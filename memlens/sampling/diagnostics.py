@@ -23,6 +23,7 @@ __all__ = [
     "Diagnostics",
     "Health",
     "analyse",
+    "analyse_run",
     "health",
     "warn",
 ]
@@ -274,3 +275,22 @@ def warn(diag: Diagnostics, hl: Health, labels: list[str], stacklevel: int = 3) 
         warnings.warn(
             _WARNINGS[kind].format(cells=cells), RuntimeWarning, stacklevel=stacklevel + 1
         )
+
+
+def analyse_run(run, setup, cfg, *, nbeta: Tensor, burnin: int):
+    """:func:`analyse` on a sampler run (:func:`memlens.sampling.sgld.sample`), with the
+    reference losses of its ``setup`` and the thresholds of its ``cfg`` (an SGLDConfig)."""
+    return analyse(
+        run.loss,
+        run.eval_loss,
+        run.eval_draws,
+        run.finite,
+        run.diffusion,
+        init_loss=setup.init_loss,
+        eval_init=setup.eval_init,
+        nbeta=nbeta,
+        burnin=burnin,
+        n_params=setup.n_params,
+        blowup=cfg.blowup,
+        max_diffusion=cfg.max_diffusion,
+    )

@@ -24,7 +24,7 @@ from memlens.data import mix_seed as _mix
 from memlens.hooked import HookedToyModel
 from memlens.sampling.calibration import auto_step
 from memlens.sampling.config import SGLDConfig, check_int
-from memlens.sampling.diagnostics import analyse, health, warn
+from memlens.sampling.diagnostics import analyse_run, health, warn
 from memlens.sampling.results import Calibration, Tempering
 from memlens.sampling.sgld import Plan, Setup, eval_schedule, sample
 from memlens.sampling.streaming import ProbeDriver, resolve_streaming
@@ -191,20 +191,7 @@ def temper(
             driver.begin(model, setup.data, temps, cfg.chains)
         on_draw = driver.on_draw if driver else None
         run = sample(setup, plan, on_draw=on_draw, progress=progress, desc="temper")
-        llc, diag = analyse(
-            run.loss,
-            run.eval_loss,
-            run.eval_draws,
-            run.finite,
-            run.diffusion,
-            init_loss=setup.init_loss,
-            eval_init=setup.eval_init,
-            nbeta=nbeta,
-            burnin=burnin,
-            n_params=setup.n_params,
-            blowup=cfg.blowup,
-            max_diffusion=cfg.max_diffusion,
-        )
+        llc, diag = analyse_run(run, setup, cfg, nbeta=nbeta, burnin=burnin)
         return run, llc, diag
 
     run, llc, diag = run_at(thin)
