@@ -173,7 +173,7 @@ def sweep_wall(threads: int) -> None:
         t0 = time.perf_counter()
         from toy_models import bottleneck_kernel
 
-        native.load_library("memlens_bottleneck_probe", bottleneck_kernel.SOURCE)
+        native.load_library("memlens_bottleneck_probe", bottleneck_kernel.SOURCE_FILE.read_text())
         compile_s = time.perf_counter() - t0
         del os.environ[native.CACHE_ENV]
     print(

@@ -2,7 +2,9 @@
 
 A kernel is a plain C++ source exporting ``extern "C"`` functions that take raw pointers (no
 Python or torch headers, so it compiles in about a second); it is loaded with :mod:`ctypes`.
-Toy models keep their own kernel sources beside their code and call :func:`load_library`.
+Toy models ship their kernels as ``.cpp`` package data beside their code (``toy_models/kernels/``)
+and call :func:`load_kernel`, the one loader: it reads the source, builds it and sets the ctypes
+signatures of its functions.
 
 * **Cache.** The shared library is written to ``$MEMLENS_CACHE_DIR`` (default
   ``~/.cache/memlens/native``), named by a hash of the source, the compiler and its flags and the
@@ -40,6 +42,7 @@ __all__ = [
     "cache_dir",
     "find_compiler",
     "load_library",
+    "load_kernel",
     "warn_fallback",
     "reset_fallback_warning",
 ]
@@ -52,6 +55,7 @@ FLAG_SETS = (("-march=native", "-fopenmp"), ("-fopenmp",), ("-march=native",), (
 
 _lock = threading.Lock()
 _libraries: dict[str, ctypes.CDLL | None] = {}
+_sources: dict[Path, str] = {}
 _warned = False
 
 
@@ -200,3 +204,26 @@ def _load_uncached(name: str, source: str) -> tuple[ctypes.CDLL | None, str]:
         return ctypes.CDLL(str(target)), ""
     except OSError as exc:
         return None, f"loading the {name} kernel failed ({exc})"
+
+
+def load_kernel(
+    name: str, source_file: str | os.PathLike, signatures: dict[str, list]
+) -> ctypes.CDLL | None:
+    """Build and load the C++ kernel in ``source_file`` (a ``.cpp`` file), and set the ctypes
+    argument types of each function in ``signatures`` (``{function: [argtypes]}``; every kernel
+    function returns void). Returns None, as :func:`load_library` does, where kernels are off or
+    cannot be built; the source is read once per process."""
+    path = Path(source_file)
+    with _lock:
+        source = _sources.get(path)
+    if source is None:
+        source = path.read_text()
+        with _lock:
+            _sources[path] = source
+    lib = load_library(name, source)
+    if lib is not None and not getattr(lib, "_memlens_typed", False):
+        for fn_name, args in signatures.items():
+            fn = getattr(lib, fn_name)
+            fn.argtypes, fn.restype = args, None
+        lib._memlens_typed = True
+    return lib
