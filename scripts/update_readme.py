@@ -4,7 +4,7 @@
     python scripts/update_readme.py --from DIR # uses an existing run's DIR/results.json
 
 Rewrites the block between ``<!-- quickstart:begin -->`` and ``<!-- quickstart:end -->`` in
-README.md with :func:`memlens.quickstart_report.readme_section` and copies the run's figures to
+README.md with :func:`memlens.app.quickstart_report.readme_section` and copies the run's figures to
 ``docs/figures/quickstart_*.png``. ``tests/memlens/test_quickstart.py`` checks that the README's
 numbers agree with a fresh run.
 """
@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--from", dest="run", default=None, help="an existing quickstart folder")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    from memlens.quickstart_report import readme_section
+    from memlens.app.quickstart_report import readme_section
 
     run = Path(args.run) if args.run else ROOT / "memlens-quickstart"
     if args.run is None:

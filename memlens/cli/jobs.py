@@ -32,7 +32,7 @@ def _quickstart_args(p: argparse.ArgumentParser) -> None:
 )
 def _quickstart(ns: argparse.Namespace) -> int:
     check_output_dir("--out", ns.out)
-    from memlens.quickstart import run
+    from memlens.app.quickstart import run
 
     run(out=ns.out, seed=ns.seed, progress=not ns.no_progress)
     return 0

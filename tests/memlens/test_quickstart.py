@@ -80,7 +80,7 @@ def test_readme_quotes_what_the_quickstart_writes(first_run):
     import importlib.util
     from pathlib import Path
 
-    from memlens.quickstart_report import readme_section
+    from memlens.app.quickstart_report import readme_section
 
     root = Path(__file__).resolve().parents[2]
     spec = importlib.util.spec_from_file_location(

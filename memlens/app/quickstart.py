@@ -21,14 +21,14 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from memlens.io import atomic_write_text, write_json
-from memlens.quickstart_report import (
+from memlens.app.quickstart_report import (
     summary_md,
     survival_numbers,
     table_caveats,
     training_figure,
     verdict,
 )
+from memlens.io import atomic_write_text, write_json
 from memlens.registry import get_probe
 from memlens.training import train
 from memlens.validate import check_output_dir
