@@ -25,8 +25,9 @@ _LAZY = {
     "Circuits": ("memlens.hooked", "Circuits"),
     "HookedToyModel": ("memlens.hooked", "HookedToyModel"),
     "ToyConfig": ("memlens.hooked", "ToyConfig"),
-    "load": ("memlens.hooked", "load"),
-    "load_with_recipes": ("memlens.hooked", "load_with_recipes"),
+    "load": ("memlens.persistence", "load"),
+    "load_with_recipes": ("memlens.persistence", "load_with_recipes"),
+    "save": ("memlens.persistence", "save"),
     "Probe": ("memlens.probe", "Probe"),
     "ProbeResult": ("memlens.probe", "ProbeResult"),
     "probing": ("memlens.probe", "probing"),
@@ -70,7 +71,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from memlens import data, io
     from memlens.bundle import ModelBundle
     from memlens.data import Batch, SparseFeatures
-    from memlens.hooked import Circuits, HookedToyModel, ToyConfig, load, load_with_recipes
+    from memlens.hooked import Circuits, HookedToyModel, ToyConfig
+    from memlens.persistence import load, load_with_recipes, save
     from memlens.probe import Probe, ProbeResult, probing
     from memlens.registry import (
         bundle_of,
@@ -114,6 +116,7 @@ __all__ = [
     "list_models",
     "list_probes",
     "load",
+    "save",
     "probing",
     "register_model",
     "register_probe",

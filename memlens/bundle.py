@@ -29,11 +29,23 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from memlens import validate
+from memlens.hooked import HookedToyModel
+from memlens.plugins import Registry
+
 if TYPE_CHECKING:  # pragma: no cover
     from memlens.data import Batch, Task
-    from memlens.hooked import HookedToyModel
 
-__all__ = ["ModelBundle", "GENERIC_TASK_KEYS"]
+__all__ = [
+    "ModelBundle",
+    "GENERIC_TASK_KEYS",
+    "MODELS",
+    "register_model",
+    "get_model",
+    "get_bundle",
+    "bundle_of",
+    "list_models",
+]
 
 #: task keys every sparse-feature recipe understands, with their defaults
 GENERIC_TASK_KEYS: dict[str, Any] = {
@@ -62,8 +74,6 @@ class ModelBundle:
     # -------------------------------------------------------------------------- derived
     @property
     def name(self) -> str:
-        from memlens.registry import MODELS
-
         return MODELS.name_of(self.model) or self.model.__name__
 
     @property
@@ -94,8 +104,6 @@ class ModelBundle:
 
     def full_spec(self, spec: Mapping[str, Any]) -> dict[str, Any]:
         """``spec`` with every missing key filled by its default; unknown keys raise."""
-        from memlens import validate
-
         keys = self.spec_keys()
         unknown = sorted(set(spec) - set(keys) - {"T", "seed"})
         if unknown:
@@ -132,3 +140,58 @@ class ModelBundle:
             known = sorted(self.presets) or "none"
             raise ValueError(f"unknown preset {name!r} for model {self.name!r}; known: {known}")
         return copy.deepcopy(dict(self.presets[name]))
+
+
+# ------------------------------------------------------------------------------ the model registry
+def _as_bundle(obj: Any) -> ModelBundle:
+    if isinstance(obj, ModelBundle):
+        return obj
+    if isinstance(obj, type) and issubclass(obj, HookedToyModel):
+        return ModelBundle(model=obj)
+    raise TypeError(
+        f"a model plugin must be a memlens.ModelBundle or a HookedToyModel subclass, got {obj!r}"
+    )
+
+
+#: the ``memlens.models`` plugin group: name -> :class:`ModelBundle`
+MODELS = Registry("memlens.models", "model", wrap=_as_bundle)
+
+
+def register_model(name: str):
+    """Decorator: register a :class:`memlens.HookedToyModel` subclass (or call it on a
+    :class:`memlens.ModelBundle`) under ``name``. Returns what it was given."""
+    return MODELS.register(name)
+
+
+def get_model(name: str):
+    """The model class registered as ``name``; a ``ValueError`` lists the known ones."""
+    return MODELS.get(name).model
+
+
+def get_bundle(name: str) -> ModelBundle:
+    """The :class:`ModelBundle` registered as ``name``; a ``ValueError`` lists the known ones."""
+    return MODELS.get(name)
+
+
+def bundle_of(model: Any) -> ModelBundle:
+    """The bundle of a model: a registered name is looked up (``bundle_of("mlp")``); a model
+    instance or class gets its own class's bundle, else its nearest registered ancestor's (so a
+    subclass inherits its parent's data recipe and dictionary reader), else a bare bundle of its
+    class (trainable and probeable, with no data recipe). Anything else is refused."""
+    if isinstance(model, str):
+        return get_bundle(model)  # ValueError listing the known models
+    cls = model if isinstance(model, type) else type(model)
+    if not issubclass(cls, HookedToyModel):
+        raise TypeError(
+            f"bundle_of needs a registered model name, a HookedToyModel or its class, got {model!r}"
+        )
+    bundles = MODELS.values()
+    for klass in cls.__mro__:
+        for b in bundles:
+            if b.model is klass:
+                return b
+    return ModelBundle(model=cls)
+
+
+def list_models() -> list[str]:
+    return MODELS.names()

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import json
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -23,7 +21,6 @@ from transformer_lens import HookedRootModule
 
 from memlens import io, threads, validate
 from memlens.data import Batch, as_batch, instance_generators
-from memlens.registry import MODELS
 
 LOSS_CHUNK_ELEMENTS = 2**20
 threads.record_initial()  # PyTorch's thread count before memlens touched it (see memlens.threads)
@@ -55,8 +52,6 @@ __all__ = [
     "HookedToyModel",
     "ToyConfig",
     "Circuits",
-    "load",
-    "load_with_recipes",
     "loss_rows",
     "check_positive_int",
 ]
@@ -312,103 +307,7 @@ class HookedToyModel(HookedRootModule):
             )
         return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)})
 
-    # ---------------------------------------------------------------- save / load
-    def registered_name(self) -> str:
-        """The name this model's class is registered under; raises if it is not registered."""
-        name = MODELS.name_of(self)
-        if name is None:
-            raise ValueError(
-                f"{type(self).__name__} is not registered; register it with "
-                "@memlens.register_model(name) so memlens.load can find it"
-            )
-        return name
-
-    def save(self, path: str | os.PathLike, recipes: Sequence[dict] | None = None) -> None:
-        """Write the config (JSON), the weights and, if given, the data recipe of each instance
-        (a spec per instance, see :class:`memlens.ModelBundle`) to ``path`` atomically. A
-        checkpoint with recipes can be probed and tempered from the CLI."""
-        name = self.registered_name()
-        payload = {
-            "model": name,
-            "config": json.dumps(self.cfg.to_dict(), sort_keys=True),
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-        }
-        if recipes is not None:
-            from memlens.registry import bundle_of
-
-            bundle = bundle_of(self)  # complete specs: defaults (and the data version) recorded
-            recipes = [bundle.full_spec(r) if bundle.make_task else dict(r) for r in recipes]
-            if len(recipes) != self.n_instances:
-                raise ValueError(
-                    f"recipes: {len(recipes)} data recipes for a model with "
-                    f"n_instances={self.n_instances}; give one per instance"
-                )
-            payload["recipes"] = json.dumps(io.jsonable(recipes), sort_keys=True)
-        io.save_checkpoint(path, payload)
-
     def extra_repr(self) -> str:
         return ", ".join(
             f"{k}={v}" for k, v in self.cfg.to_dict().items() if not isinstance(v, list)
         )
-
-
-def _model_from_payload(path, payload: dict) -> HookedToyModel:
-    name = payload.get("model")
-    if not isinstance(name, str):
-        raise ValueError(f"{path}: checkpoint has no model name")
-    cls = MODELS.get(name).model  # ValueError listing the known models
-    try:
-        cfg = cls.Config.from_dict(json.loads(payload["config"]))
-    except (KeyError, TypeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path}: unreadable config for model {name!r}: {exc}") from exc
-    model = cls.from_config(cfg)
-    state = payload.get("state_dict")
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: checkpoint has no weights (state_dict)")
-    bad = [
-        k for k, v in state.items() if isinstance(v, Tensor) and not bool(torch.isfinite(v).all())
-    ]
-    if bad:
-        raise ValueError(f"{path}: weights {bad} hold NaN or inf; refusing to load a broken model")
-    try:
-        model.load_state_dict(state)
-    except (KeyError, RuntimeError) as exc:
-        raise ValueError(f"{path}: weights do not fit model {name!r}: {exc}") from exc
-    return model
-
-
-def load(path: str | os.PathLike, device: str | torch.device | None = None) -> HookedToyModel:
-    """Load a model written by :meth:`HookedToyModel.save`; its class is found by registry name."""
-    device = _device(device)
-    model = _model_from_payload(path, io.load_checkpoint(path))
-    return model.to(device) if device is not None else model
-
-
-def _device(device: Any) -> torch.device | None:
-    if device is None:
-        return None
-    try:
-        return torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be a torch device such as 'cpu', got {device!r}") from exc
-
-
-def load_with_recipes(
-    path: str | os.PathLike, device: str | torch.device | None = None
-) -> tuple[HookedToyModel, list[dict]]:
-    """``(model, recipes)``: the model and each instance's data recipe (a spec; rebuild the data
-    with ``memlens.bundle_of(model).data(spec)``). ``recipes`` is empty when none was saved.
-    Reads the ``cells`` of checkpoints written by memlens 0.1 sweeps and ``memlens train`` too."""
-    device = _device(device)
-    payload = io.load_checkpoint(path)
-    model = _model_from_payload(path, payload)
-    raw = payload.get("recipes", payload.get("cells"))
-    try:
-        recipes = json.loads(raw) if isinstance(raw, str) else []
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: unreadable data recipes ({exc})") from exc
-    if not isinstance(recipes, list) or not all(isinstance(r, dict) for r in recipes):
-        raise ValueError(f"{path}: data recipes must be a list of specs, got {recipes!r}")
-    for r in recipes:  # written before data versions: memlens 0.1's generator
-        r.setdefault("data_version", 1)
-    return (model.to(device) if device is not None else model), recipes

@@ -98,7 +98,8 @@ def warn_fallback(reason: str) -> None:
 def _user_stacklevel(frame) -> int:
     """The ``warnings.warn`` stacklevel, counted from ``frame`` (the function that warns), of the
     first caller outside memlens and the packages of its plugins."""
-    from memlens.registry import MODELS, PROBES
+    from memlens.bundle import MODELS
+    from memlens.plugins import PROBES
 
     internal = {"memlens", "jaxtyping", "beartype"}  # and the runtime checkers' wrapper frames
     for registry in (MODELS, PROBES):

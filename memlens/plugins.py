@@ -1,7 +1,9 @@
-"""The two plugin groups, ``memlens.models`` and ``memlens.probes``.
+"""The plugin registries: the generic :class:`Registry` and the probe group ``memlens.probes``.
 
-Built-in models and probes are registered through entry points in ``pyproject.toml``, exactly as a
-third-party package registers its own; ``register_model`` / ``register_probe`` cover classes defined
+The model group ``memlens.models`` (``MODELS``) lives beside :class:`~memlens.bundle.ModelBundle`
+in :mod:`memlens.bundle`; :mod:`memlens.registry` gathers both for users. Built-in models and
+probes are registered through entry points in ``pyproject.toml``, exactly as a third-party package
+registers its own; ``register_model`` / ``register_probe`` cover classes defined
 in a notebook. A model plugin is a :class:`~memlens.bundle.ModelBundle` (a bare model class is
 wrapped in one). A duplicate name raises; a plugin that fails to import warns, naming it, and never
 breaks ``import memlens``.
@@ -14,19 +16,7 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
-__all__ = [
-    "Registry",
-    "MODELS",
-    "PROBES",
-    "register_model",
-    "register_probe",
-    "get_model",
-    "get_bundle",
-    "bundle_of",
-    "get_probe",
-    "list_models",
-    "list_probes",
-]
+__all__ = ["Registry", "PROBES", "register_probe", "get_probe", "list_probes"]
 
 
 class Registry:
@@ -110,6 +100,16 @@ class Registry:
             known = ", ".join(sorted(self._table)) or "(none)"
             raise ValueError(f"unknown {self.kind} {name!r}; known {self.kind}s: {known}") from None
 
+    def find(self, name: str) -> Any | None:
+        """What is registered as ``name``, or None."""
+        self._load_entry_points()
+        return self._table.get(name)
+
+    def values(self) -> list[Any]:
+        """Everything registered, in name order."""
+        self._load_entry_points()
+        return [self._table[k] for k in sorted(self._table)]
+
     def names(self) -> list[str]:
         self._load_entry_points()
         return sorted(self._table)
@@ -128,27 +128,7 @@ class Registry:
         return self._sources[name]
 
 
-def _as_bundle(obj: Any) -> Any:
-    from memlens.bundle import ModelBundle
-    from memlens.hooked import HookedToyModel
-
-    if isinstance(obj, ModelBundle):
-        return obj
-    if isinstance(obj, type) and issubclass(obj, HookedToyModel):
-        return ModelBundle(model=obj)
-    raise TypeError(
-        f"a model plugin must be a memlens.ModelBundle or a HookedToyModel subclass, got {obj!r}"
-    )
-
-
-MODELS = Registry("memlens.models", "model", wrap=_as_bundle)
 PROBES = Registry("memlens.probes", "probe")
-
-
-def register_model(name: str):
-    """Decorator: register a :class:`memlens.HookedToyModel` subclass (or call it on a
-    :class:`memlens.ModelBundle`) under ``name``. Returns what it was given."""
-    return MODELS.register(name)
 
 
 def register_probe(name: str):
@@ -156,37 +136,9 @@ def register_probe(name: str):
     return PROBES.register(name)
 
 
-def get_model(name: str):
-    """The model class registered as ``name``; a ``ValueError`` lists the known ones."""
-    return MODELS.get(name).model
-
-
-def get_bundle(name: str):
-    """The :class:`~memlens.bundle.ModelBundle` registered as ``name``."""
-    return MODELS.get(name)
-
-
-def bundle_of(model: Any):
-    """The bundle of a model (instance or class): its own class's, else its nearest registered
-    ancestor's (so a subclass inherits its parent's data recipe and dictionary reader)."""
-    MODELS._load_entry_points()
-    cls = model if isinstance(model, type) else type(model)
-    for klass in cls.__mro__:
-        for b in MODELS._table.values():
-            if b.model is klass:
-                return b
-    from memlens.bundle import ModelBundle
-
-    return ModelBundle(model=cls)
-
-
 def get_probe(name: str):
     """The probe class registered as ``name``; a ``ValueError`` lists the known ones."""
     return PROBES.get(name)
-
-
-def list_models() -> list[str]:
-    return MODELS.names()
 
 
 def list_probes() -> list[str]:

@@ -31,7 +31,7 @@ from torch import Tensor
 from memlens.data import Batch
 from memlens.hooked import HookedToyModel
 from memlens.io import jsonable
-from memlens.registry import PROBES
+from memlens.plugins import PROBES
 
 __all__ = ["Probe", "ProbeResult", "ProbeSpec", "probing", "resolve_probe"]
 

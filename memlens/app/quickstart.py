@@ -29,6 +29,7 @@ from memlens.app.quickstart_report import (
     verdict,
 )
 from memlens.io import atomic_write_text, write_json
+from memlens.persistence import save
 from memlens.registry import get_probe
 from memlens.training import train
 from memlens.validate import check_output_dir
@@ -312,7 +313,7 @@ def run(
     write_json(out / "results.json", numbers)
     write_json(out / "dictionary.json", dics["memorising"].to_dict())
     for r, m in models.items():  # with their data recipes: `memlens probe/temper` read them
-        m.save(out / f"{bundle.name}-{r}.pt", recipes=[specs[r]])
+        save(m, out / f"{bundle.name}-{r}.pt", recipes=[specs[r]])
     atomic_write_text(out / "summary.md", summary_md(bundle, numbers, dics, surv, tempering))
     bar.close()
     print(f"\n== 5. Report written to {out.resolve()} ({time.perf_counter() - t0:.0f} s) ==")

@@ -54,6 +54,7 @@ def _train_args(p: argparse.ArgumentParser) -> None:
 )
 def _train(ns: argparse.Namespace) -> int:
     out = check_output_file("--out", ns.out, force=ns.force)
+    from memlens.persistence import save
     from memlens.registry import get_bundle
     from memlens.sweeps import normalise
     from memlens.training import train
@@ -85,7 +86,7 @@ def _train(ns: argparse.Namespace) -> int:
         progress=not ns.no_progress,
     )
     out.parent.mkdir(parents=True, exist_ok=True)
-    model.save(out, recipes=[spec])
+    save(model, out, recipes=[spec])
     print(
         f"{ns.model} T={ns.T} seed={ns.seed}: train loss {float(res.train_loss[0]):.4g}, "
         f"test loss {float(res.test_loss[0]):.4g} ({bundle.loss_units}; {res.seconds:.1f} s); "
@@ -120,7 +121,7 @@ def _check_checkpoint(path: str) -> None:
 
 def _load_instance(path: str, instance: int):
     """The model of one instance of a checkpoint, its training set and its spec."""
-    from memlens.hooked import load_with_recipes
+    from memlens.persistence import load_with_recipes
     from memlens.registry import bundle_of
 
     model, specs = load_with_recipes(path)

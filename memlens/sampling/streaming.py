@@ -17,7 +17,7 @@ from torch import Tensor
 from memlens.data import Batch
 from memlens.hooked import HookedToyModel
 from memlens.probe import Probe, StreamingProbe
-from memlens.registry import PROBES
+from memlens.plugins import PROBES
 
 __all__ = ["resolve_streaming", "ProbeDriver"]
 

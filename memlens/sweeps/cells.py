@@ -21,7 +21,8 @@ import torch
 from memlens.data import Batch
 from memlens.hooked import HookedToyModel
 from memlens.probe import resolve_probe
-from memlens.registry import PROBES, get_bundle
+from memlens.bundle import get_bundle
+from memlens.plugins import PROBES
 from memlens.sweeps.grid import TRAIN_KEYS
 from memlens.training import train as train_fn
 
@@ -110,7 +111,7 @@ def load_cell(
 ) -> tuple[HookedToyModel, Batch, Batch]:
     """A finished cell's model (one instance) and its train / test data. ``config`` (the sweep's)
     and ``packed`` (its group's loaded checkpoint) save reading them again for every cell."""
-    from memlens.hooked import load
+    from memlens.persistence import load
     from memlens.sweeps.store import read_results
 
     cfg = config if config is not None else read_results(out)[0]

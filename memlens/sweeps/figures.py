@@ -39,7 +39,7 @@ T_LABEL = "T (training-set size, points)"
 
 def sweep_bundle(config: Mapping | None):
     """The registered bundle of a sweep's model (None if it is not registered here)."""
-    from memlens.registry import MODELS
+    from memlens.bundle import MODELS
 
     try:
         return MODELS.get((config or {}).get("model", ""))

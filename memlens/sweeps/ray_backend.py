@@ -89,7 +89,7 @@ _widths: dict[str, int] = {}
 def group_work(job: GroupJob) -> int:
     """Activation elements one training step of the group touches: rows (the largest T, or the
     batch size) x instances (its cells) x the model's width, the measure the thread policy uses."""
-    from memlens.registry import get_bundle
+    from memlens.bundle import get_bundle
 
     spec = job.cells[0]["spec"]
     shape = json.dumps(

@@ -27,9 +27,10 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from memlens.hooked import HookedToyModel, load
+from memlens.hooked import HookedToyModel
+from memlens.persistence import load
 from memlens.probe import resolve_probe
-from memlens.registry import get_bundle
+from memlens.bundle import get_bundle
 from memlens.sweeps.cells import (
     GroupJob,
     GroupResult,

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from memlens import io
+from memlens.persistence import save
 from memlens.sweeps.grid import TRAIN_DEFAULTS
 
 __all__ = [
@@ -115,7 +116,7 @@ def dedupe(rows: Sequence[Mapping], where: str = "") -> list[dict]:
 
 
 def _spec_defaults(model: str) -> dict | None:
-    from memlens.registry import get_bundle
+    from memlens.bundle import get_bundle
 
     try:
         bundle = get_bundle(model)
@@ -415,7 +416,7 @@ class SweepStore:
     def save_group(self, index: int, model: Any, recipes: Sequence[Mapping]) -> dict:
         """Write a group's packed model with its recipes; return the fields its rows record."""
         rel = f"checkpoints/group-{index:03d}.pt"
-        model.save(self.out / rel, recipes=recipes)
+        save(model, self.out / rel, recipes=recipes)
         size, sha = io.file_digest(self.out / rel)
         return {"checkpoint": rel, "checkpoint_bytes": size, "checkpoint_sha256": sha}
 

@@ -15,7 +15,7 @@ from refusal import Case, params
 import memlens as ml
 from memlens import io
 from memlens.data import Batch, SparseFeatures
-from memlens.hooked import load, load_with_recipes
+from memlens.persistence import load, load_with_recipes
 from probes.dictionary import DictionaryProbe
 from probes.dimensionality import (
     DimensionalityProbe,
@@ -289,7 +289,7 @@ def _at(shape, idx) -> torch.Tensor:
 # ------------------------------------------------------------------------------ checkpoints
 def _save(tmp: Path, name: str = "m.pt", recipes=None) -> Path:
     m = bn()
-    m.save(tmp / name, recipes)
+    ml.save(m, tmp / name, recipes)
     return tmp / name
 
 
@@ -361,13 +361,13 @@ CASES += [
     Case("load-device", lambda tmp: load(tmp / "m.pt", device="gpu9"), ValueError, "device", _save),
     Case(
         "save-recipes-count",
-        lambda tmp: bn().save(tmp / "s.pt", recipes=[{"T": 4}]),
+        lambda tmp: ml.save(bn(), tmp / "s.pt", recipes=[{"T": 4}]),
         ValueError,
         "recipes",
     ),
     Case(
         "save-into-file",
-        lambda tmp: bn().save(tmp / "afile" / "s.pt"),
+        lambda tmp: ml.save(bn(), tmp / "afile" / "s.pt"),
         (FileExistsError, NotADirectoryError, ValueError),
         "afile",
         _file("afile"),

@@ -97,12 +97,12 @@ def test_checkpoint_carries_its_data_recipe(tmp_path):
     b = ml.get_bundle("bottleneck")
     spec = {**b.preset("smoke")["task"], "T": 7, "seed": 2}
     model = b.build(spec)
-    model.save(tmp_path / "m.pt", recipes=[spec])
+    ml.save(model, tmp_path / "m.pt", recipes=[spec])
     loaded, recipes = ml.load_with_recipes(tmp_path / "m.pt")
     assert recipes == [b.full_spec(spec)] and recipes[0]["data_version"] == 2
     assert torch.equal(ml.bundle_of(loaded).data(recipes[0])[0].inputs, b.data(spec)[0].inputs)
     with pytest.raises(ValueError, match="recipes: 2 data recipes for a model with n_inst"):
-        model.save(tmp_path / "x.pt", recipes=[spec, spec])
+        ml.save(model, tmp_path / "x.pt", recipes=[spec, spec])
 
 
 def test_checkpoint_of_memlens_0_1_still_loads_with_its_cells(tmp_path):
@@ -128,7 +128,7 @@ def test_checkpoint_with_nan_weights_is_refused(tmp_path):
     model = Bottleneck(5, 2)
     with torch.no_grad():
         model.W[0, 0, 0] = float("nan")
-    model.save(tmp_path / "nan.pt")
+    ml.save(model, tmp_path / "nan.pt")
     with pytest.raises(ValueError, match=r"weights \['W'\] hold NaN or inf"):
         ml.load(tmp_path / "nan.pt")
 

@@ -22,7 +22,7 @@ def test_register_model_decorator_and_duplicates(tmp_path):
     try:
         assert ml.get_model("test-tiny-bottleneck") is Tiny
         m = Tiny(6, 2)
-        m.save(tmp_path / "t.pt")
+        ml.save(m, tmp_path / "t.pt")
         assert type(ml.load(tmp_path / "t.pt")) is Tiny  # found through the registry
         with pytest.raises(ValueError, match="duplicate model name 'test-tiny-bottleneck'"):
             ml.register_model("test-tiny-bottleneck")(type("Other", (Bottleneck,), {}))
@@ -37,5 +37,5 @@ def test_unregistered_model_cannot_be_saved(tmp_path):
         pass
 
     with pytest.raises(ValueError, match="not registered"):
-        Loose(4, 2).save(tmp_path / "x.pt")
+        ml.save(Loose(4, 2), tmp_path / "x.pt")
     assert not (tmp_path / "x.pt").exists()

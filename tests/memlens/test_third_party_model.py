@@ -80,7 +80,7 @@ for r in rows:
     cells[T]["dimensionality"] = cli("probe", ck, "--instance", inst, "--probe",
                                      "dimensionality", "--json", f"dim{T}.json")
     # ground truth from the checkpoint itself: its weights, its data recipe
-    from memlens.hooked import load_with_recipes
+    from memlens.persistence import load_with_recipes
     from memlens.registry import bundle_of
     model, specs = load_with_recipes(ck)
     model = model.select_instances([r["instance"]])

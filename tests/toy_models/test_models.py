@@ -148,7 +148,7 @@ def test_save_load_round_trip(tmp_path, make):
         for p in model.parameters():
             p.add_(torch.randn_like(p))
     path = tmp_path / "m.pt"
-    model.save(path)
+    ml.save(model, path)
     loaded = ml.load(path)
     assert type(loaded) is type(model)
     assert loaded.cfg == model.cfg
@@ -162,7 +162,7 @@ def test_save_load_round_trip(tmp_path, make):
 def test_load_truncated_and_unknown_class_give_clear_errors(tmp_path):
     model = Bottleneck(12, 3)
     path = tmp_path / "m.pt"
-    model.save(path)
+    ml.save(model, path)
     data = path.read_bytes()
     (tmp_path / "cut.pt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="truncated or corrupt"):
