@@ -31,6 +31,8 @@ _LAZY = {
     "Probe": ("memlens.probe", "Probe"),
     "ProbeResult": ("memlens.probe", "ProbeResult"),
     "probing": ("memlens.probe", "probing"),
+    "SweepSection": ("memlens.probe", "SweepSection"),
+    "sweeps": ("memlens.sweeps", None),
     "bundle_of": ("memlens.registry", "bundle_of"),
     "get_bundle": ("memlens.registry", "get_bundle"),
     "get_model": ("memlens.registry", "get_model"),
@@ -46,6 +48,7 @@ _LAZY = {
     "estimate_llc": ("memlens.sampling", "estimate_llc"),
     "temper": ("memlens.sampling", "temper"),
     "TrainResult": ("memlens.training", "TrainResult"),
+    "TrainConfig": ("memlens.training_config", "TrainConfig"),
     "evaluate": ("memlens.training", "evaluate"),
     "sparse_activations": ("memlens.training", "sparse_activations"),
     "train": ("memlens.training", "train"),
@@ -68,12 +71,12 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
-    from memlens import data, io
+    from memlens import data, io, sweeps
     from memlens.bundle import ModelBundle
     from memlens.data import Batch, SparseFeatures
     from memlens.hooked import Circuits, HookedToyModel, ToyConfig
     from memlens.persistence import load, load_with_recipes, save
-    from memlens.probe import Probe, ProbeResult, probing
+    from memlens.probe import Probe, ProbeResult, SweepSection, probing
     from memlens.registry import (
         bundle_of,
         get_bundle,
@@ -87,6 +90,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from memlens.sampling import SGLDConfig, Tempering, calibrate, estimate_llc, temper
     from memlens.sweeps import sweep
     from memlens.training import TrainResult, evaluate, sparse_activations, train
+    from memlens.training_config import TrainConfig
 
 __version__ = "0.1.0"
 
@@ -108,6 +112,7 @@ __all__ = [
     "SparseFeatures",
     "ToyConfig",
     "TrainResult",
+    "TrainConfig",
     "data",
     "evaluate",
     "get_model",
@@ -118,6 +123,8 @@ __all__ = [
     "load",
     "save",
     "probing",
+    "SweepSection",
+    "sweeps",
     "register_model",
     "register_probe",
     "sweep",

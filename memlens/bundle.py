@@ -174,7 +174,7 @@ def get_bundle(name: str) -> ModelBundle:
 
 
 def bundle_of(model: Any) -> ModelBundle:
-    """The bundle of a model: a registered name is looked up (``bundle_of("mlp")``); a model
+    """The bundle of a model: a registered name is looked up (``bundle_of(name)``); a model
     instance or class gets its own class's bundle, else its nearest registered ancestor's (so a
     subclass inherits its parent's data recipe and dictionary reader), else a bare bundle of its
     class (trainable and probeable, with no data recipe). Anything else is refused."""

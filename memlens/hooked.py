@@ -131,7 +131,7 @@ class HookedToyModel(HookedRootModule):
     Config: ClassVar[type[ToyConfig]] = ToyConfig
     #: names of the input dimension, for error messages: ("batch", "inst", "feat")
     input_dims: ClassVar[tuple[str, ...]] = ("batch", "inst", "feat")
-    #: circuit families this model declares (design.md §4)
+    #: circuit families this model declares, e.g. ("feature", "datum") (see :class:`Circuits`)
     circuit_families: ClassVar[tuple[str, ...]] = ()
     #: the hook holding the learned representation (dimensionality reads it by default)
     representation_hook: ClassVar[str] = "hook_out"
@@ -266,7 +266,8 @@ class HookedToyModel(HookedRootModule):
         return None
 
     def circuits(self, train: Tensor | Batch) -> Circuits:
-        """The model's circuits (design.md §4), with keys fixed at the current weights."""
+        """The model's named circuits (:class:`Circuits`: ``family:index`` units read at a hook
+        for a fixed probe input), with keys fixed at the current weights."""
         raise NotImplementedError(f"{type(self).__name__} declares no circuits")
 
     # ---------------------------------------------------------------- instances

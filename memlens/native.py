@@ -98,14 +98,11 @@ def warn_fallback(reason: str) -> None:
 def _user_stacklevel(frame) -> int:
     """The ``warnings.warn`` stacklevel, counted from ``frame`` (the function that warns), of the
     first caller outside memlens and the packages of its plugins."""
-    from memlens.bundle import MODELS
-    from memlens.plugins import PROBES
+    from memlens.plugins import entry_point_packages
 
-    internal = {"memlens", "jaxtyping", "beartype"}  # and the runtime checkers' wrapper frames
-    for registry in (MODELS, PROBES):
-        for name in registry.names():
-            obj = registry.get(name)
-            internal.add(getattr(obj, "model", obj).__module__.split(".")[0])
+    # memlens, the runtime checkers' wrapper frames, and the packages of installed plugins (read
+    # off their entry points, without loading any plugin)
+    internal = {"memlens", "jaxtyping", "beartype"} | entry_point_packages()
     internal.discard("__main__")  # a plugin defined in the user's own script
     level = 1
     while frame is not None and frame.f_globals.get("__name__", "").split(".")[0] in internal:

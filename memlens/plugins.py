@@ -16,7 +16,24 @@ from collections.abc import Callable
 from importlib.metadata import entry_points
 from typing import Any
 
-__all__ = ["Registry", "PROBES", "register_probe", "get_probe", "list_probes"]
+__all__ = [
+    "Registry",
+    "PROBES",
+    "GROUPS",
+    "register_probe",
+    "get_probe",
+    "list_probes",
+    "entry_point_packages",
+]
+
+#: the entry-point groups of memlens plugins
+GROUPS = ("memlens.models", "memlens.probes")
+
+
+def entry_point_packages(groups: tuple[str, ...] = GROUPS) -> set[str]:
+    """The top-level packages that installed plugins of ``groups`` live in, read off their entry
+    points without importing any of them."""
+    return {ep.value.split(":")[0].split(".")[0] for g in groups for ep in entry_points(group=g)}
 
 
 class Registry:

@@ -6,20 +6,27 @@ Inside :func:`probing` it receives the activations of every forward pass through
 forward hooks, in the hook layout ``[batch, inst, ...]``; ``result()`` turns what it saw into a
 :class:`ProbeResult`. A probe that needs only the weights implements ``read(model)``.
 
-    with memlens.probing(model, "dimensionality") as (dim,):
+    with memlens.probing(model, name) as (probe,):     # name: a registered probe (memlens list)
         model(train)
-    dim.result().max_data_dim
+    probe.result()
 
 A probe named by string takes arguments as a ``(name, {kwargs})`` pair:
 
-    with memlens.probing(mlp, ("dimensionality", {"hook": "hook_pre"}), train=train) as (dim,):
+    with memlens.probing(mlp, (name, {"hook": "hook_pre"}), train=train) as (probe,):
         mlp(train.inputs)
 
-Probes that stream over tempered draws derive from :class:`StreamingProbe`.
+Probes that stream over tempered draws derive from :class:`StreamingProbe` (itself a
+:class:`Probe`).
+
+A probe owns what it knows about sweeps: whether a sweep runs it by default (``default``), which
+models it supports (:meth:`Probe.supports`), and what it adds to a sweep's report
+(:meth:`Probe.sweep_report`: summary columns, phase-diagram panels, figures, summary lines). The
+core's sweep and report code names no probe and no result field.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import dataclasses
 import inspect
@@ -33,7 +40,17 @@ from memlens.hooked import HookedToyModel
 from memlens.io import jsonable
 from memlens.plugins import PROBES
 
-__all__ = ["Probe", "ProbeResult", "ProbeSpec", "probing", "resolve_probe"]
+__all__ = [
+    "Probe",
+    "ProbeResult",
+    "ProbeSpec",
+    "SweepSection",
+    "probing",
+    "resolve_probe",
+    "parse_probe_spec",
+    "probe_specs",
+    "is_probe_pair",
+]
 
 #: how a probe may be named: a registered name, ``(name, {kwargs})``, a class or an instance
 ProbeSpec = Union[str, tuple, type, "Probe"]
@@ -56,6 +73,23 @@ class ProbeResult:
 
     def plot(self, ax=None):
         raise NotImplementedError(f"{type(self).__name__} has no plot")
+
+
+@dataclasses.dataclass
+class SweepSection:
+    """What a probe adds to a sweep's report (:meth:`Probe.sweep_report`).
+
+    Attributes:
+        columns: full column names (``"<label>.<scalar>"``) shown in ``summary.md``'s tables.
+        phase: ``(column, title)`` of fractions in [0, 1] drawn as panels of ``phase.png``.
+        figures: ``{name: figure}``, each written as ``<name>.png``.
+        lines: lines of markdown added to ``summary.md``.
+    """
+
+    columns: tuple[str, ...] = ()
+    phase: tuple[tuple[str, str], ...] = ()
+    figures: dict[str, Any] = dataclasses.field(default_factory=dict)
+    lines: list[str] = dataclasses.field(default_factory=list)
 
 
 def _filter_fn(names_filter: Any) -> Callable[[str], bool] | None:
@@ -90,6 +124,24 @@ class Probe:
 
     hooks: ClassVar[tuple[str, ...]] = ()
     names_filter: ClassVar[Any] = None
+    #: whether a sweep runs this probe when none are named (on the models it supports)
+    default: ClassVar[bool] = False
+    #: what a model must provide for this probe, said when a sweep skips it (see :meth:`supports`)
+    requires: ClassVar[str] = ""
+
+    # -- what the probe knows about models and sweeps (class-level: no instance needed) -------
+    @classmethod
+    def supports(cls, bundle: Any) -> bool:
+        """Whether this probe can run on the models of ``bundle`` (a :class:`memlens.ModelBundle`);
+        a sweep's default probes skip, and name, the ones that cannot."""
+        return True
+
+    @classmethod
+    def sweep_report(cls, view: Any, label: str) -> SweepSection:
+        """What this probe adds to a sweep's report. ``view`` is the sweep read once
+        (:class:`memlens.sweeps.view.SweepView`: ``config``, ``rows``, ``settings``, ...);
+        ``label`` prefixes this probe's columns (``f"{label}.{scalar}"``). Default: nothing."""
+        return SweepSection()
 
     def __init__(self, train: Tensor | Batch | None = None):
         self.model: HookedToyModel | None = None
@@ -170,18 +222,41 @@ class Probe:
         return f"{type(self).__name__}(hooks={list(self.hooks)})"
 
 
+def is_probe_pair(p: Any) -> bool:
+    """Whether ``p`` is one probe with arguments: ``(name or class, {argument: value})`` (or the
+    ``[name, {...}]`` a JSON file holds), rather than a list of probes."""
+    return isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[1], Mapping)
+
+
+def parse_probe_spec(p: Any) -> tuple[Any, dict[str, Any]]:
+    """The one parser of a probe spec: ``(what, kwargs)``, where ``what`` is a registered name, a
+    class or an instance, from any of those or a ``(what, {argument: value})`` pair."""
+    if is_probe_pair(p):
+        return p[0], dict(p[1])
+    if isinstance(p, (tuple, list)):
+        raise ValueError(f"a probe with arguments is a (name, {{argument: value}}) pair, got {p!r}")
+    return p, {}
+
+
+def probe_specs(probes: Any) -> list[Any]:
+    """A probe spec or a sequence of them as a list of specs (None: none)."""
+    if probes is None:
+        return []
+    if isinstance(probes, (str, type, Probe)) or is_probe_pair(probes):
+        return [probes]
+    return list(probes)
+
+
 def resolve_probe(p: ProbeSpec, **defaults: Any) -> Probe:
     """A probe instance from a registered name, a ``(name or class, {kwargs})`` pair, a class or
     an instance. ``defaults`` (e.g. ``train=``) are passed to constructors the pair leaves out."""
+    p, kwargs = parse_probe_spec(p)
     if isinstance(p, Probe):
-        return p
-    kwargs: dict[str, Any] = {}
-    if isinstance(p, tuple):
-        if len(p) != 2 or not isinstance(p[1], Mapping):
+        if kwargs:
             raise ValueError(
-                f"a probe with arguments is a (name, {{argument: value}}) pair, got {p!r}"
+                f"probe arguments {kwargs} need a probe name or class, not an instance"
             )
-        p, kwargs = p[0], dict(p[1])
+        return p
     if isinstance(p, str):
         p = PROBES.get(p)  # ValueError listing the known probes
     if not (isinstance(p, type) and issubclass(p, Probe)):
@@ -238,12 +313,10 @@ def _hook_fn(probe: Probe, name: str):
 
 
 # ---------------------------------------------------------------- streaming probes (tempering)
-import abc  # noqa: E402
-
 __all__ += ["StreamingProbe"]
 
 
-class StreamingProbe(abc.ABC):
+class StreamingProbe(Probe, abc.ABC):
     """Base class of probes that stream over tempered SGLD draws (``memlens.temper(...,
     probes=[...])``), e.g. circuit survival.
 
@@ -267,10 +340,6 @@ class StreamingProbe(abc.ABC):
     #: hooks whose activations ``on_draw`` receives (override :meth:`reads` when they depend on the
     #: model, which is known only in ``begin``)
     hooks: ClassVar[tuple[str, ...]] = ()
-
-    @property
-    def registered_name(self) -> str:
-        return PROBES.name_of(self) or type(self).__name__
 
     def reads(self) -> tuple[str, ...]:
         """The hooks to capture at every draw (called after :meth:`begin`)."""

@@ -7,7 +7,7 @@ everything built on them: sweeps, the quickstart, the CLI, the tutorials):
 
 * **one thread** unless a step touches at least :data:`PARALLEL_WORK` activation elements (batch x
   instances x width), below which extra threads cost more than they save even on an idle machine
-  (``benchmarks/threads.py`` measures the crossover);
+  (``benchmarks/train_step.py --threads 1`` and ``--threads 2`` compare the two);
 * above it, **one thread per idle core**: cores not kept busy by *other* processes over the last
   :data:`SAMPLE_SECONDS` (read from ``/proc/stat`` minus this process's own time), so a busy
   machine still gets one thread.
@@ -35,7 +35,7 @@ __all__ = [
     "record_initial",
 ]
 
-#: activation elements per step from which a second thread can pay (benchmarks/threads.py)
+#: activation elements per step from which a second thread can pay (benchmarks/train_step.py)
 PARALLEL_WORK = 1 << 22
 #: how long the idle-core measurement samples the machine
 SAMPLE_SECONDS = 0.05

@@ -9,9 +9,9 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -20,13 +20,18 @@ from tqdm.auto import tqdm
 
 from memlens import threads, validate
 from memlens.data import Batch, SparseFeatures, Task, as_batch
+from memlens.divergence import EXPLOSION_FACTOR, Diverged, Guard
 from memlens.fused import Rows, fused_step
 from memlens.hooked import HookedToyModel, loss_rows
+from memlens.training_config import MAX_LR, TrainConfig
 
 __all__ = [
     "train",
+    "TrainConfig",
+    "MAX_LR",
     "TrainResult",
     "Diverged",
+    "EXPLOSION_FACTOR",
     "lr_at",
     "evaluate",
     "sparse_activations",
@@ -34,8 +39,6 @@ __all__ = [
 ]
 
 CHECK_EVERY = 100  # steps between finiteness checks (one host sync each)
-#: AdamW's first step divides lr by 1 - beta1 = 0.1 in float32: a larger lr overflows inside it
-MAX_LR = float(torch.finfo(torch.float32).max) * 0.1
 
 
 @dataclass
@@ -119,30 +122,6 @@ def evaluate(model: HookedToyModel, data: Tensor | Batch, chunk: int = 16384) ->
     return total / count.clamp_min(1)
 
 
-def _validate(model, steps, lr, weight_decay, warmup, schedule, batch_size, seed, l1, l1_hook,
-              progress, desc):  # fmt: skip
-    if not isinstance(model, HookedToyModel):
-        raise TypeError(f"model must be a memlens.HookedToyModel, got {type(model).__name__}")
-    validate.integer("steps", steps, 1)
-    validate.real("lr", lr, 0, MAX_LR, low_open=True)
-    validate.real("weight_decay", weight_decay, 0)
-    if not validate.is_int(warmup) or not 0 <= warmup <= steps:
-        raise ValueError(f"warmup must be an int in [0, steps={steps}], got {warmup!r}")
-    if schedule not in ("cosine", "constant"):
-        raise ValueError(f"schedule must be 'cosine' or 'constant', got {schedule!r}")
-    if batch_size is not None and (not validate.is_int(batch_size) or batch_size <= 0):
-        raise ValueError(
-            f"batch_size must be a positive int or None (full batch), got {batch_size!r}"
-        )
-    validate.seed("seed", seed)
-    validate.real("l1", l1, 0)
-    if l1_hook is not None and not isinstance(l1_hook, str):
-        raise ValueError(f"l1_hook must be a hook name or None, got {l1_hook!r}")
-    validate.boolean("progress", progress)
-    if not isinstance(desc, str):
-        raise ValueError(f"desc (the progress bar's label) must be a string, got {desc!r}")
-
-
 def _stream(model, data, batch_size, seed) -> tuple[Iterator[Batch | Rows], Batch | None]:
     """The batches to train on (a minibatch of a finite set comes as its ``Rows``), and the
     finite training set (None for infinite data)."""
@@ -187,7 +166,9 @@ def _stream(model, data, batch_size, seed) -> tuple[Iterator[Batch | Rows], Batc
     return minibatches(), full
 
 
-def _train_work(model, data=None, *args, batch_size=None, **kw) -> int:
+def _train_work(model, data=None, config=None, *args, batch_size=None, **kw) -> int:
+    if isinstance(config, TrainConfig):
+        batch_size = config.batch_size
     rows = batch_size or (len(as_batch(data)) if isinstance(data, (Tensor, Batch)) else 1)
     return rows * model.n_instances * model.width
 
@@ -196,34 +177,31 @@ def _train_work(model, data=None, *args, batch_size=None, **kw) -> int:
 def train(
     model: HookedToyModel,
     data: Tensor | Batch | SparseFeatures | Task,
+    config: TrainConfig | None = None,
     *,
-    steps: int,
-    lr: float = 1e-3,
-    weight_decay: float = 0.0,
-    warmup: int = 0,
-    schedule: str = "cosine",
-    batch_size: int | None = None,
-    seed: int = 0,
     test: Tensor | Batch | None = None,
-    l1: float = 0.0,
-    l1_hook: str | None = None,
     progress: bool = True,
     desc: str = "train",
+    **settings: Any,
 ) -> TrainResult:
     """Train every instance of ``model`` in one loop with AdamW.
+
+    ``train(model, data, TrainConfig(steps=2000, lr=1e-2))`` and the keyword form
+    ``train(model, data, steps=2000, lr=1e-2)`` are the same; keywords given with a config replace
+    its fields. The settings (:class:`~memlens.training_config.TrainConfig`) are checked once, by
+    the config, before any step.
 
     Args:
         data: a finite training set (``[T, inst, feat]`` tensor or a ``Batch``), or an infinite
             source (``SparseFeatures`` or a ``Task``; needs ``batch_size``).
-        steps: optimizer steps. lr: peak learning rate. weight_decay: AdamW's decoupled decay.
-        warmup: steps of linear warmup; then cosine decay to 0 (``schedule="cosine"``) or a
-            constant rate (``schedule="constant"``).
-        batch_size: points per instance per step; ``None`` means full batch.
-        seed: seeds the minibatch stream (initialisation is seeded by the model's config).
+        config: the training settings: steps, lr, weight_decay, warmup, schedule (``"cosine"``
+            decays to 0 after the warmup, ``"constant"`` does not), batch_size (None: full batch),
+            seed (the minibatch stream), l1 and l1_hook (an L1 penalty on the activations at
+            ``l1_hook``, default the model's representation hook, averaged over points, see
+            :func:`sparse_activations`; it shapes the gradient only, the reported losses are the
+            task's).
         test: an optional test set; its loss is reported per instance at the end.
-        l1: coefficient of an L1 penalty on the activations at ``l1_hook`` (default: the model's
-            representation hook), averaged over points (see :func:`sparse_activations`); it
-            shapes the gradient only, the reported losses are the task's.
+        progress: show a progress bar labelled ``desc``.
 
     On the CPU, a model with a fused step (``fused_loss_and_grads``: losses and gradients in one
     pass, see :mod:`memlens.fused`) uses it when no hook is attached (the L1 penalty is a hook, so
@@ -238,20 +216,18 @@ def train(
         RuntimeWarning, once, naming the step and the instances, when a finite loss passes
         ``EXPLOSION_FACTOR`` (10^3) x its starting value.
     """
-    _validate(
-        model,
-        steps,
-        lr,
-        weight_decay,
-        warmup,
-        schedule,
-        batch_size,
-        seed,
-        l1,
-        l1_hook,
-        progress,
-        desc,
-    )
+    if not isinstance(model, HookedToyModel):
+        raise TypeError(f"model must be a memlens.HookedToyModel, got {type(model).__name__}")
+    cfg = TrainConfig.of(config, **settings)
+    validate.boolean("progress", progress)
+    if not isinstance(desc, str):
+        raise ValueError(f"desc (the progress bar's label) must be a string, got {desc!r}")
+    return _run(model, data, cfg, test, progress, desc)
+
+
+def _run(model, data, cfg: TrainConfig, test, progress: bool, desc: str) -> TrainResult:
+    """The training loop of :func:`train`, on checked settings."""
+    steps, l1, l1_hook = cfg.steps, cfg.l1, cfg.l1_hook
     penalty = (
         sparse_activations(model, l1, l1_hook) if l1 != 0 or l1_hook else contextlib.nullcontext()
     )
@@ -259,21 +235,21 @@ def train(
     try:
         if test is not None:
             test = model.check_batch(test, "test").to(model.device)
-        stream, full = _stream(model, data, batch_size, seed)
+        stream, full = _stream(model, data, cfg.batch_size, cfg.seed)
     except BaseException:
         penalty.__exit__(None, None, None)
         raise
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     fused = fused_step(model)
     history = torch.empty(steps, model.n_instances, device=model.device)
-    guard = _Guard(model)
+    guard = Guard(model)
     t0 = time.perf_counter()
     model.train()
     bar = tqdm(total=steps, desc=desc, disable=not progress, mininterval=0.5, leave=False)
     try:
         for step in range(steps):
-            lr_now = lr_at(step, steps=steps, lr=lr, warmup=warmup, schedule=schedule)
+            lr_now = lr_at(step, steps=steps, lr=cfg.lr, warmup=cfg.warmup, schedule=cfg.schedule)
             for group in opt.param_groups:
                 group["lr"] = lr_now
             history[step] = step_once(model, opt, next(stream), fused)
@@ -287,23 +263,13 @@ def train(
     model.eval()
     train_loss = evaluate(model, full) if full is not None else history[-1].clone()
     test_loss = evaluate(model, test) if test is not None else None
-    cfg = {
-        "steps": steps,
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "warmup": warmup,
-        "schedule": schedule,
-        "batch_size": batch_size,
-        "seed": seed,
-        "l1": l1,
-    }
     return TrainResult(
         history=history.cpu(),
         train_loss=train_loss.cpu(),
         test_loss=None if test_loss is None else test_loss.cpu(),
         steps=steps,
         seconds=time.perf_counter() - t0,
-        config=cfg,
+        config={k: v for k, v in cfg.to_dict().items() if k != "l1_hook"},
     )
 
 
@@ -331,98 +297,6 @@ def step_once(
                 p.grad = grads[name]
     opt.step()
     return losses.detach()
-
-
-class Diverged(FloatingPointError):
-    """Training produced a NaN/inf loss (or weight): the step, the (packed) instances, and the
-    step count whose weights were restored. A sweep renames the instances as its cells."""
-
-    def __init__(self, what: str, step: int, instances: list[int], restored_step: int):
-        self.what, self.step, self.instances = what, step, list(instances)
-        self.restored_step = restored_step
-        super().__init__(self.describe(f"instance(s) {self.instances}"))
-
-    def describe(self, where: str) -> str:
-        """The message, with ``where`` naming what diverged (instances, or a sweep's cells)."""
-        restored = (
-            "restored to their initial values"
-            if self.restored_step == 0
-            else f"restored to those after {self.restored_step} steps (the last finiteness "
-            "check that passed)"
-        )
-        return (
-            f"{self.what} at step {self.step} in {where}; the model's weights were {restored}; "
-            "lower lr or check the data"
-        )
-
-
-#: a finite loss above this many times its starting value (per instance) warns once
-EXPLOSION_FACTOR = 1e3
-
-
-class _Guard:
-    """Numerical faults of one training run, checked at every finiteness check (one host sync):
-
-    * a non-finite loss (or weight) raises ``FloatingPointError`` naming the first bad step and
-      the instances, after restoring the weights saved at the last check that found everything
-      finite (a copy of the parameters, kept at each check: cheap next to 100 steps);
-    * a finite loss that passes ``EXPLOSION_FACTOR`` x its starting value warns once
-      (``RuntimeWarning``) naming the step and the instances.
-    """
-
-    def __init__(self, model: HookedToyModel):
-        self.model = model
-        self.checked = 0  # steps checked so far
-        self.good = self._copy()  # weights at the last good check (step 0: the initial ones)
-        self.good_step = 0
-        self.warned = False
-
-    def _copy(self) -> dict[str, Tensor]:
-        return {n: p.detach().clone() for n, p in self.model.named_parameters()}
-
-    def _restore(self) -> None:
-        with torch.no_grad():
-            for n, p in self.model.named_parameters():
-                p.copy_(self.good[n])
-
-    def check(self, history: Tensor, stop: int) -> None:
-        start, window = self.checked, history[self.checked : stop]
-        bad = ~torch.isfinite(window)
-        weights_ok = all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
-        if bool(bad.any()) or not weights_ok:
-            if bool(bad.any()):
-                row = int(bad.any(1).nonzero()[0])
-                step, insts = start + row, bad[row].nonzero().flatten().tolist()
-                what = "training loss became NaN/inf"
-            else:
-                step = stop - 1
-                insts = [
-                    i
-                    for i in range(self.model.n_instances)
-                    if not all(bool(torch.isfinite(p[i]).all()) for p in self.model.parameters())
-                ]
-                what = "weights became NaN/inf"
-            self._restore()
-            raise Diverged(what, step, insts, self.good_step)
-        if not self.warned:
-            self._warn_explosion(history, start, stop)
-        self.checked, self.good, self.good_step = stop, self._copy(), stop
-
-    def _warn_explosion(self, history: Tensor, start: int, stop: int) -> None:
-        first = history[0]
-        over = (history[start:stop] > EXPLOSION_FACTOR * first) & (first > 0)
-        if bool(over.any()):
-            row = int(over.any(1).nonzero()[0])
-            insts = over[row].nonzero().flatten().tolist()
-            peak = float(history[start + row, insts].max())
-            self.warned = True
-            warnings.warn(
-                f"training loss exploded: at step {start + row} it passed {EXPLOSION_FACTOR:g}x "
-                f"its starting value in instance(s) {insts} (up to {peak:.3g}, from "
-                f"{float(first[insts].max()):.3g}); lower lr",
-                RuntimeWarning,
-                stacklevel=4,
-            )
 
 
 @contextlib.contextmanager

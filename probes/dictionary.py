@@ -45,6 +45,19 @@ class DictionaryProbe(Probe):
     """
 
     hooks = ()
+    # registration metadata: a sweep runs it by default on models whose bundle reads dictionaries
+    default = True
+    requires = "a dictionary reader (its ModelBundle's read_dictionary)"
+
+    @classmethod
+    def supports(cls, bundle) -> bool:
+        return bundle.read_dictionary is not None
+
+    @classmethod
+    def sweep_report(cls, view, label):
+        from probes.sweep_curves import dictionary_section
+
+        return dictionary_section(view, label)
 
     def __init__(
         self,

@@ -393,12 +393,6 @@ class DimensionalityResult(ProbeResult):
 
         return plot_result(self, ax=ax, instances=instances, top=top)
 
-    @classmethod
-    def compare(cls, results, labels, instance: int | list[int] = 0, ax=None):
-        """:func:`compare_max_data_dim` as a classmethod, for code that holds a result but does
-        not import this module (``res.compare([mem, gen], ["memorising", "generalising"])``)."""
-        return compare_max_data_dim(results, labels, instance=instance, ax=ax)
-
 
 def compare_max_data_dim(results, labels, instance: int | list[int] = 0, ax=None):
     """One figure comparing D* per point across results (e.g. a memorising and a generalising
@@ -422,6 +416,14 @@ class DimensionalityProbe(Probe):
     Every forward pass inside the block is recorded and concatenated along the batch axis, so
     run exactly the training set (``Probe.run(model, train)`` does that in one call).
     """
+
+    default = True  # registration metadata: a sweep runs it when none are named, on every model
+
+    @classmethod
+    def sweep_report(cls, view, label):
+        from probes.sweep_curves import dimensionality_section
+
+        return dimensionality_section(view, label)
 
     def __init__(self, hook: str | None = None, train: Tensor | Batch | None = None):
         if hook is not None and (not isinstance(hook, str) or not hook):

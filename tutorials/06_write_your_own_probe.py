@@ -58,6 +58,17 @@ class FiringProbe(ml.Probe):
         a = torch.cat(self.acts["hook_post"])  # [T, inst, d_mlp], every forward pass
         return FiringResult(frac_active=(a > 0).float().mean(dim=(0, 2)))
 
+    # what the probe knows about sweeps (optional): the models it supports (a sweep's default
+    # probes skip the others, saying so; `default = True` would make it one) and its part of a
+    # sweep's report (summary columns; also figures, phase-diagram panels, summary lines)
+    @classmethod
+    def supports(cls, bundle):
+        return bundle.representation_hook == "hook_post"
+
+    @classmethod
+    def sweep_report(cls, view, label):
+        return ml.SweepSection(columns=(f"{label}.frac_active",))
+
 
 print("registered probes:", ml.list_probes())
 
@@ -119,6 +130,14 @@ for r in rows:
         f"T={r['T']:4d}  train loss {r['train_loss']:.3g}  test loss {r['test_loss']:.3g}  "
         f"frac_active {r['firing.frac_active']:.3f}"
     )
+
+# %% [markdown]
+# The probe's `sweep_report` puts its column in the sweep's `summary.md` (the core's report
+# names no probe: each probe the sweep ran adds its own part).
+
+# %%
+summary = Path(ml.sweeps.report(out)["summary"]).read_text()
+print(next(line for line in summary.splitlines() if "firing.frac_active" in line))
 
 # %% [markdown]
 # ## Ship it from your own package

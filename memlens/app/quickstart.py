@@ -33,6 +33,7 @@ from memlens.persistence import save
 from memlens.registry import get_probe
 from memlens.training import train
 from memlens.validate import check_output_dir
+from probes.dimensionality import compare_max_data_dim
 
 QUICKSTART_PRESET = "quickstart"  # each model's two-regime settings (small T, large T)
 STORY_PRESET = "story"  # the model whose dictionary, D* and tempering the quickstart follows
@@ -258,7 +259,7 @@ def run(
         print(f"  - {c}")
     figs = {
         "dictionary.png": dics["memorising"].plot(),
-        "max_data_dim.png": dims["memorising"].compare(
+        "max_data_dim.png": compare_max_data_dim(
             [dims["memorising"], dims["generalising"]], ["memorising", "generalising"]
         ),
         "survival.png": surv.plot(),

@@ -146,8 +146,10 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     add_training_args(p, "optimizer steps per group")
     p.add_argument(
         "--probes",
-        default="dimensionality,dictionary",
-        help="probes recorded per cell, comma-separated, or 'none'",
+        default=None,
+        help="probes recorded per cell, comma-separated, or 'none' (default: the registered "
+        "default probes that support the model, e.g. dimensionality and dictionary; the ones "
+        "skipped are said)",
     )
     p.add_argument(
         "--probe-arg",
@@ -175,7 +177,9 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def _probe_names(text: str) -> list[str]:
+def _probe_names(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
     names = [n.strip() for n in text.split(",") if n.strip()]
     return [] if names in ([], ["none"]) else names
 
@@ -194,12 +198,13 @@ def _sweep(ns: argparse.Namespace) -> int:
         grid["T"] = ns.T
     if ns.seeds is not None:
         grid["seed"] = ns.seeds
-    probes = probe_specs(_probe_names(ns.probes), ns.probe_arg)
-    backend = ns.backend
-    if backend == "ray" or ns.address is not None:
-        from memlens.sweeps import ray_backend
+    from memlens.sweeps import default_probes, make_backend
 
-        backend = ray_backend.backend(ns.backend, address=ns.address)
+    names = _probe_names(ns.probes)
+    if names is None and ns.probe_arg:  # arguments of the default probes
+        names = default_probes(bundle)[0]
+    probes = None if names is None else probe_specs(names, ns.probe_arg)
+    backend = make_backend(ns.backend, address=ns.address)
     t0 = time.perf_counter()
     rows = sweep(
         ns.model,

@@ -57,7 +57,7 @@ def _train(ns: argparse.Namespace) -> int:
     from memlens.persistence import save
     from memlens.registry import get_bundle
     from memlens.sweeps import normalise
-    from memlens.training import train
+    from memlens.training import TrainConfig, train
 
     bundle = get_bundle(ns.model)
     p = bundle.preset(ns.preset)
@@ -71,20 +71,8 @@ def _train(ns: argparse.Namespace) -> int:
     spec = {**task, "T": ns.T, "seed": ns.seed}
     model = bundle.build(spec)
     train_set, test_set = bundle.data(spec)
-    res = train(
-        model,
-        train_set,
-        test=test_set,
-        steps=tr["steps"],
-        lr=tr["lr"],
-        weight_decay=tr["weight_decay"],
-        warmup=min(tr["warmup"], tr["steps"]),
-        schedule=tr["schedule"],
-        batch_size=tr["batch_size"],
-        l1=tr["l1"],
-        seed=ns.seed,
-        progress=not ns.no_progress,
-    )
+    cfg = TrainConfig.of(tr, warmup=min(tr["warmup"], tr["steps"]), seed=ns.seed)
+    res = train(model, train_set, cfg, test=test_set, progress=not ns.no_progress)
     out.parent.mkdir(parents=True, exist_ok=True)
     save(model, out, recipes=[spec])
     print(

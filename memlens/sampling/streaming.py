@@ -16,8 +16,8 @@ from torch import Tensor
 
 from memlens.data import Batch
 from memlens.hooked import HookedToyModel
-from memlens.probe import Probe, StreamingProbe
 from memlens.plugins import PROBES
+from memlens.probe import Probe, StreamingProbe, parse_probe_spec, probe_specs
 
 __all__ = ["resolve_streaming", "ProbeDriver"]
 
@@ -50,18 +50,7 @@ def _build(p: Any, kwargs: dict) -> StreamingProbe:
 
 def resolve_streaming(probes: ProbeSpec | Sequence[ProbeSpec]) -> list[StreamingProbe]:
     """Streaming probe instances from names, classes, instances or ``(name, {arg: value})``."""
-    if isinstance(probes, (str, StreamingProbe, type)) or (
-        isinstance(probes, tuple) and len(probes) == 2 and isinstance(probes[1], dict)
-    ):
-        probes = [probes]
-    out = []
-    for p in probes:
-        if isinstance(p, tuple):
-            if len(p) != 2 or not isinstance(p[1], dict):
-                raise ValueError(f"a probe with arguments is (name, {{arg: value}}), got {p!r}")
-            out.append(_build(p[0], dict(p[1])))
-        else:
-            out.append(_build(p, {}))
+    out = [_build(*parse_probe_spec(p)) for p in probe_specs(probes)]
     names = [p.registered_name for p in out]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

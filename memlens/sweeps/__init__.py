@@ -16,16 +16,19 @@ Modules, one job each:
 
 * :mod:`~memlens.sweeps.grid`: grid normalisation, cells, checks of every cell, the packing plan;
 * :mod:`~memlens.sweeps.cells`: a group's work (pack, train, probe) and reading a cell back;
-* :mod:`~memlens.sweeps.run`: run and resume, and the backend seam (where groups run);
+* :mod:`~memlens.sweeps.run`: run and resume;
+* :mod:`~memlens.sweeps.backends`: where groups run (local, Ray) and the failure model;
 * :mod:`~memlens.sweeps.store`: the folder as a small database (lock, appends, recovery);
+* :mod:`~memlens.sweeps.view`: a sweep folder read once, for its report;
 * :mod:`~memlens.sweeps.figures`, :mod:`~memlens.sweeps.geometry`, :mod:`~memlens.sweeps.phase`,
-  :mod:`~memlens.sweeps.report`: the sweep's figures and ``summary.md``.
+  :mod:`~memlens.sweeps.reporting`: the sweep's figures and ``summary.md``.
 """
 
+from memlens.sweeps.backends import BACKENDS, Backend, LocalBackend, make_backend
 from memlens.sweeps.cells import GroupJob, GroupResult, cell_data, load_cell, run_group
 from memlens.sweeps.grid import MAX_WASTE, TRAIN_DEFAULTS, TRAIN_KEYS, normalise, plan_groups
-from memlens.sweeps.report import report
-from memlens.sweeps.run import BACKENDS, Backend, LocalBackend, add_probes, sweep
+from memlens.sweeps.reporting import report
+from memlens.sweeps.run import add_probes, default_probes, sweep
 from memlens.sweeps.store import StoreWarning, SweepBusy, SweepStore, read_results
 
 __all__ = [
@@ -33,6 +36,7 @@ __all__ = [
     "report",
     "read_results",
     "add_probes",
+    "default_probes",
     "load_cell",
     "cell_data",
     "normalise",
@@ -43,6 +47,7 @@ __all__ = [
     "Backend",
     "LocalBackend",
     "BACKENDS",
+    "make_backend",
     "SweepStore",
     "SweepBusy",
     "StoreWarning",

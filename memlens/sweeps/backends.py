@@ -1,20 +1,24 @@
-"""Run a sweep's packed groups as tasks of a Ray cluster (``memlens.sweep(..., backend="ray")``).
+"""Where a sweep's groups run, and what happens when one fails: the failure model and every
+backend (local and Ray), built one way (:func:`make_backend`).
 
-Each packed group is one Ray task running :func:`~memlens.sweeps.cells.run_group`. Its resource
-request is sized to the group: as many CPUs as memlens's thread policy would give the group's
-training step (one below :data:`~memlens.threads.PARALLEL_WORK` activation elements), and, when
-the cluster has GPUs, one GPU. A task trains on ``cuda`` when Ray assigned it a GPU and on the CPU
-otherwise (:func:`task_device`; the same code path either way). Results stream back with
-``ray.wait`` as tasks finish, in any order, and the driver (which holds the sweep folder's lock)
-writes each one as it comes; tasks read and write no files.
+A *backend* is any object with ``run(jobs) -> iterator of GroupResult | GroupFailure``.
+:class:`LocalBackend` runs the groups one after another in this process; :class:`RayBackend`
+(``backend="ray"``) submits each :class:`~memlens.sweeps.cells.GroupJob` as a Ray task and yields
+results as they finish, in any order. Either way the driver (:mod:`memlens.sweeps.run`) stays the
+only writer.
 
-Failures: a task that raises, or whose worker dies, is retried by Ray itself (``max_retries`` and
-``retry_exceptions``) so that it runs at most :data:`~memlens.sweeps.run.TRIES` times; a
-divergence is recorded at once (it is deterministic). A group that still fails comes back as a
-:class:`~memlens.sweeps.run.GroupFailure`, which the driver records as failed rows, the same as
-for the local backend.
+Failures are handled once, here, for every backend. A group is tried at most :data:`TRIES` times
+(a backend retries with its own mechanism: a loop for the local one, Ray's ``max_retries`` and
+``retry_exceptions`` for Ray), except a divergence, which is deterministic and recorded at once. A
+group that still fails comes back as a :class:`GroupFailure`: the driver records a row per cell
+with ``status: "failed"`` and the error, finishes the other groups, then raises
+:class:`SweepFailed` (a ``FloatingPointError`` when every failure diverged).
 
-Ray is an optional dependency: ``pip install 'memlens[ray]'``.
+The Ray backend sizes each task to its group: as many CPUs as memlens's thread policy would give
+the group's training step (one below :data:`~memlens.threads.PARALLEL_WORK` activation elements),
+and, when the cluster has GPUs, one GPU. A task trains on ``cuda`` when Ray assigned it a GPU and
+on the CPU otherwise (:func:`task_device`). Tasks read and write no files. Ray is an optional
+dependency: ``pip install 'memlens[ray]'``.
 """
 
 from __future__ import annotations
@@ -25,21 +29,118 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
 
+from memlens.bundle import get_bundle
+from memlens.sweeps import cells
 from memlens.sweeps.cells import GroupJob, GroupResult, run_group
-from memlens.sweeps.run import TRIES, GroupFailure, attempt
 from memlens.threads import PARALLEL_WORK
 
 __all__ = [
+    "TRIES",
+    "Backend",
+    "LocalBackend",
     "RayBackend",
     "RayMissing",
-    "backend",
+    "BACKENDS",
+    "GroupFailure",
+    "SweepFailed",
+    "attempt",
+    "failure_rows",
+    "make_backend",
     "require_ray",
     "task_device",
     "task_cpus",
     "group_work",
 ]
+
+#: how many times a group is tried before its cells are recorded as failed
+TRIES = 2
+#: the longest error message a failed row keeps
+MAX_ERROR_CHARS = 2000
+
+
+class SweepFailed(RuntimeError):
+    """Some groups of a sweep failed :data:`TRIES` times; their cells are recorded as failed."""
+
+
+@dataclass
+class GroupFailure:
+    """A group that failed: its job and the error (``"Type: message"``), in place of a result."""
+
+    index: int
+    job: GroupJob
+    error: str
+    kind: str = "RuntimeError"  # the exception's type name
+
+    @classmethod
+    def of(cls, job: GroupJob, exc: BaseException) -> GroupFailure:
+        """The failure of ``job`` with ``exc`` (its message kept to :data:`MAX_ERROR_CHARS`)."""
+        msg = f"{type(exc).__name__}: {exc}"
+        if len(msg) > MAX_ERROR_CHARS:
+            msg = msg[: MAX_ERROR_CHARS - 3] + "..."
+        return cls(job.index, job, msg, type(exc).__name__)
+
+
+def failure_rows(failure: GroupFailure) -> list[dict]:
+    """One row per cell of a failed group: ``status: "failed"`` and the error, no results."""
+    return [
+        {
+            "key": c["key"],
+            "cell": c["axes"],
+            "T": c["spec"]["T"],
+            "seed": c["spec"]["seed"],
+            "group": failure.index,
+            "instance": i,
+            "status": "failed",
+            "error": failure.error,
+        }
+        for i, c in enumerate(failure.job.cells)
+    ]
+
+
+def attempt(job: GroupJob, work: Callable[[GroupJob], GroupResult] = run_group):
+    """Run one group: its :class:`GroupResult` (rows stamped ``status: "ok"`` and the device), or
+    a :class:`GroupFailure` for a divergence (deterministic: a retry would diverge again). Any
+    other exception propagates, for the backend to retry."""
+    try:
+        res = work(job)
+    except FloatingPointError as exc:
+        return GroupFailure.of(job, exc)
+    for r in res.rows:
+        r["status"] = "ok"
+        r["device"] = job.device
+    return res
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Runs groups somewhere and yields each :class:`GroupResult` (or :class:`GroupFailure`, once
+    its retries are spent) as it finishes."""
+
+    def run(self, jobs: Sequence[GroupJob]) -> Iterator[GroupResult | GroupFailure]: ...
+
+
+class LocalBackend:
+    """Run the groups one after another in this process, each tried at most :data:`TRIES` times.
+    ``work`` is the function that runs a group (None: :func:`memlens.sweeps.cells.run_group`,
+    looked up when the sweep runs; tests inject faults here)."""
+
+    def __init__(self, work: Callable[[GroupJob], GroupResult] | None = None):
+        self.work = work
+
+    def run(self, jobs: Sequence[GroupJob]) -> Iterator[GroupResult | GroupFailure]:
+        work = self.work if self.work is not None else cells.run_group
+        for job in jobs:
+            for _ in range(TRIES):
+                try:
+                    res = attempt(job, work)
+                    break
+                except Exception as exc:  # noqa: BLE001 - recorded, and the sweep goes on
+                    res = GroupFailure.of(job, exc)
+            yield res
+
 
 INSTALL = "pip install 'memlens[ray]'"
 #: the object store of a local cluster the backend starts (results are small: one packed model)
@@ -89,8 +190,6 @@ _widths: dict[str, int] = {}
 def group_work(job: GroupJob) -> int:
     """Activation elements one training step of the group touches: rows (the largest T, or the
     batch size) x instances (its cells) x the model's width, the measure the thread policy uses."""
-    from memlens.bundle import get_bundle
-
     spec = job.cells[0]["spec"]
     shape = json.dumps(
         [job.model, {k: v for k, v in spec.items() if k not in ("T", "seed")}],
@@ -243,13 +342,27 @@ class RayBackend:
                         ray.cancel(ref, force=True)
 
 
-def backend(name: str, address: str | None = None) -> RayBackend:
-    """The backend the CLI's ``--backend NAME [--address A]`` asks for, when it names Ray or an
-    address: a :class:`RayBackend`, or a ``ValueError`` (an address needs ``--backend ray``;
-    :class:`RayMissing` without Ray)."""
-    if name != "ray":
+#: backends by name (the CLI's ``--backend``); each is called with the backend options (a Ray
+#: backend takes ``address``); a plugin may add its own
+BACKENDS: dict[str, Callable[..., Backend]] = {"local": LocalBackend, "ray": RayBackend}
+
+
+def make_backend(backend: Backend | str | None = None, address: str | None = None) -> Backend:
+    """The one way to get a backend: None or ``"local"`` (this process), ``"ray"`` (``address``:
+    None starts a local cluster, ``"auto"`` or ``"HOST:PORT"`` joins one; :class:`RayMissing`
+    without Ray), another name of :data:`BACKENDS`, or an object with ``run(jobs)``, returned as
+    it is. An address with anything but Ray is refused."""
+    if address is not None and backend != "ray":
         raise ValueError(
             f"address={address!r} is the Ray cluster to join, so it needs backend 'ray', "
-            f"got backend={name!r}"
+            f"got backend={backend!r}"
         )
-    return RayBackend(address=address)
+    if backend is None:
+        return LocalBackend()
+    if isinstance(backend, str):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; known: {sorted(BACKENDS)}")
+        return BACKENDS[backend](address=address) if address is not None else BACKENDS[backend]()
+    if not callable(getattr(backend, "run", None)):
+        raise TypeError(f"backend must have a run(jobs) method, got {backend!r}")
+    return backend

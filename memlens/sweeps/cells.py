@@ -18,12 +18,12 @@ from typing import Any
 
 import torch
 
+from memlens.bundle import get_bundle
 from memlens.data import Batch
 from memlens.hooked import HookedToyModel
-from memlens.probe import resolve_probe
-from memlens.bundle import get_bundle
 from memlens.plugins import PROBES
-from memlens.sweeps.grid import TRAIN_KEYS
+from memlens.probe import is_probe_pair, parse_probe_spec, probe_specs, resolve_probe
+from memlens.sweeps.grid import TRAIN_KEYS, train_config
 from memlens.training import train as train_fn
 
 __all__ = [
@@ -43,24 +43,15 @@ __all__ = [
 def canonical_probes(probes: Any) -> list:
     """A sweep's probes as JSON: ``"name"`` or ``["name", {argument: value}]`` each. A sweep
     stores its probes in ``config.json``, so each must be a registered name."""
-    if probes is None:
-        return []
-    if isinstance(probes, str) or (
-        isinstance(probes, (tuple, list)) and len(probes) == 2 and isinstance(probes[1], Mapping)
-    ):
-        probes = [probes]
     out = []
-    for p in probes:
-        if isinstance(p, (tuple, list)) and len(p) == 2 and isinstance(p[1], Mapping):
-            name, kw = p
-        else:
-            name, kw = p, None
+    for p in probe_specs(probes):
+        name, kw = parse_probe_spec(p)
         if not isinstance(name, str):
             raise ValueError(
                 f"probes: a sweep records its probes in config.json, so give each as a registered "
                 f"name or (name, {{argument: value}}), got {p!r}"
             )
-        out.append(name if kw is None else [name, dict(kw)])
+        out.append(name if not is_probe_pair(p) else [name, kw])
     labels = [probe_label(p) for p in out]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:
@@ -178,20 +169,13 @@ def _weight_norms(model: HookedToyModel) -> dict[str, torch.Tensor]:
 
 
 def _train_group(job: GroupJob, packed, tr_batch, te_batch):
-    trn = job.cells[0]["train"]
+    cfg = train_config(job.cells[0]["train"], job.cells[0]["spec"]["seed"])
     try:
         return train_fn(
             packed,
             tr_batch.to(job.device),
+            cfg,
             test=te_batch.to(job.device),
-            steps=int(trn["steps"]),
-            lr=float(trn["lr"]),
-            weight_decay=float(trn["weight_decay"]),
-            warmup=int(trn["warmup"]),
-            schedule=trn["schedule"],
-            batch_size=trn["batch_size"],
-            l1=float(trn["l1"]),
-            seed=int(job.cells[0]["spec"]["seed"]),
             progress=job.progress,
             desc=f"group {job.index} (T<={max(c['spec']['T'] for c in job.cells)}, "
             f"{len(job.cells)} cells)",

@@ -1,4 +1,5 @@
-"""A sweep's curves against T: double descent, dimensionality, weight norms, dictionary.
+"""A sweep's curves against T: double descent and weight norms, and the pieces every curve is drawn
+with (probes draw their own curves with them, in their :meth:`~memlens.Probe.sweep_report`).
 
 Every curve function takes the rows of a sweep (``memlens.sweep`` or
 ``memlens.sweeps.read_results``) and its config, draws each seed faintly and the median over
@@ -29,9 +30,13 @@ __all__ = [
     "find_peak",
     "representation_width",
     "double_descent",
-    "dimensionality",
     "weight_norms",
-    "dictionary",
+    "T_LABEL",
+    "colors",
+    "curve",
+    "finish",
+    "new_axes",
+    "xlim",
 ]
 
 T_LABEL = "T (training-set size, points)"
@@ -139,13 +144,13 @@ def representation_width(config: Mapping, cell: Mapping | None = None) -> int | 
 
 
 # ---------------------------------------------------------------------------- drawing
-def _colors(n: int) -> list:
+def colors(n: int) -> list:
     plt = pyplot()
     cyc = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     return [cyc[i % len(cyc)] for i in range(n)]
 
 
-def _curve(ax, rows, key, label, color, marker="o", ls="-", hollow=False) -> bool:
+def curve(ax, rows, key, label, color, marker="o", ls="-", hollow=False) -> bool:
     """Each seed as a faint line, the median over seeds bold; False if no row has ``key``.
     ``hollow`` draws larger open markers beneath the solid curves, so that curves lying on each
     other (D and D* of a memorising model) both stay visible."""
@@ -219,12 +224,12 @@ def _mark_failed(ax, config) -> None:
         )
 
 
-def _finish(fig, ax, rows, config, title: str, legend_outside: bool = False) -> None:
+def finish(fig, ax, rows, config, title: str, legend_outside: bool = False) -> None:
     _decorate(ax, f"{title}\n{_how(rows)}", legend_outside)
     _close(fig, rows, config)
 
 
-def _xlim(ax, rows) -> None:
+def xlim(ax, rows) -> None:
     Ts = [int(r["T"]) for r in rows]
     if Ts:
         ax.set_xlim(min(Ts) / 1.25, max(Ts) * 1.25)
@@ -241,7 +246,7 @@ def _onset(config: Mapping | None, rows) -> float | None:
     return onset if Ts and min(Ts) <= onset <= max(Ts) else None
 
 
-def _new(ax, size=(6.4, 4.2)):
+def new_axes(ax, size=(6.4, 4.2)):
     plt = pyplot()
     fig = ax.figure if ax is not None else plt.figure(figsize=size)
     return fig, ax or fig.add_subplot()
@@ -259,10 +264,10 @@ def double_descent(rows: Sequence[Mapping], config: Mapping | None = None, ax=No
         fig, axes = ax.figure, [ax, ax]
     groups = settings(rows)
     many = len(groups) > 1
-    for color, (label, rs) in zip(_colors(len(groups)), groups.items(), strict=True):
+    for color, (label, rs) in zip(colors(len(groups)), groups.items(), strict=True):
         pre = f"{label}: " if many else ""
-        _curve(axes[0], rs, "test_loss", f"{pre}test loss", color if many else "tab:red", "s")
-        _curve(
+        curve(axes[0], rs, "test_loss", f"{pre}test loss", color if many else "tab:red", "s")
+        curve(
             axes[1], rs, "train_loss", f"{pre}train loss", color if many else "tab:blue", "o", "--"
         )
         pk = find_peak(rs)
@@ -287,7 +292,7 @@ def double_descent(rows: Sequence[Mapping], config: Mapping | None = None, ax=No
         lo, hi = a.dataLim.intervaly
         # a log y axis only where the losses span a decade; a narrower range reads better linear
         log_axis(a, "both" if lo > 0 and hi / lo >= 10 else "x")
-        _xlim(a, list(rows) + _failed(config))
+        xlim(a, list(rows) + _failed(config))
         a.set(xlabel=T_LABEL, ylabel=loss_units(config))
     if ax is None:
         _decorate(axes[0], "test loss (fresh points)", legend_outside=False)
@@ -299,114 +304,22 @@ def double_descent(rows: Sequence[Mapping], config: Mapping | None = None, ax=No
     return fig
 
 
-def dimensionality(rows: Sequence[Mapping], config: Mapping | None = None, ax=None):
-    """Mean data dimensionality D and mean maximal data dimensionality D* of the training points
-    (and, for models with feature directions, feature dimensionality) against T, with the bound
-    min(m, T)/T on mean D* (m = the representation's width) as a thin reference line."""
-    groups = settings(rows)
-    many = len(groups) > 1
-    fig, ax = _new(ax, (11.0, 5.0) if many else (7.6, 4.4))
-    quantities = [
-        ("dimensionality.mean_max_data_dim", "max data dim. D*", "^", "-", "tab:purple", False),
-        ("dimensionality.mean_data_dim", "data dim. D", "o", "--", "tab:green", True),
-        ("dimensionality.mean_feature_dim", "feature dim. D_i", "v", "-.", "tab:olive", False),
-        (
-            "dimensionality.dims_per_feature",
-            "dims per feature m/‖W‖²",
-            "s",
-            ":",
-            "tab:orange",
-            False,
-        ),
-    ]
-    drawn = set()
-    colors = _colors(len(groups))
-    for color, (label, rs) in zip(colors, groups.items(), strict=True):
-        pre = f"{label}: " if many else ""
-        m = representation_width(config, rs[0].get("cell")) if config else None
-        if m:
-            T = np.array(sorted({int(r["T"]) for r in rs}), dtype=float)
-            ax.plot(
-                T,
-                np.minimum(m, T) / T,
-                color="0.55" if not many else color,
-                lw=7,
-                alpha=0.3,
-                solid_capstyle="round",
-                zorder=1,
-                label=f"{pre}min(m, T)/T, the most mean D* can be (m = {m})",
-            )
-        for key, name, marker, ls, qcolor, hollow in quantities:
-            if _curve(ax, rs, key, f"{pre}{name}", color if many else qcolor, marker, ls, hollow):
-                drawn.add(key)
-    if not drawn:
-        ax.text(
-            0.5, 0.5, "no dimensionality probe in this sweep", transform=ax.transAxes, ha="center"
-        )
-    features = {"dimensionality.mean_feature_dim", "dimensionality.dims_per_feature"} & drawn
-    what = "Data and feature dimensionality" if features else "Data dimensionality"
-    log_axis(ax, "both")
-    _xlim(ax, rows)
-    ax.set(xlabel=T_LABEL, ylabel="dimensions per point (or per feature)")
-    hook = getattr(sweep_bundle(config), "representation_hook", None) if config else None
-    where = f" at {hook}" if hook else ""
-    _finish(fig, ax, rows, config, f"{what}{where}: {setting_title(config)}", legend_outside=True)
-    return fig
-
-
 def weight_norms(rows: Sequence[Mapping], config: Mapping | None = None, ax=None):
     """Frobenius norm of each weight matrix (per instance) against T."""
-    fig, ax = _new(ax)
+    fig, ax = new_axes(ax)
     names = sorted({k for r in rows for k in r.get("weight_norm", {})} - {"total"})
     groups = settings(rows)
     many = len(groups) > 1
     styles = ["-", "--", "-.", ":"]
-    for color, (label, rs) in zip(_colors(len(groups)), groups.items(), strict=True):
+    for color, (label, rs) in zip(colors(len(groups)), groups.items(), strict=True):
         for i, n in enumerate(names):
-            c = color if many else _colors(len(names))[i]
+            c = color if many else colors(len(names))[i]
             pre = f"{label}: " if many else ""
-            _curve(
+            curve(
                 ax, rs, f"weight_norm.{n}", f"{pre}‖{n}‖_F", c, "o", styles[i % 4] if many else "-"
             )
     log_axis(ax, "both")
-    _xlim(ax, rows)
+    xlim(ax, rows)
     ax.set(xlabel=T_LABEL, ylabel="Frobenius norm (same units as the weights)")
-    _finish(fig, ax, rows, config, f"Weight norms: {setting_title(config)}", legend_outside=many)
-    return fig
-
-
-def dictionary(rows: Sequence[Mapping], config: Mapping | None = None, ax=None):
-    """Dictionary coverage (training points with an entry) and read-back accuracy against T."""
-    fig, ax = _new(ax)
-    groups = settings(rows)
-    many = len(groups) > 1
-    ok = False
-    for color, (label, rs) in zip(_colors(len(groups)), groups.items(), strict=True):
-        pre = f"{label}: " if many else ""
-        ok |= _curve(
-            ax, rs, "dictionary.coverage", f"{pre}coverage", color if many else "tab:brown", "o"
-        )
-        ok |= _curve(
-            ax,
-            rs,
-            "dictionary.read_back_accuracy",
-            f"{pre}read-back accuracy",
-            color if many else "tab:cyan",
-            "s",
-            "--",
-            True,
-        )
-    if not ok:
-        ax.text(0.5, 0.5, "no dictionary probe in this sweep", transform=ax.transAxes, ha="center")
-    log_axis(ax, "x")
-    _xlim(ax, rows)
-    ax.set(xlabel=T_LABEL, ylabel="fraction of training points (0 to 1)", ylim=(-0.05, 1.05))
-    _finish(
-        fig,
-        ax,
-        rows,
-        config,
-        f"Memorised dictionary read off the weights: {setting_title(config)}",
-        legend_outside=many,
-    )
+    finish(fig, ax, rows, config, f"Weight norms: {setting_title(config)}", legend_outside=many)
     return fig

@@ -13,6 +13,7 @@ import numpy as np
 
 from memlens.plot import pyplot
 from memlens.sweeps.figures import representation_width, setting_spec, settings, sweep_bundle
+from memlens.sweeps.view import SweepView
 
 __all__ = ["planar_setting", "geometry"]
 
@@ -34,19 +35,18 @@ def planar_setting(config: Mapping, rows: Sequence[Mapping]) -> str | None:
 
 
 def geometry(
-    out: str | os.PathLike,
+    out: str | os.PathLike | SweepView,
     rows: Sequence[Mapping],
     Ts: Sequence[int] | None = None,
     seed: int | None = None,
 ):
     """For models whose representation and feature directions are 2-d (e.g. a bottleneck with
     m = 2): the training points' vectors at the representation hook (top) and the feature
-    directions W_i (bottom), at a few T (default: the smallest and the largest)."""
-    from memlens.sweeps.cells import load_cell
-    from memlens.sweeps.store import read_results
-
+    directions W_i (bottom), at a few T (default: the smallest and the largest). ``out`` is the
+    sweep folder or the :class:`~memlens.sweeps.view.SweepView` a report read once."""
+    view = out if isinstance(out, SweepView) else SweepView.read(out)
     plt = pyplot()
-    config, _ = read_results(out)
+    config = view.config
     label = planar_setting(config, rows)
     if label is None:
         raise ValueError(
@@ -62,8 +62,8 @@ def geometry(
     for j, T in enumerate(Ts):
         row = next((r for r in rows if int(r["T"]) == int(T) and r["seed"] == seed), None)
         if row is None:
-            raise ValueError(f"no finished cell with T={T}, seed={seed} in {out}")
-        model, train, _ = load_cell(out, row)
+            raise ValueError(f"no finished cell with T={T}, seed={seed} in {view.out}")
+        model, train, _ = view.cell(row)
         W = model.feature_directions()[0].numpy()
         _, cache = model.run_with_cache(train.inputs, names_filter=hook)
         h = cache[hook][:, 0].detach().numpy()

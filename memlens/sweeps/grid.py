@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
-import math
 from collections.abc import Mapping, Sequence
-from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -21,6 +19,7 @@ import torch
 
 from memlens import validate
 from memlens.bundle import ModelBundle
+from memlens.training_config import TrainConfig
 
 __all__ = [
     "TRAIN_KEYS",
@@ -33,6 +32,8 @@ __all__ = [
     "check_cells",
     "plan_groups",
     "split_settings",
+    "train_config",
+    "fold_fixed_axes",
 ]
 
 MAX_WASTE = 1.5  # padded rows / useful rows allowed in one group (the issue asks < 2)
@@ -108,6 +109,16 @@ def normalise(
     return g, {**known_task, **task}, {**TRAIN_DEFAULTS, **train}
 
 
+def fold_fixed_axes(g: Mapping, t: Mapping, tr: Mapping) -> tuple[dict, dict]:
+    """``(task, train)`` with each one-valued grid axis (besides T and seed) written in: the values
+    every cell ran with (``--set normalize=no`` is a one-valued axis), so that a sweep's stored
+    task and its summary say what the cells ran with. The cells are the same either way."""
+    fixed = {a: v[0] for a, v in g.items() if a not in ("T", "seed") and len(v) == 1}
+    task = {**t, **{k: v for k, v in fixed.items() if k not in TRAIN_KEYS}}
+    train = {**tr, **{k: v for k, v in fixed.items() if k in TRAIN_KEYS}}
+    return task, train
+
+
 def make_cells(g: Mapping, t: Mapping, tr: Mapping) -> list[dict]:
     """Every cell of a normalised grid, in grid order: ``{"key", "axes", "spec", "train"}``."""
     names = list(g)
@@ -126,49 +137,14 @@ def _where(cell: Mapping) -> str:
     return f" (cell {cell['key']})"
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, Integral) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(float(v))
-
-
-def _check_train(tr: Mapping, where: str) -> None:
-    steps = tr["steps"]
-    if not _is_int(steps) or steps <= 0:
-        raise ValueError(f"train setting steps must be a positive int, got {steps!r}{where}")
-    lr = tr["lr"]
-    if not _is_number(lr) or lr <= 0:
-        raise ValueError(
-            f"train setting lr (learning rate) must be a finite number > 0, got {lr!r}{where}"
-        )
-    wd = tr["weight_decay"]
-    if not _is_number(wd) or wd < 0:
-        raise ValueError(
-            f"train setting weight_decay must be a finite number >= 0, got {wd!r}{where}"
-        )
-    warmup = tr["warmup"]
-    if not _is_int(warmup) or not 0 <= warmup <= steps:
-        raise ValueError(
-            f"train setting warmup must be an int in [0, steps={steps}], got {warmup!r}{where}"
-        )
-    if tr["schedule"] not in ("cosine", "constant"):
-        raise ValueError(
-            f"train setting schedule must be 'cosine' or 'constant', got {tr['schedule']!r}{where}"
-        )
-    bs = tr["batch_size"]
-    if bs is not None and (not _is_int(bs) or bs <= 0):
-        raise ValueError(
-            f"train setting batch_size must be a positive int or None (full batch), "
-            f"got {bs!r}{where}"
-        )
-    l1 = tr["l1"]
-    if not _is_number(l1) or l1 < 0:
-        raise ValueError(
-            f"train setting l1 (activation L1 coefficient) must be a finite number >= 0, "
-            f"got {l1!r}{where}"
-        )
+def train_config(tr: Mapping, seed: Any = 0, where: str = "") -> TrainConfig:
+    """A cell's train settings as the :class:`~memlens.training_config.TrainConfig` it trains
+    with (its seed is the cell's); a bad setting is refused by that one check, naming the field
+    and ``where`` (the cell)."""
+    try:
+        return TrainConfig.of(tr, seed=seed)
+    except (ValueError, TypeError) as exc:
+        raise type(exc)(f"train setting {exc}{where}") from exc
 
 
 def _check_spec_types(spec: Mapping, defaults: Mapping, where: str) -> None:
@@ -187,8 +163,8 @@ def check_cells(bundle: ModelBundle, cells: Sequence[Mapping]) -> None:
     seen: set[str] = set()
     for c in cells:
         where = _where(c)
-        _check_train(c["train"], where)
         _check_spec_types(c["spec"], defaults, where)
+        train_config(c["train"], c["spec"]["seed"], where)
         shape = json.dumps(
             {k: v for k, v in c["spec"].items() if k not in ("T", "seed")}, sort_keys=True
         )

@@ -1,36 +1,34 @@
-"""Run and resume a sweep: validate, lock the store, hand the unfinished groups to a backend,
-and write each finished group (checkpoint, then its rows) as it streams back.
-
-Where a group runs is a small pluggable piece, a *backend*: any object with
-``run(jobs) -> iterator of GroupResult | GroupFailure``. :class:`LocalBackend` runs the groups one
-after another in this process; :class:`~memlens.sweeps.ray_backend.RayBackend` (``backend="ray"``)
-submits each :class:`~memlens.sweeps.cells.GroupJob` as a Ray task and yields results as they
-finish, in any order. Either way the driver stays the only writer.
-
-Failures are handled once, here, for every backend. A group is tried at most :data:`TRIES` times
-(a backend retries with its own mechanism: a loop here, Ray's ``max_retries`` there), except a
-divergence, which is deterministic and recorded at once. A group that still fails comes back as a
-:class:`GroupFailure`: the driver records a row per cell with ``status: "failed"`` and the error,
-finishes the other groups, then raises :class:`SweepFailed` (a ``FloatingPointError`` when every
-failure diverged). Rerunning the command retries the failed and unfinished groups and keeps the
-finished cells.
+"""Run and resume a sweep: validate, lock the store, hand the unfinished groups to a backend
+(:mod:`memlens.sweeps.backends`), and write each finished group (checkpoint, then its rows) as it
+streams back; a failed group's cells are recorded as failed rows.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 import torch
 
+from memlens.bundle import get_bundle
 from memlens.hooked import HookedToyModel
 from memlens.persistence import load
+from memlens.plugins import PROBES
 from memlens.probe import resolve_probe
-from memlens.bundle import get_bundle
+from memlens.sweeps.backends import (
+    BACKENDS,
+    TRIES,
+    Backend,
+    GroupFailure,
+    LocalBackend,
+    SweepFailed,
+    attempt,
+    failure_rows,
+    make_backend,
+)
 from memlens.sweeps.cells import (
     GroupJob,
     GroupResult,
@@ -39,135 +37,30 @@ from memlens.sweeps.cells import (
     load_cell,
     probe_label,
     probe_spec,
-    run_group,
 )
-from memlens.sweeps.grid import check_cells, make_cells, normalise, plan_groups
+from memlens.sweeps.grid import check_cells, fold_fixed_axes, make_cells, normalise, plan_groups
 from memlens.sweeps.store import SWEEP_FORMAT, SweepStore, read_results
 
-__all__ = [
-    "Backend",
-    "LocalBackend",
-    "BACKENDS",
-    "TRIES",
-    "GroupFailure",
-    "SweepFailed",
-    "attempt",
-    "failure_rows",
-    "sweep",
-    "add_probes",
-]
-
-#: how many times a group is tried before its cells are recorded as failed
-TRIES = 2
-#: the longest error message a failed row keeps
-MAX_ERROR_CHARS = 2000
+__all__ = ["sweep", "add_probes", "default_probes"]
+#: the failure model and the backends live in memlens.sweeps.backends; re-exported for old imports
+_REEXPORTED = (BACKENDS, TRIES, Backend, GroupFailure, LocalBackend, SweepFailed, attempt)
+_REEXPORTED += (failure_rows,)
 
 
-class SweepFailed(RuntimeError):
-    """Some groups of a sweep failed :data:`TRIES` times; their cells are recorded as failed."""
-
-
-@dataclass
-class GroupFailure:
-    """A group that failed: its job and the error (``"Type: message"``), in place of a result."""
-
-    index: int
-    job: GroupJob
-    error: str
-    kind: str = "RuntimeError"  # the exception's type name
-
-    @classmethod
-    def of(cls, job: GroupJob, exc: BaseException) -> GroupFailure:
-        """The failure of ``job`` with ``exc`` (its message kept to :data:`MAX_ERROR_CHARS`)."""
-        msg = f"{type(exc).__name__}: {exc}"
-        if len(msg) > MAX_ERROR_CHARS:
-            msg = msg[: MAX_ERROR_CHARS - 3] + "..."
-        return cls(job.index, job, msg, type(exc).__name__)
-
-
-def failure_rows(failure: GroupFailure) -> list[dict]:
-    """One row per cell of a failed group: ``status: "failed"`` and the error, no results."""
-    return [
-        {
-            "key": c["key"],
-            "cell": c["axes"],
-            "T": c["spec"]["T"],
-            "seed": c["spec"]["seed"],
-            "group": failure.index,
-            "instance": i,
-            "status": "failed",
-            "error": failure.error,
-        }
-        for i, c in enumerate(failure.job.cells)
-    ]
-
-
-def attempt(job: GroupJob, work: Callable[[GroupJob], GroupResult] = run_group):
-    """Run one group: its :class:`GroupResult` (rows stamped ``status: "ok"`` and the device), or
-    a :class:`GroupFailure` for a divergence (deterministic: a retry would diverge again). Any
-    other exception propagates, for the backend to retry."""
-    try:
-        res = work(job)
-    except FloatingPointError as exc:
-        return GroupFailure.of(job, exc)
-    for r in res.rows:
-        r["status"] = "ok"
-        r["device"] = job.device
-    return res
-
-
-@runtime_checkable
-class Backend(Protocol):
-    """Runs groups somewhere and yields each :class:`GroupResult` (or :class:`GroupFailure`, once
-    its retries are spent) as it finishes."""
-
-    def run(self, jobs: Sequence[GroupJob]) -> Iterator[GroupResult | GroupFailure]: ...
-
-
-class LocalBackend:
-    """Run the groups one after another in this process, each tried at most :data:`TRIES` times.
-    ``work`` is the function that runs a group (:func:`run_group`; tests inject faults here)."""
-
-    def __init__(self, work: Callable[[GroupJob], GroupResult] = run_group):
-        self.work = work
-
-    def run(self, jobs: Sequence[GroupJob]) -> Iterator[GroupResult | GroupFailure]:
-        for job in jobs:
-            for _ in range(TRIES):
-                try:
-                    res = attempt(job, self.work)
-                    break
-                except Exception as exc:  # noqa: BLE001 - recorded, and the sweep goes on
-                    res = GroupFailure.of(job, exc)
-            yield res
-
-
-def _ray_backend(**options: Any) -> Backend:
-    from memlens.sweeps.ray_backend import RayBackend
-
-    return RayBackend(**options)
-
-
-#: backends by name (the CLI's ``--backend``); each is called with the backend options (the Ray
-#: backend takes ``address``); a plugin may add its own
-BACKENDS: dict[str, Callable[..., Backend]] = {"local": LocalBackend, "ray": _ray_backend}
-
-
-def _backend(backend: Any, address: str | None = None) -> Backend:
-    if address is not None and backend != "ray":
-        raise ValueError(
-            f"address={address!r} is the Ray cluster to join, so it needs backend='ray', "
-            f"got backend={backend!r}"
-        )
-    if backend is None:
-        return LocalBackend()
-    if isinstance(backend, str):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}; known: {sorted(BACKENDS)}")
-        return BACKENDS[backend](address=address) if backend == "ray" else BACKENDS[backend]()
-    if not callable(getattr(backend, "run", None)):
-        raise TypeError(f"backend must have a run(jobs) method, got {backend!r}")
-    return backend
+def default_probes(bundle: Any) -> tuple[list[str], dict[str, str]]:
+    """The probes a sweep of ``bundle``'s model runs when none are named: every registered probe
+    marked ``default`` that supports the model; and ``{name: why}`` of the defaults skipped."""
+    run, skipped = [], {}
+    for name in PROBES.names():
+        cls = PROBES.get(name)
+        if not getattr(cls, "default", False):
+            continue
+        if cls.supports(bundle):
+            run.append(name)
+        else:
+            need = getattr(cls, "requires", "") or "what this probe reads"
+            skipped[name] = f"model {bundle.name!r} does not provide {need}"
+    return run, skipped
 
 
 def _device(device: Any) -> str:
@@ -199,7 +92,7 @@ def sweep(
     *,
     task: Mapping[str, Any] | None = None,
     train: Mapping[str, Any] | None = None,
-    probes: Sequence = ("dimensionality", "dictionary"),
+    probes: Sequence | None = None,
     out: str | os.PathLike,
     resume: bool = True,
     progress: bool = True,
@@ -220,7 +113,9 @@ def sweep(
         train: keyword arguments of :func:`memlens.train`: steps, lr, weight_decay, warmup,
             schedule, batch_size (None: full batch), l1 (activation L1 coefficient).
         probes: registered probe names or ``(name, {argument: value})``; each cell records
-            ``probe.scalars()``.
+            ``probe.scalars()``. None (default): every registered probe that is a default
+            (``Probe.default``) and supports the model (``Probe.supports(bundle)``); the ones
+            skipped are said on stderr and recorded in ``config.json``'s ``skipped_probes``.
         out: the results folder. resume: continue a sweep already there (False refuses it).
         preset: a preset of the model's bundle (e.g. ``cpu``, ``smoke``): fills grid, task and
             train (explicit ones override, key by key).
@@ -239,29 +134,10 @@ def sweep(
     ``status: "failed"`` and its error; the others finish, then :class:`SweepFailed` (or
     ``FloatingPointError``) is raised. Rerunning the same command retries the failed groups.
     """
-    if not isinstance(model, str):
-        raise ValueError(f"model must be a registered model name, got {model!r}")
-    bundle = get_bundle(model)  # ValueError listing the known models
-    if preset is not None:
-        p = bundle.preset(preset)
-        grid = {**p["grid"], **(grid or {})}
-        task = {**p["task"], **(task or {})}
-        train = {**p["train"], **(train or {})}
-    probes = canonical_probes(probes)
+    bundle, cells, groups, config = _plan(model, grid, task, train, probes, preset, out)
     dev = _device(device)
-    runner = _backend(backend, address)
-    g, t, tr = normalise(bundle, grid, task, train)
+    runner = make_backend(backend, address)
     store = SweepStore(out)
-    for k, v in store.legacy_settings(bundle.spec_keys()).items():
-        if k not in (task or {}) and k not in g:
-            t[k] = v  # continue a sweep recorded before key k existed on the data it used
-    cells = make_cells(g, t, tr)
-    check_cells(bundle, cells)
-    first = min(cells, key=lambda c: c["spec"]["T"])
-    first_train = bundle.task(first["spec"]).sample(first["spec"]["T"], seed=first["spec"]["seed"])
-    check_probes(probes, bundle.build(first["spec"]), first_train)  # its training set alone
-    groups = plan_groups(bundle, cells)
-    config = _config(model, g, t, tr, probes, groups)
     store.check_target()
     store.check_before_lock(config, bundle.spec_keys())  # a quick refusal, without waiting
 
@@ -270,7 +146,7 @@ def sweep(
         stored = store.open_sweep(config, keys, bundle.spec_keys(), resume)
         store.clean()
         done = store.done_groups(groups)
-        run_probes = tuple(probes) + tuple(stored["added_probes"])
+        run_probes = tuple(config["probes"]) + tuple(stored["added_probes"])
         jobs = [
             GroupJob(model, gi, tuple(grp["cells"]), run_probes, dev, progress)
             for gi, grp in enumerate(groups)
@@ -289,6 +165,38 @@ def sweep(
     order = {c["key"]: i for i, c in enumerate(cells)}
     _, rows = read_results(out)
     return sorted(rows, key=lambda r: order.get(r["key"], len(order)))
+
+
+def _plan(model, grid, task, train, probes, preset, out) -> tuple[Any, list, list, dict]:
+    """``(bundle, cells, groups, config)`` of a sweep, every argument and cell checked (before
+    any work and before any file is written)."""
+    if not isinstance(model, str):
+        raise ValueError(f"model must be a registered model name, got {model!r}")
+    bundle = get_bundle(model)  # ValueError listing the known models
+    if preset is not None:
+        p = bundle.preset(preset)
+        grid = {**p["grid"], **(grid or {})}
+        task = {**p["task"], **(task or {})}
+        train = {**p["train"], **(train or {})}
+    skipped: dict[str, str] = {}
+    if probes is None:
+        probes, skipped = default_probes(bundle)
+        for name, why in skipped.items():  # said even without progress: results lack it
+            print(f"sweep {model}: skipped default probe {name!r}: {why}", file=sys.stderr)
+    probes = canonical_probes(probes)
+    g, t, tr = normalise(bundle, grid, task, train)
+    for k, v in SweepStore(out).legacy_settings(bundle.spec_keys()).items():
+        if k not in (task or {}) and k not in g:
+            t[k] = v  # continue a sweep recorded before key k existed on the data it used
+    t, tr = fold_fixed_axes(g, t, tr)  # the stored task says what every cell ran with
+    cells = make_cells(g, t, tr)
+    check_cells(bundle, cells)
+    first = min(cells, key=lambda c: c["spec"]["T"])
+    first_train = bundle.task(first["spec"]).sample(first["spec"]["T"], seed=first["spec"]["seed"])
+    check_probes(probes, bundle.build(first["spec"]), first_train)  # its training set alone
+    groups = plan_groups(bundle, cells)
+    config = {**_config(model, g, t, tr, probes, groups), "skipped_probes": skipped}
+    return bundle, cells, groups, config
 
 
 def _drive(

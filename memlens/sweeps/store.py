@@ -23,19 +23,28 @@ from the sweep's arguments; orphan ``.tmp`` files are removed. Folders written b
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import sys
 import time
-import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from memlens import io
 from memlens.persistence import save
-from memlens.sweeps.grid import TRAIN_DEFAULTS
+from memlens.sweeps.records import (
+    IDENTITY,
+    LEGACY_SPEC,
+    SWEEP_FORMAT,
+    StoreWarning,
+    canon,
+    dedupe,
+    is_failed,
+    spec_defaults,
+    upgrade_config,
+    warn_store,
+)
 
 __all__ = [
     "SWEEP_FORMAT",
@@ -49,85 +58,11 @@ __all__ = [
     "is_failed",
 ]
 
-SWEEP_FORMAT = "memlens-sweep-v2"
-OLD_FORMATS = ("memlens-sweep-v1",)
-IDENTITY = ("model", "grid", "task", "train", "probes")
-#: spec keys a model gained after a sweep was recorded, with the value their absence means: the
-#: one that reproduces the recorded data, not today's default (data generated before the sparse
-#: features were versioned is version 1). Keys a bundle does not have are ignored.
-LEGACY_SPEC: dict[str, Any] = {"data_version": 1}
 ARTEFACTS = {"config.json", "results.jsonl", "checkpoints", ".lock", ".lock.holder"}
 
 
 class SweepBusy(FileExistsError):
     """Another process holds the sweep folder's lock."""
-
-
-class StoreWarning(UserWarning):
-    """Something in a sweep folder was repaired or ignored (a torn line, a bad checkpoint, ...)."""
-
-
-def _warn(msg: str) -> None:
-    warnings.warn(msg, StoreWarning, stacklevel=3)
-
-
-def _canon(obj: Any) -> str:
-    return json.dumps(io.jsonable(obj), sort_keys=True)
-
-
-def upgrade_config(raw: Mapping, spec_defaults: Mapping | None = None) -> dict:
-    """A config of any supported format in the current one: train settings added since (``l1``)
-    get their defaults; spec keys the model gained get their :data:`LEGACY_SPEC` value, else their
-    default; ``added_probes`` defaults to ``[]``. Unknown formats raise a ``ValueError`` that says
-    what to do."""
-    fmt = raw.get("format")
-    if fmt != SWEEP_FORMAT and fmt not in OLD_FORMATS:
-        raise ValueError(
-            f"unknown sweep format {fmt!r} (this memlens reads {SWEEP_FORMAT!r} and "
-            f"{', '.join(OLD_FORMATS)}); rerun the sweep into a new folder"
-        )
-    cfg = dict(raw)
-    cfg["train"] = {**TRAIN_DEFAULTS, **cfg.get("train", {})}
-    if spec_defaults is not None:
-        task = cfg.get("task", {})
-        legacy = {k: v for k, v in LEGACY_SPEC.items() if k in spec_defaults and k not in task}
-        cfg["task"] = {**spec_defaults, **legacy, **task}
-    cfg["probes"] = list(cfg.get("probes", []))
-    cfg["added_probes"] = list(cfg.get("added_probes", []))
-    cfg["format"] = SWEEP_FORMAT
-    return cfg
-
-
-def dedupe(rows: Sequence[Mapping], where: str = "") -> list[dict]:
-    """One row per cell (the first), warning when the table held duplicates."""
-    seen: set[str] = set()
-    out = []
-    for r in rows:
-        if r.get("key") in seen:
-            continue
-        seen.add(r.get("key"))
-        out.append(dict(r))
-    if len(out) < len(rows):
-        _warn(
-            f"{where}results.jsonl holds {len(rows) - len(out)} duplicate row(s) of cells already "
-            "in the table (a 0.1-era race?); kept the first row of each cell"
-        )
-    return out
-
-
-def _spec_defaults(model: str) -> dict | None:
-    from memlens.bundle import get_bundle
-
-    try:
-        bundle = get_bundle(model)
-        return bundle.spec_keys() if bundle.make_task is not None else None
-    except ValueError:
-        return None
-
-
-def is_failed(row: Mapping) -> bool:
-    """Whether a row records a cell whose group failed (``status: "failed"``)."""
-    return row.get("status") == "failed"
 
 
 def read_results(out: str | os.PathLike, failed: bool = False) -> tuple[dict, list[dict]]:
@@ -138,7 +73,7 @@ def read_results(out: str | os.PathLike, failed: bool = False) -> tuple[dict, li
     raw, problem = store.read_config()
     if raw is None:
         raise FileNotFoundError(problem or f"{out} holds no sweep (no config.json)")
-    config = upgrade_config(raw, _spec_defaults(raw.get("model", "")))
+    config = upgrade_config(raw, spec_defaults(raw.get("model", "")))
     rows = store.read_rows()
     return config, rows if failed else [r for r in rows if not is_failed(r)]
 
@@ -193,11 +128,17 @@ class SweepStore:
 
     def check_identity(self, stored: Mapping, mine: Mapping) -> None:
         """Refuse to mix tables: ``stored`` (upgraded) and ``mine`` must be the same sweep."""
-        diff = [k for k in IDENTITY if _canon(stored.get(k)) != _canon(mine[k])]
+
+        def same(k: str) -> bool:
+            if k == "probes":  # the order probes are named in changes no result
+                return sorted(map(canon, stored.get(k) or [])) == sorted(map(canon, mine[k]))
+            return canon(stored.get(k)) == canon(mine[k])
+
+        diff = [k for k in IDENTITY if not same(k)]
         if diff:
             hint = ""
-            if "probes" in diff and set(map(_canon, mine["probes"])) < set(
-                map(_canon, stored["probes"])
+            if "probes" in diff and set(map(canon, mine["probes"])) < set(
+                map(canon, stored["probes"])
             ):
                 hint = (
                     " (its probes include ones added later by `memlens report --add-probes` of "
@@ -214,7 +155,7 @@ class SweepStore:
         rows, bad = io.read_jsonl_tolerant(self.table)
         then = "it is dropped and its cell rerun" if repairing else "ignored"
         for lineno, _, why in bad:
-            _warn(f"{self.table} line {lineno}: {why}; {then}")
+            warn_store(f"{self.table} line {lineno}: {why}; {then}")
         return dedupe(rows, f"{self.out}/")
 
     def _row_keys(self) -> set:
@@ -257,7 +198,7 @@ class SweepStore:
             except ValueError:
                 if present:
                     raise
-                _warn(
+                warn_store(
                     f"{self.config_path} held a different sweep that finished no cell; "
                     "replaced it with this one"
                 )
@@ -281,7 +222,9 @@ class SweepStore:
                 "delete that one"
             )
         if problem is not None:
-            _warn(f"{problem}; rewrote it from this sweep's arguments (its rows are this sweep's)")
+            warn_store(
+                f"{problem}; rewrote it from this sweep's arguments (its rows are this sweep's)"
+            )
         self.write_config(config)
         return dict(config)
 
@@ -343,7 +286,7 @@ class SweepStore:
         gone = io.clean_tmp(self.out) + io.clean_tmp(self.checkpoints)
         if gone:
             names = ", ".join(str(p.relative_to(self.out)) for p in gone)
-            _warn(f"removed {len(gone)} unfinished temporary file(s) in {self.out}: {names}")
+            warn_store(f"removed {len(gone)} unfinished temporary file(s) in {self.out}: {names}")
 
     def write_config(self, config: Mapping) -> None:
         io.write_json(self.config_path, config)
@@ -382,7 +325,9 @@ class SweepStore:
         group_of = {c["key"]: gi for gi, g in enumerate(groups) for c in g["cells"]}
         foreign = [r for r in rows if r.get("key") not in group_of]
         if foreign:
-            _warn(f"{self.table}: dropped {len(foreign)} row(s) of cells not in this sweep's grid")
+            warn_store(
+                f"{self.table}: dropped {len(foreign)} row(s) of cells not in this sweep's grid"
+            )
         by_group: dict[int, list[dict]] = {}
         for r in rows:
             if r.get("key") in group_of:
@@ -392,7 +337,7 @@ class SweepStore:
             n_cells = len(groups[gi]["cells"])
             failed = [r for r in grp_rows if is_failed(r)]
             if failed:
-                _warn(
+                warn_store(
                     f"group {gi} ({n_cells} cells) failed on an earlier run "
                     f"({failed[0].get('error', 'no error recorded')}); retrying it"
                 )
@@ -405,7 +350,7 @@ class SweepStore:
                 if verdicts[rel]:
                     problems.append(verdicts[rel])
             if problems:
-                _warn(f"{problems[0]}; recomputing its group ({n_cells} cells)")
+                warn_store(f"{problems[0]}; recomputing its group ({n_cells} cells)")
             elif len(grp_rows) == n_cells:
                 done.add(gi)
         keep = [r for r in rows if group_of.get(r.get("key")) in done]

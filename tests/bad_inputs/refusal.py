@@ -25,7 +25,7 @@ WORK: tuple[tuple[str, str], ...] = (
     ("memlens.training", "step_once"),  # one optimizer step of memlens.train
     ("memlens.sampling.llc", "sample"),  # an SGLD run of temper / estimate_llc
     ("memlens.sampling.calibration", "sample"),  # an SGLD run of the step-size calibration
-    ("memlens.sweeps.run", "run_group"),  # a sweep group's training
+    ("memlens.sweeps.cells", "run_group"),  # a sweep group's training
 )
 
 

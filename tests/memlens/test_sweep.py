@@ -118,7 +118,7 @@ def test_bad_input_is_refused_before_any_work_or_file(tmp_path, monkeypatch, kwa
     def no_work(job):
         raise AssertionError("a group ran although the input was bad")
 
-    monkeypatch.setattr(S.run, "run_group", no_work)
+    monkeypatch.setattr(S.cells, "run_group", no_work)
     out = tmp_path / "sw"
     kw = {"task": SMOKE_TASK, "train": SMOKE_TRAIN, "probes": (), **kwargs}
     with pytest.raises(ValueError, match=match):
@@ -264,8 +264,9 @@ def test_report_figures_state_units_use_plain_ticks_and_mark_a_partial_sweep(smo
     config, rows = S.read_results(smoke_sweep)
     assert len(rows) == config["n_cells"] == 8
     from memlens.sweeps import figures as F
+    from probes import sweep_curves as C
 
-    for fn in (F.double_descent, F.dimensionality, F.weight_norms, F.dictionary):
+    for fn in (F.double_descent, C.dimensionality, F.weight_norms, C.dictionary):
         fig = fn(rows, config)
         labels = _tick_labels(fig)
         assert not [t for t in labels if TIMES_TEN_TO_THE_ZERO.search(t)], (fn.__name__, labels)
@@ -283,10 +284,10 @@ def test_report_figures_state_units_use_plain_ticks_and_mark_a_partial_sweep(smo
 
 
 def test_dimensionality_figure_keeps_dstar_visible_and_the_legend_off_the_data(smoke_sweep):
-    from memlens.sweeps import figures as F
+    from probes import sweep_curves as C
 
     config, rows = S.read_results(smoke_sweep)
-    fig = F.dimensionality(rows, config)
+    fig = C.dimensionality(rows, config)
     ax = fig.axes[0]
     assert ax.get_title().startswith("Data and feature dimensionality at hook_hidden")
     lines = {ln.get_label(): ln for ln in ax.get_lines()}
@@ -301,7 +302,7 @@ def test_dimensionality_figure_keeps_dstar_visible_and_the_legend_off_the_data(s
 
 
 def test_dimensionality_figure_of_a_model_without_features(tmp_path):
-    from memlens.sweeps import figures as F
+    from probes import sweep_curves as C
 
     out = tmp_path / "u"
     p = get_bundle("unembed").preset("smoke")
@@ -315,7 +316,7 @@ def test_dimensionality_figure_of_a_model_without_features(tmp_path):
         progress=False,
     )
     config, rows = S.read_results(out)
-    title = F.dimensionality(rows, config).axes[0].get_title()
+    title = C.dimensionality(rows, config).axes[0].get_title()
     assert title.startswith("Data dimensionality at hook_logits") and "feature" not in title
 
 

@@ -19,9 +19,9 @@ import pytest
 
 import memlens
 from memlens.registry import get_bundle
-from memlens.sweeps import ray_backend as RB
+from memlens.sweeps import backends as RB
 from memlens.sweeps import report, run_group
-from memlens.sweeps.run import LocalBackend, SweepFailed
+from memlens.sweeps.backends import LocalBackend, SweepFailed
 from memlens.threads import PARALLEL_WORK
 
 TIMING = {"group_seconds", "train_seconds"}
@@ -246,13 +246,13 @@ def test_bad_addresses_are_refused_before_any_file(kw, field, tmp_path):
 @pytest.mark.user_errors
 def test_the_cli_entry_point_builds_a_ray_backend_or_refuses():
     pytest.importorskip("ray", reason="Ray is not installed")
-    b = RB.backend("ray", address="auto")
+    b = RB.make_backend("ray", address="auto")
     assert isinstance(b, RB.RayBackend) and b.address == "auto"
-    assert RB.backend("ray").address is None  # start a local cluster
+    assert RB.make_backend("ray").address is None  # start a local cluster
     with pytest.raises(ValueError, match="needs backend 'ray'"):
-        RB.backend("local", address="auto")
+        RB.make_backend("local", address="auto")
     with pytest.raises(ValueError, match="address must be"):
-        RB.backend("ray", address="nowhere")
+        RB.make_backend("ray", address="nowhere")
 
 
 def test_a_task_trains_on_cuda_exactly_when_ray_gave_it_a_gpu(monkeypatch):
@@ -267,7 +267,7 @@ def test_a_task_trains_on_cuda_exactly_when_ray_gave_it_a_gpu(monkeypatch):
         raise FloatingPointError("stop here")  # a divergence: returned as a failure, not raised
 
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])  # Ray assigned this task GPU 0
-    assert isinstance(RB._task(job, 1, work), memlens.sweeps.run.GroupFailure)
+    assert isinstance(RB._task(job, 1, work), RB.GroupFailure)
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
     RB._task(job, 2, work)
     assert seen == [("cuda", False, 1, "1"), ("cpu", False, 2, "2")]

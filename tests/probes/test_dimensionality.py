@@ -405,5 +405,5 @@ def test_compare_figure_separates_regimes(tmp_path):
     with pytest.raises(ValueError, match="labels"):
         compare_max_data_dim([mem, gen], labels=["only one"])
     # the same figure from a result, for code that does not import this module (the quickstart)
-    again = mem.compare([mem, gen], ["memorising", "generalising"])
+    again = compare_max_data_dim([mem, gen], ["memorising", "generalising"])
     assert [t.get_text() for t in again.legends[0].get_texts()] == labels
