@@ -33,9 +33,9 @@ from typing import Any
 
 from memlens import io
 from memlens.persistence import save
+from memlens.sweeps import records
 from memlens.sweeps.records import (
     IDENTITY,
-    LEGACY_SPEC,
     SWEEP_FORMAT,
     StoreWarning,
     canon,
@@ -169,7 +169,8 @@ class SweepStore:
         if raw is None:
             return {}
         task = raw.get("task", {})
-        return {k: v for k, v in LEGACY_SPEC.items() if k in spec_defaults and k not in task}
+        legacy = records.LEGACY_SPEC
+        return {k: v for k, v in legacy.items() if k in spec_defaults and k not in task}
 
     def check_before_lock(self, config: Mapping, spec_defaults: Mapping | None) -> None:
         """Refuse at once, without waiting for the lock, a folder that holds finished cells of a

@@ -337,9 +337,9 @@ def test_a_setting_added_since_a_sweep_was_recorded_keeps_its_recorded_value(tmp
     """A spec key a model gained after a sweep was recorded (for real: ``data_version``, whose
     absence means the 0.1 data) takes the value that reproduces the recorded data, both when the
     folder is read and when its command is rerun. Simulated with n_test, as if it were new."""
-    from memlens.sweeps import store
+    from memlens.sweeps import records
 
-    monkeypatch.setattr(store, "LEGACY_SPEC", {"n_test": 64})
+    monkeypatch.setattr(records, "LEGACY_SPEC", {"n_test": 64})
     out = tmp_path / "old"
     shutil.copytree(DATA / "sweep_v0_1", out)
     cfg = json.loads((out / "config.json").read_text())

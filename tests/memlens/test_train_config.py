@@ -49,8 +49,8 @@ def test_a_bad_field_is_refused_naming_it(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{"steps": 10, field: value})
     with pytest.raises(ValueError, match=field):  # the keyword form: the same check
-        ml.train(Bottleneck(12, 2, n_instances=2), _data(), steps=10, progress=False,
-                 **{field: value})  # fmt: skip
+        ml.train(Bottleneck(12, 2, n_instances=2), _data(), progress=False,
+                 **{"steps": 10, field: value})  # fmt: skip
     with pytest.raises(TypeError, match="unknown training setting.*'stpes'"):
         ml.train(Bottleneck(12, 2, n_instances=2), _data(), stpes=10, progress=False)
 
