@@ -20,6 +20,7 @@ _LAZY = {
     "data": ("memlens.data", None),
     "io": ("memlens.io", None),
     "ModelBundle": ("memlens.bundle", "ModelBundle"),
+    "Preset": ("memlens.bundle", "Preset"),
     "Batch": ("memlens.data", "Batch"),
     "SparseFeatures": ("memlens.data", "SparseFeatures"),
     "Circuits": ("memlens.hooked", "Circuits"),
@@ -72,7 +73,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
     from memlens import data, io, sweeps
-    from memlens.bundle import ModelBundle
+    from memlens.bundle import ModelBundle, Preset
     from memlens.data import Batch, SparseFeatures
     from memlens.hooked import Circuits, HookedToyModel, ToyConfig
     from memlens.persistence import load, load_with_recipes, save
@@ -103,6 +104,7 @@ __all__ = [
     "Batch",
     "Circuits",
     "ModelBundle",
+    "Preset",
     "bundle_of",
     "get_bundle",
     "load_with_recipes",

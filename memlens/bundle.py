@@ -32,12 +32,14 @@ from typing import TYPE_CHECKING, Any
 from memlens import validate
 from memlens.hooked import HookedToyModel
 from memlens.plugins import Registry
+from memlens.training_config import TrainConfig
 
 if TYPE_CHECKING:  # pragma: no cover
     from memlens.data import Batch, Task
 
 __all__ = [
     "ModelBundle",
+    "Preset",
     "GENERIC_TASK_KEYS",
     "MODELS",
     "register_model",
@@ -57,6 +59,53 @@ GENERIC_TASK_KEYS: dict[str, Any] = {
 }
 
 
+@dataclass(frozen=True, eq=False)
+class Preset(Mapping):
+    """A named sweep setting of a model: ``grid`` (axis -> values, with ``T``), ``task`` (fixed
+    spec keys) and ``train`` (fields of :class:`~memlens.training_config.TrainConfig`). Checked
+    when its bundle is made; reads as the mapping ``{"grid", "task", "train"}`` too."""
+
+    grid: Mapping[str, Any]
+    task: Mapping[str, Any] = field(default_factory=dict)
+    train: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("grid", "task", "train"):
+            if not isinstance(getattr(self, name), Mapping):
+                raise ValueError(
+                    f"a preset's {name} must be a mapping, got {getattr(self, name)!r}"
+                )
+        if "T" not in self.grid:
+            raise ValueError(f"a preset's grid needs T (training-set sizes), got {dict(self.grid)}")
+        known = {f.name for f in dataclasses.fields(TrainConfig)} - {"seed"}
+        unknown = sorted(set(self.train) - known)
+        if unknown:
+            raise ValueError(
+                f"a preset's train has unknown setting(s) {unknown}; known: {sorted(known)}"
+            )
+        if "steps" in self.train:
+            TrainConfig.of(self.train)  # its values, by the one check of training settings
+
+    @classmethod
+    def of(cls, value: Preset | Mapping[str, Any]) -> Preset:
+        if isinstance(value, Preset):
+            return value
+        if not isinstance(value, Mapping) or set(value) - {"grid", "task", "train"}:
+            raise ValueError(f"a preset is a mapping with grid, task and train, got {value!r}")
+        return cls(**value)
+
+    def __getitem__(self, key: str) -> Mapping[str, Any]:
+        if key not in ("grid", "task", "train"):
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self):
+        return iter(("grid", "task", "train"))
+
+    def __len__(self) -> int:
+        return 3
+
+
 @dataclass(frozen=True)
 class ModelBundle:
     """One model plugin: the model class and what the core needs to train, sweep and read it."""
@@ -65,11 +114,18 @@ class ModelBundle:
     make_task: Callable[[Mapping[str, Any]], Task] | None = None
     task_defaults: Mapping[str, Any] = field(default_factory=dict)
     model_fields: tuple[str, ...] = ()
-    presets: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+    presets: Mapping[str, Preset | Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
     title: str = ""
     loss_units: str = "loss per point"
     baseline: Callable[[Batch], Any] | None = None
     read_dictionary: Callable[..., Any] | None = None
+
+    def __post_init__(self) -> None:
+        try:  # every preset typed and checked once, when the plugin is made
+            presets = {k: Preset.of(v) for k, v in dict(self.presets).items()}
+        except (ValueError, TypeError) as exc:
+            raise ValueError(f"model {self.model.__name__}: bad preset: {exc}") from exc
+        object.__setattr__(self, "presets", presets)
 
     # -------------------------------------------------------------------------- derived
     @property
@@ -135,11 +191,11 @@ class ModelBundle:
         )
 
     def preset(self, name: str) -> dict:
-        """``{"grid", "task", "train"}`` of a named preset (a deep copy)."""
+        """``{"grid", "task", "train"}`` of a named :class:`Preset`, as a deep-copied dict."""
         if name not in self.presets:
             known = sorted(self.presets) or "none"
             raise ValueError(f"unknown preset {name!r} for model {self.name!r}; known: {known}")
-        return copy.deepcopy(dict(self.presets[name]))
+        return copy.deepcopy({k: dict(v) for k, v in self.presets[name].items()})
 
 
 # ------------------------------------------------------------------------------ the model registry

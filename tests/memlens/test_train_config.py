@@ -86,3 +86,20 @@ def test_every_preset_of_every_model_holds_valid_train_settings():
         for preset, p in bundle.presets.items():
             cfg = TrainConfig.of({**ml.sweeps.TRAIN_DEFAULTS, **p["train"]})
             assert cfg.steps >= 1, (name, preset)
+
+
+@pytest.mark.user_errors
+@pytest.mark.parametrize(
+    "preset, match",
+    [({"grid": {"seed": [0]}}, "needs T"),
+     ({"grid": {"T": [3]}, "train": {"stpes": 3}}, r"unknown setting\(s\) \['stpes'\]"),
+     ({"grid": {"T": [3]}, "train": {"steps": 3, "warmup": 9}}, "warmup"),
+     ({"grid": {"T": [3]}, "tasks": {}}, "grid, task and train")],
+)  # fmt: skip
+def test_a_bad_preset_is_refused_when_its_bundle_is_made(preset, match):
+    from toy_models.bottleneck import BUNDLE
+
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(BUNDLE, presets={"bad": preset})
+    good = dataclasses.replace(BUNDLE, presets={"ok": {"grid": {"T": [3]}}})
+    assert isinstance(good.presets["ok"], ml.Preset) and good.preset("ok")["grid"] == {"T": [3]}
