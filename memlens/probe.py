@@ -81,13 +81,14 @@ class SweepSection:
 
     Attributes:
         columns: full column names (``"<label>.<scalar>"``) shown in ``summary.md``'s tables.
-        phase: ``(column, title)`` of fractions in [0, 1] drawn as panels of ``phase.png``.
+        phase: ``(column, title[, colour-bar label])`` of fractions in [0, 1], drawn as panels of
+            ``phase.png``.
         figures: ``{name: figure}``, each written as ``<name>.png``.
         lines: lines of markdown added to ``summary.md``.
     """
 
     columns: tuple[str, ...] = ()
-    phase: tuple[tuple[str, str], ...] = ()
+    phase: tuple[tuple[str, ...], ...] = ()
     figures: dict[str, Any] = dataclasses.field(default_factory=dict)
     lines: list[str] = dataclasses.field(default_factory=list)
 

@@ -137,6 +137,6 @@ def dictionary_section(view, label: str) -> SweepSection:
     summary's tables, coverage as a phase-diagram panel, and ``dictionary.png``."""
     return SweepSection(
         columns=(f"{label}.coverage", f"{label}.read_back_accuracy"),
-        phase=((f"{label}.coverage", "dictionary coverage"),),
+        phase=((f"{label}.coverage", "dictionary coverage", "fraction of training points"),),
         figures={label: dictionary(view.rows, view.figure_config, prefix=label)},
     )

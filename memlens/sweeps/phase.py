@@ -109,11 +109,11 @@ def _panel(ax, Z, Ts, ys, y_axis, cmap, norm, label, fig, peaks=None):
         cb.ax.yaxis.set_minor_formatter(PlainLogFormatter(labelOnlyBase=False))
 
 
-def phase_diagram(rows: Sequence[Mapping], config: Mapping, panels: Sequence[tuple[str, str]] = ()):
+def phase_diagram(rows: Sequence[Mapping], config: Mapping, panels: Sequence[tuple] = ()):
     """Heat maps of median test loss (log colour scale) over T x the first extra grid axis, and one
-    more panel per ``(column, title)`` in ``panels`` (fractions in [0, 1], e.g. a probe's coverage;
-    probes name theirs in :meth:`memlens.Probe.sweep_report`) that some row has; one row of panels
-    per value of further axes."""
+    more panel per ``(column, title[, colour-bar label])`` in ``panels`` (fractions in [0, 1], e.g.
+    a probe's coverage; probes name theirs in :meth:`memlens.Probe.sweep_report`) that some row
+    has; one row of panels per value of further axes."""
     from matplotlib.colors import LogNorm, Normalize
 
     y_axis, others = phase_axes(config)
@@ -125,7 +125,7 @@ def phase_diagram(rows: Sequence[Mapping], config: Mapping, panels: Sequence[tup
     grid = config["grid"]
     Ts, ys = sorted(grid["T"]), sorted(grid[y_axis])
     combos = list(itertools.product(*(grid[a] for a in others))) or [()]
-    panels = [(k, t) for k, t in panels if any(np.isfinite(value(r, k)) for r in rows)]
+    panels = [p for p in panels if any(np.isfinite(value(r, p[0])) for r in rows)]
     ncol = 1 + len(panels)
     plt = pyplot()
     fig, axes = plt.subplots(
@@ -154,9 +154,10 @@ def phase_diagram(rows: Sequence[Mapping], config: Mapping, panels: Sequence[tup
             + (f"; {where}" if where else ""),
             fontsize=9,
         )
-        for j, (key, title) in enumerate(panels, start=1):
+        for j, (key, title, *unit) in enumerate(panels, start=1):
             C = phase_grid(rs, Ts, ys, y_axis, key)
-            _panel(axes[k, j], C, Ts, ys, y_axis, "viridis", Normalize(0, 1), "fraction", fig)
+            label = unit[0] if unit else "fraction (0 to 1)"
+            _panel(axes[k, j], C, Ts, ys, y_axis, "viridis", Normalize(0, 1), label, fig)
             axes[k, j].set_title(f"{title}{'; ' + where if where else ''}", fontsize=9)
     n_seeds = len(grid.get("seed", [0]))
     seeds = f"median over {n_seeds} seeds" if n_seeds > 1 else "one seed"
