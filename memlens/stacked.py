@@ -246,6 +246,29 @@ class StackedModel(HookedToyModel):
                 )
         return torch.stack(outs, 1)
 
+    def run_instance(
+        self, i: int, x: Tensor, fwd_hooks: Sequence[tuple[str, Callable]] = ()
+    ) -> Tensor:
+        """Instance ``i`` alone on ``x [batch, *input_shape]`` (no instance axis), with hooks
+        ``(name, fn(act, hook))`` that may change the activation (ablations, patching), in the
+        module's own layout. The hooks are removed on return."""
+        validate.integer("i (the instance)", i, 0, self.n_instances - 1)
+        unknown = [n for n, _ in fwd_hooks if n not in self._base_hooks]
+        if unknown:
+            raise ValueError(f"unknown hook(s) {unknown}; hooks: {list(self._base_hooks)}")
+        handles = [
+            self._base_hooks[n].register_forward_hook(
+                lambda mod, inp, out, fn=fn, n=n: fn(out, hook=self._hooks[n])
+            )
+            for n, fn in fwd_hooks
+        ]
+        try:
+            params = {k: v[i] for k, v in self.stacked_parameters().items()}
+            return self._call(params, x)
+        finally:
+            for h in handles:
+                h.remove()
+
     def per_example_loss(self, batch: Batch) -> Tensor:
         """``[batch, inst]``: ``loss_fn`` of each instance's output and target, vmapped."""
         target = batch.target
