@@ -6,10 +6,10 @@ loss into a :class:`~memlens.hooked.HookedToyModel`:
 
 * every trainable parameter ``p`` of the module becomes a parameter ``[inst, *p.shape]`` of the
   wrapper (stored under ``p``'s name with ``.`` written ``__``);
-* ``forward(x [batch, inst, ...])`` runs ``torch.func.functional_call`` of the module on each
-  instance's parameters, ``vmap``-ped over the instance axis: one batched pass, no loop. So
-  ``memlens.train``, ``memlens.temper`` and ``estimate_llc`` (which expand the instance axis into
-  chains x temperatures) run every chain in one step;
+* ``forward(x [batch, inst, ...])`` runs the module on each instance's parameters (as
+  ``torch.func.functional_call`` does), ``vmap``-ped over the instance axis: one batched pass,
+  no loop. So ``memlens.train``, ``memlens.temper`` and ``estimate_llc`` (which expand the
+  instance axis into chains x temperatures) run every chain in one step;
 * the module's ``HookPoint``\\ s are the wrapper's hooks, under the module's own names (e.g.
   ``blocks.0.hook_mlp_out``), laid out ``[batch, inst, ...]``. While a hook is attached the
   forward loops over instances outside ``vmap`` (hooks cannot see inside it), records each
@@ -59,6 +59,16 @@ def _hook_points(module: nn.Module) -> dict[str, nn.Module]:
     if not isinstance(named, Mapping):
         named = dict(module.named_modules())
     return {n: m for n, m in named.items() if isinstance(m, HookPoint) and n}
+
+
+def _trainable(base: nn.Module) -> list[tuple[str, Tensor]]:
+    """The template's trainable parameters, listed once per template (with their initial
+    values)."""
+    if "_memlens_trainable" not in base.__dict__:
+        base.__dict__["_memlens_trainable"] = [
+            (n, p.detach()) for n, p in base.named_parameters() if p.requires_grad
+        ]
+    return base.__dict__["_memlens_trainable"]
 
 
 def _attribute(name: str) -> str:
@@ -117,7 +127,7 @@ class StackedModel(HookedToyModel):
         self.input_shape, self.input_dtype = shape, input_dtype
         self._width = int(width) if width is not None else max(1, math.prod(shape))
         self._names: list[tuple[str, str]] = []  # (attribute, the base module's name)
-        trainable = [(n, p) for n, p in base.named_parameters() if p.requires_grad]
+        trainable = _trainable(base)
         if not trainable:
             raise ValueError(f"base {type(base).__name__} has no trainable parameters")
         gens = None if init is None or state is not None else self._generators()
@@ -210,7 +220,29 @@ class StackedModel(HookedToyModel):
 
     # ---------------------------------------------------------------- forward and loss
     def _call(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
-        return torch.func.functional_call(self._base, params, (x,), strict=False)
+        """The template on ``params`` (what ``torch.func.functional_call`` does, but writing the
+        owners' ``_parameters`` directly: a bridge's components redirect ``setattr``, so
+        ``functional_call`` leaves the substituted tensors behind in it)."""
+        slots = self._slots()
+        saved = [owner._parameters[leaf] for owner, leaf in slots.values()]
+        try:
+            for name, (owner, leaf) in slots.items():
+                owner._parameters[leaf] = params[name]
+            return self._base(x)
+        finally:
+            for (owner, leaf), old in zip(slots.values(), saved, strict=True):
+                owner._parameters[leaf] = old
+
+    def _slots(self) -> dict[str, tuple[nn.Module, str]]:
+        """``{parameter name: (owning module, attribute)}`` of the template (cached on it)."""
+        base = self._base
+        if "_memlens_slots" not in base.__dict__:
+            slots = {}
+            for name, _ in _trainable(base):
+                prefix, _, leaf = name.rpartition(".")
+                slots[name] = (base.get_submodule(prefix) if prefix else base, leaf)
+            base.__dict__["_memlens_slots"] = slots
+        return base.__dict__["_memlens_slots"]
 
     def _hooked(self) -> list[str]:
         return [n for n, hp in self._hooks.items() if hp._forward_hooks]
