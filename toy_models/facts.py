@@ -263,6 +263,12 @@ def _task(spec: Mapping[str, Any]) -> FactTask:
     return FactTask(spec)
 
 
+def _read_dictionary(model, train, opts):
+    from toy_models.facts_reader import read_dictionary
+
+    return read_dictionary(model, train, opts)
+
+
 def baseline(batch: Batch) -> Tensor:
     """Per instance: the cross entropy of the best constant prediction (each object's frequency)."""
     y = batch.targets
@@ -275,17 +281,18 @@ def baseline(batch: Batch) -> Tensor:
 
 
 PRESETS = {
-    # about a minute on 2 CPU cores: 120 facts of 128, 8 planted; learns the rule and the facts
+    # under a minute on 2 CPU cores: 120 facts of 128, 8 planted; weight decay 0.1 makes the
+    # model learn the rule (the held-out facts right) and memorise the planted facts
     "cpu": {
         "grid": {"T": [120], "seed": [0, 1, 2]},
         "task": {"n_planted": 8, "d_mlp": 64, "n_test": 8},
-        "train": {"steps": 1500, "lr": 1e-2, "warmup": 50, "weight_decay": 1e-3},
+        "train": {"steps": 800, "lr": 1e-2, "warmup": 50, "weight_decay": 0.1},
     },
     # seconds, for tests
     "smoke": {
         "grid": {"T": [100], "seed": [0]},
         "task": {"n_planted": 8, "d_mlp": 32, "n_test": 28},
-        "train": {"steps": 200, "lr": 1e-2, "warmup": 10, "weight_decay": 1e-3},
+        "train": {"steps": 200, "lr": 1e-2, "warmup": 10, "weight_decay": 0.1},
     },
 }
 
@@ -305,4 +312,5 @@ BUNDLE = ModelBundle(
     title="fact transformer (TransformerBridge)",
     loss_units="cross entropy per fact (nats)",
     baseline=baseline,
+    read_dictionary=_read_dictionary,
 )
