@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 
 from memlens import validate
@@ -68,7 +68,7 @@ class Batch:
     on points planted to be memorised (ground truth for the memorised-points detectors).
     """
 
-    inputs: Float[Tensor, "batch inst d_in"]
+    inputs: Shaped[Tensor, "batch inst d_in"]  # floats, or token ids (memlens.stacked models)
     targets: Tensor | None = None
     features: Float[Tensor, "batch inst feat"] | None = None
     lengths: Int[Tensor, " inst"] | None = None
