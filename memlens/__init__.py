@@ -24,6 +24,7 @@ _LAZY = {
     "SparseFeatures": ("memlens.data", "SparseFeatures"),
     "Circuits": ("memlens.hooked", "Circuits"),
     "HookedToyModel": ("memlens.hooked", "HookedToyModel"),
+    "StackedModel": ("memlens.stacked", "StackedModel"),
     "ToyConfig": ("memlens.hooked", "ToyConfig"),
     "load": ("memlens.hooked", "load"),
     "load_with_recipes": ("memlens.hooked", "load_with_recipes"),
@@ -83,6 +84,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         register_probe,
     )
     from memlens.sampling import SGLDConfig, Tempering, calibrate, estimate_llc, temper
+    from memlens.stacked import StackedModel
     from memlens.sweeps import sweep
     from memlens.training import TrainResult, evaluate, sparse_activations, train
 
@@ -101,6 +103,7 @@ __all__ = [
     "get_bundle",
     "load_with_recipes",
     "HookedToyModel",
+    "StackedModel",
     "Probe",
     "ProbeResult",
     "SparseFeatures",

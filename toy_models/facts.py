@@ -288,10 +288,16 @@ PRESETS = {
         "task": {"n_planted": 8, "d_mlp": 64, "n_test": 8},
         "train": {"steps": 800, "lr": 1e-2, "warmup": 50, "weight_decay": 0.1},
     },
+    # five seeds trained longer (a few minutes)
+    "paper": {
+        "grid": {"T": [120], "seed": [0, 1, 2, 3, 4]},
+        "task": {"n_planted": 8, "d_mlp": 64, "n_test": 8},
+        "train": {"steps": 3000, "lr": 1e-2, "warmup": 100, "weight_decay": 0.1},
+    },
     # seconds, for tests
     "smoke": {
         "grid": {"T": [100], "seed": [0]},
-        "task": {"n_planted": 8, "d_mlp": 32, "n_test": 28},
+        "task": {"n_planted": 4, "d_mlp": 32, "n_test": 28},
         "train": {"steps": 200, "lr": 1e-2, "warmup": 10, "weight_decay": 0.1},
     },
 }

@@ -120,7 +120,7 @@ def test_cli_train_probe_temper_on_the_transformer_checkpoint(tmp_path, capsys):
                  str(ck), "--no-progress"]) == 0  # fmt: skip
     model, recipes = memlens.load_with_recipes(ck)
     train, _ = BUNDLE.data(recipes[0])
-    assert isinstance(model, FactTransformer) and int(train.planted.sum()) == 8
+    assert isinstance(model, FactTransformer) and int(train.planted.sum()) == 4
     with torch.no_grad():  # the checkpoint holds the trained weights of its own recipe
         assert float(model.loss(train)) < 0.5 * float(BUNDLE.baseline(train))
     assert main(["probe", str(ck), "--probe", "dimensionality"]) == 0
