@@ -120,6 +120,8 @@ facts0 = (
 im = ax.imshow(contrib[0, facts0].numpy(), aspect="auto", cmap="RdBu_r",
                vmin=-contrib[0].abs().max(), vmax=contrib[0].abs().max())  # fmt: skip
 ax.axhline(planted[:, 0].sum() - 0.5, color="k", lw=1)
+ax.set_yticks(range(len(facts0)), [f"{'planted' if planted[j, 0] else 'rule'} {j}" for j in facts0],
+              fontsize=7)  # fmt: skip
 ax.set(xlabel="MLP neuron (blocks.0.mlp.hook_post)", ylabel="fact",
        title="instance 0: each neuron's direct contribution to each fact's margin\n"
              "(above the line: the 8 planted facts; below: 8 rule facts)")  # fmt: skip
@@ -192,7 +194,7 @@ fig, ax = plt.subplots(figsize=(5.5, 3.4))
 ax.plot(temps, frac_planted, "o-", c="tab:red", label="planted (memorised) facts")
 ax.plot(temps, frac_rule, "s-", c="tab:blue", label="rule (generalised) facts")
 ax.set(xscale="log", xlabel="temperature t", ylabel="fraction noised out",
-       title="heat removes the memorised facts first")  # fmt: skip
+       title="planted facts are noised out more often than rule facts")  # fmt: skip
 ax.legend()
 fig.tight_layout()
 fig.savefig(OUT / "07_survival.png", dpi=110)
