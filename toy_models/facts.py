@@ -5,10 +5,10 @@ The world (one per instance, drawn from the data seed): subject ``s`` has a clas
 ``c(s) = s mod n_classes``; relation ``r`` maps each class to an object through a random table,
 ``rule[r, c]``. A fact is ``(s, r) -> rule[r, c(s)]``: a model that has learned every subject's
 class (from its other relations) and every relation's table (from other subjects) predicts a fact
-it never saw, so these facts can be *generalised*. ``n_planted`` of the ``T`` training facts get a
-random other object instead: nothing predicts them, so a model gets them right only by
-*memorising* them (``Batch.planted`` marks them). The test set holds facts of pairs left out of
-training, all rule-following.
+it never saw, so these facts can be *generalised*. ``n_planted`` of the ``T`` training facts (all
+of them when ``T < n_planted``) get a random other object instead: nothing predicts them, so a
+model gets them right only by *memorising* them (``Batch.planted`` marks them). The test set
+holds facts of pairs left out of training, all rule-following.
 
 Tokens: subjects ``0..S-1``, relations ``S..S+R-1``, objects ``S+R..S+R+O-1``. A point is the
 sequence ``[s, S + r]``; the model reads the logits at the last position; the loss is the cross
@@ -223,8 +223,6 @@ class FactTask(Task):
                 f"T must be in [1, {self.n_pairs - 1}] (n_subjects x n_relations = "
                 f"{self.n_pairs} facts, one left out at least for testing), got {T}"
             )
-        if s["n_planted"] > T:
-            raise ValueError(f"n_planted={s['n_planted']} exceeds the T={T} training facts")
         n_test = min(int(s["n_test"]), self.n_pairs - T)
         parts: list[list[Tensor]] = [[] for _ in range(6)]
         for g in instance_generators(seed, self.n_instances, 11):
@@ -233,7 +231,7 @@ class FactTask(Task):
             subj, rel = order // R, order % R
             obj = rule[rel, subj % C]
             planted = torch.zeros(self.n_pairs, dtype=torch.bool)
-            planted[: s["n_planted"]] = True
+            planted[: min(s["n_planted"], T)] = True  # every fact when T < n_planted
             shift = torch.randint(1, O, (self.n_pairs,), generator=g)  # a random *other* object
             obj = torch.where(planted, (obj + shift) % O, obj)
             tokens = torch.stack([subj, S + rel], -1)
