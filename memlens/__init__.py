@@ -25,6 +25,7 @@ _LAZY = {
     "SparseFeatures": ("memlens.data", "SparseFeatures"),
     "Circuits": ("memlens.hooked", "Circuits"),
     "HookedToyModel": ("memlens.hooked", "HookedToyModel"),
+    "StackedModel": ("memlens.stacked", "StackedModel"),
     "ToyConfig": ("memlens.hooked", "ToyConfig"),
     "load": ("memlens.persistence", "load"),
     "load_with_recipes": ("memlens.persistence", "load_with_recipes"),
@@ -89,6 +90,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs
         register_probe,
     )
     from memlens.sampling import SGLDConfig, Tempering, calibrate, estimate_llc, temper
+    from memlens.stacked import StackedModel
     from memlens.sweeps import sweep
     from memlens.training import TrainResult, evaluate, sparse_activations, train
     from memlens.training_config import TrainConfig
@@ -109,6 +111,7 @@ __all__ = [
     "get_bundle",
     "load_with_recipes",
     "HookedToyModel",
+    "StackedModel",
     "Probe",
     "ProbeResult",
     "SparseFeatures",

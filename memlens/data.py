@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int
+from jaxtyping import Float, Int, Shaped
 from torch import Tensor
 
 from memlens import validate
@@ -64,13 +64,15 @@ class Batch:
     ``targets=None`` means the task is autoencoding (targets are the inputs). ``features`` holds
     the underlying sparse features when the inputs are an embedding of them. ``lengths`` marks
     padding: instance ``i`` uses only its first ``lengths[i]`` rows (used by sweeps that pack
-    data sets of different sizes into one model).
+    data sets of different sizes into one model). ``planted`` ``[batch, inst]`` (bool) is True
+    on points planted to be memorised (ground truth for the memorised-points detectors).
     """
 
-    inputs: Float[Tensor, "batch inst d_in"]
+    inputs: Shaped[Tensor, "batch inst d_in"]  # floats, or token ids (memlens.stacked models)
     targets: Tensor | None = None
     features: Float[Tensor, "batch inst feat"] | None = None
     lengths: Int[Tensor, " inst"] | None = None
+    planted: Tensor | None = None
 
     @property
     def target(self) -> Tensor:

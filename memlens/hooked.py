@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Float, Shaped
 from torch import Tensor
 from transformer_lens import HookedRootModule
 
@@ -107,7 +107,7 @@ class Circuits:
     """
 
     names: list[str]
-    inputs: Float[Tensor, "probe inst d_in"]
+    inputs: Shaped[Tensor, "probe inst d_in"]  # floats, or token ids (memlens.stacked)
     hooks: tuple[str, ...]
     readout: Callable[[dict[str, Tensor]], Tensor]
     #: optional: how to remove each circuit from a forward pass over the training set, as

@@ -1,0 +1,32 @@
+"""Run tutorial 07 in fast mode in a subprocess and check the results it states."""
+
+import json
+
+import pytest
+
+
+@pytest.mark.slow
+def test_tutorial_07_runs(run_tutorial, tmp_path):
+    out = run_tutorial("07_toy_to_transformer.py")
+    folder = tmp_path / "tutorial-output" / "07_toy_to_transformer"
+    r = json.loads((folder / "07_results.json").read_text())
+    # the transformer learns the rule (held-out facts) and memorises the planted facts
+    assert r["planted_train_acc"] == 1.0 and r["rule_train_acc"] == 1.0
+    assert min(r["held_out_acc"]) >= 0.9
+    # where: the reader names neurons for most planted facts; silencing them removes the fact
+    # and keeps the rule facts
+    assert r["planted_with_slots"] >= 12
+    assert r["planted_removed"] == r["planted_with_slots"]
+    assert r["rule_kept_mean"] >= 0.9
+    # D*: the planted facts are found with AUROC >= 0.9 in every instance
+    assert min(r["auroc_dstar"]) >= 0.9
+    assert r["dstar_planted"] > 2 * r["dstar_rule"]
+    # tempering: at the lowest temperature, planted facts are noised out more often
+    assert r["noised_out_planted"][0] > r["noised_out_rule"][0]
+    # capacity: the wider model stores more facts, and no model beats 2 bits per parameter
+    cap = r["capacity"]
+    assert sum(cap[-1]["facts_stored"]) > sum(cap[0]["facts_stored"])
+    assert all(b <= 2.0 for row in cap for b in row["bits_per_param"])
+    assert "AUROC of D* for the planted facts" in out
+    for png in ("07_attribution.png", "07_dstar.png", "07_survival.png", "07_capacity.png"):
+        assert (folder / png).stat().st_size > 10_000
