@@ -21,6 +21,7 @@
 
 # %%
 import os
+from pathlib import Path
 
 import torch
 
@@ -30,6 +31,8 @@ from toy_models import Bottleneck, MLPBlock, Unembed
 FAST = os.environ.get("MEMLENS_FAST") == "1"
 STEPS = 300 if FAST else 3000
 torch.manual_seed(0)
+FIGURES = Path("tutorial-output") / "01_hooks_and_probes"  # where this tutorial's figures go
+FIGURES.mkdir(parents=True, exist_ok=True)
 
 # %% [markdown]
 # ## The three settings
@@ -126,7 +129,8 @@ print(res.summary())
 print("D* of instance 0:", res.max_data_dim[0].numpy().round(3))
 print("sum of D* per instance:", res.max_data_dim.sum(-1).numpy().round(3))
 fig = res.plot()
-fig.savefig("01_dimensionality.png", dpi=80)
+fig.savefig(FIGURES / "dimensionality.png", dpi=80)
+print("wrote", FIGURES / "dimensionality.png")
 
 # %% [markdown]
 # Next: `02_reading_dictionaries.py` reads the lookup table a memorising model builds, straight
