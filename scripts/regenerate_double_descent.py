@@ -2,7 +2,7 @@
 
     python scripts/regenerate_double_descent.py                      # all three settings
     python scripts/regenerate_double_descent.py --settings bottleneck mlp
-    python scripts/regenerate_double_descent.py --phase               # also the phase presets
+    python scripts/regenerate_double_descent.py --settings --phase    # only the phase presets
 
 For each setting this runs the user's path, ``memlens sweep --model SETTING --preset cpu --out
 OUT/dd-SETTING --probes none`` (resumable: a rerun reuses finished cells), then
@@ -147,7 +147,7 @@ def phase(setting: str, out: Path, figures: bool) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
+    ap.add_argument("--settings", nargs="*", choices=SETTINGS, default=list(SETTINGS))
     ap.add_argument("--out", default="runs/regenerate", help="sweep folders (default: %(default)s)")
     ap.add_argument("--no-figures", action="store_true", help="leave docs/figures alone")
     ap.add_argument(

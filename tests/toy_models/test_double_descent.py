@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import memlens
 from memlens import cli
 from memlens.registry import get_bundle
 from memlens.sweeps import read_results
@@ -93,7 +94,8 @@ def test_readme_states_the_recorded_double_descent():
     names = {"bottleneck": "bottleneck", "mlp": "MLP block", "unembed": "final layer"}
     for setting, name in names.items():
         e = EXPECTED[setting]
-        m = re.search(rf"{name} ([\d.]+)× / ([\d.]+)× at T = (\d+)", section)
+        words = r"\s+".join(name.split())  # the README wraps its lines anywhere
+        m = re.search(rf"{words}\s+([\d.]+)×\s+/\s+([\d.]+)×\s+at\s+T\s+=\s+(\d+)", section)
         assert m, f"README states no '{name} A× / B× at T = N'"
         assert int(m.group(3)) == e["T_peak"], (setting, m.group(0), e)
         assert float(m.group(1)) == pytest.approx(e["ratio_small"], abs=0.006), (setting, e)
@@ -101,11 +103,30 @@ def test_readme_states_the_recorded_double_descent():
         assert e["subgrid"][1] == e["T_peak"] and min(e["ratio_small"], e["ratio_large"]) >= 1.2
 
 
-@pytest.mark.parametrize("setting", ["bottleneck", "mlp", "unembed"])
+@pytest.mark.parametrize("setting", ["mlp", "unembed"])
 def test_smoke_preset_shows_double_descent(setting, tmp_path):
     """The smoke presets are the cpu settings scaled down to seconds, and keep the bump."""
     Ts, med = run_preset(setting, "smoke", tmp_path / setting)
     assert_bump(setting, Ts, med)
+
+
+def test_small_bottleneck_shows_double_descent(tmp_path):
+    """The bottleneck scaled down (n = 300, S = 0.98, 1,000 steps, 2 seeds, T = 3, 120, 1000):
+    still a bump (medians 1.08, 1.40, 0.97 when recorded: 1.29x and 1.44x). Its `smoke` preset
+    stays a seconds-long fixture of the sweep tests (T <= 24, 60 steps: no bump), so this test
+    runs the `cpu` preset's training through the API with these settings instead."""
+    cpu = get_bundle("bottleneck").preset("cpu")
+    rows = memlens.sweep(
+        "bottleneck",
+        {"T": [3, 120, 1000], "seed": [0, 1]},
+        task={"n_features": 300, "sparsity": 0.98, "d_hidden": 2, "n_test": 256},
+        train=cpu["train"],
+        probes=(),
+        out=tmp_path / "bottleneck",
+        progress=False,
+    )
+    Ts, med = median_curve(rows)
+    assert_bump("bottleneck", Ts, med)
 
 
 @pytest.mark.slow
