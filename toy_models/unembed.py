@@ -335,13 +335,6 @@ PRESETS = {
         },
         "train": {"steps": 1000, "lr": 3e-2, "warmup": 50, "weight_decay": 1e-2},
     },
-    # `memlens report`'s phase diagram: T x residual width on the cpu preset's data and training
-    # (the bump near T ~ 5 d_model moves with the width; scripts/regenerate_double_descent.py)
-    "phase": {
-        "grid": {"T": _logspace(3, 3000, 8), "d_model": [8, 20, 48], "seed": [0, 1]},
-        "task": {"n_features": 300, "sparsity": 0.967, "labels": "rule", "n_test": 1000},
-        "train": {"steps": 1000, "lr": 3e-2, "warmup": 50, "weight_decay": 1e-2},
-    },
     # the quickstart's table: a memorising (small T) and a generalising (large T) model
     "quickstart": {
         "grid": {"T": [16, 2000]},
