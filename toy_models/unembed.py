@@ -335,12 +335,6 @@ PRESETS = {
         },
         "train": {"steps": 1000, "lr": 3e-2, "warmup": 50, "weight_decay": 1e-2},
     },
-    # `memlens report`'s phase diagram: T x residual width on the cpu preset's data. About 4 min.
-    "phase": {
-        "grid": {"T": _logspace(3, 3000, 8), "d_model": [8, 24, 64], "seed": [0, 1]},
-        "task": {"n_features": 100, "sparsity": 0.99, "n_test": 1000},
-        "train": {"steps": 1000, "lr": 1e-2, "warmup": 50, "weight_decay": 1e-2},
-    },
     # the quickstart's table: a memorising (small T) and a generalising (large T) model
     "quickstart": {
         "grid": {"T": [16, 2000]},

@@ -23,6 +23,7 @@
 # %%
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -284,7 +285,8 @@ memlens(["list"])
 # their data recipes; the report draws the figures with the plugin's title and loss units.
 
 # %%
-runs = Path(tempfile.mkdtemp())
+runs = Path("tutorial-output") / "06_write_your_own_probe"  # its sweep, report and temper figures
+shutil.rmtree(runs, ignore_errors=True)  # a rerun starts afresh (memlens temper never overwrites)
 sweep_dir = runs / "sweep-lookup"
 memlens(
     ["sweep", "--model", "lookup", "--preset", "smoke", "--out", str(sweep_dir), "--no-progress"]

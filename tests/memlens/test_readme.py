@@ -1,4 +1,7 @@
-"""The README's Python example runs as written, and reports its sampler's health in words."""
+"""The README's Python example runs as written and shows what its comments and text claim:
+a lookup table is found in every instance, each training point's D* is about m/T, and the
+coldest rung (t = 0.1) is the unhealthy one, reported in words and left out of the survival
+reading."""
 
 import os
 import re
@@ -6,24 +9,84 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
+M, T, N_INST, TEMPS = 2, 8, 4, ("0.1", "1", "10")  # the example's d_hidden, T, instances, ladder
+DSTAR_RTOL = 0.3  # "D* ≈ m/T": every point of instance 0 within 30% of m/T
 
 
-def test_readme_example_runs_and_names_unhealthy_cells(tmp_path):
-    text = (ROOT / "README.md").read_text()
-    section = text.split("## A 10-line example", 1)[1]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+def readme_example() -> str:
+    section = (ROOT / "README.md").read_text().split("## A 10-line example", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.fixture(scope="module")
+def example_output(tmp_path_factory) -> str:
+    code = readme_example()
     env = {**os.environ, "MPLBACKEND": "Agg", "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=900)  # fmt: skip
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path_factory.mktemp("readme"),
+                          env=env, capture_output=True, text=True, timeout=900)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
-    assert "lookup table" in out  # the dictionary probe found the memorised table
-    cells = re.findall(r"t=(\S+) inst (\d+): λ̂ = \S+ .*: (.*)$", out, re.M)
-    assert len(cells) == 3 * 4  # every (temperature, instance) cell is reported
-    for _t, _i, health in cells:  # each one healthy, or unhealthy with its reasons in words
-        assert health == "healthy" or re.search(r"[a-z]{4,}", health)
-    n_bad = sum(h != "healthy" for *_, h in cells)
-    assert (f"{n_bad} unhealthy cell(s)" in out) if n_bad else ("every cell healthy" in out)
-    if n_bad:  # the survival summary marks the unhealthy temperatures instead of reading them
-        assert "UNHEALTHY" in out
+    return proc.stdout
+
+
+def dstar_values(out: str) -> list[float]:
+    """The first printed tensor: D* of instance 0's training points."""
+    m = re.search(r"tensor\(\[([^\]]*)\]\)", out)
+    assert m, "the example prints no D* tensor"
+    return [float(v) for v in m.group(1).split(",")]
+
+
+def lookup_lines(out: str) -> list[tuple[int, int, int, str]]:
+    """``(instance, coverage %, read-back %, verdict)`` of each dictionary summary line."""
+    rows = re.findall(r"^\s*inst (\d+): \d+ entries, coverage (\d+)%, read-back (\d+)%: (.*)$",
+                      out, re.M)  # fmt: skip
+    return [(int(i), int(c), int(r), v) for i, c, r, v in rows]
+
+
+def cells(out: str) -> dict[tuple[str, int], str]:
+    """``(temperature, instance) -> health`` from the tempering summary."""
+    found = re.findall(r"^\s*t=(\S+) inst (\d+): λ̂ = \S+ .*: (.*)$", out, re.M)
+    return {(t, int(i)): h for t, i, h in found}
+
+
+def test_the_example_states_what_it_is_checked_against():
+    code = readme_example()
+    assert f"T={T}, n_instances={N_INST}" in code and f"d_hidden={M}" in code
+    assert "D* ≈ m/T = 0.25" in code and M / T == 0.25
+    assert f"temperatures=[{', '.join(TEMPS)}]" in code
+    text = (ROOT / "README.md").read_text()
+    assert "(here the coldest rung, t = 0.1)" in text  # the claim tested below
+
+
+def test_readme_example_finds_the_lookup_table(example_output):
+    rows = lookup_lines(example_output)
+    assert [i for i, *_ in rows] == list(range(N_INST)), example_output[-3000:]
+    for i, coverage, read_back, verdict in rows:
+        # found, not "no lookup table found": every training point has an entry of its own
+        assert verdict == "a lookup table" and coverage >= 90, (i, coverage, read_back, verdict)
+
+
+def test_readme_example_dstar_is_m_over_T(example_output):
+    d = dstar_values(example_output)
+    assert len(d) == T
+    assert sum(d) == pytest.approx(M, abs=1e-3)  # Σ D* = rank of the hidden vectors = m
+    for v in d:  # a memorised polygon: every point about m/T of a dimension
+        assert abs(v - M / T) <= DSTAR_RTOL * M / T, d
+
+
+def test_readme_example_names_the_coldest_rung_unhealthy(example_output):
+    out = example_output
+    health = cells(out)
+    assert set(health) == {(t, i) for t in TEMPS for i in range(N_INST)}, out[-3000:]
+    bad = sorted({t for (t, _), h in health.items() if h != "healthy"}, key=float)
+    assert bad == ["0.1"], health  # the coldest rung, and only it
+    for i in range(N_INST):  # ... said in words: which test it failed
+        assert "failed the step-size bias test" in health[("0.1", i)]
+    assert f"{N_INST} unhealthy cell(s)" in out
+    # the survival summary marks t = 0.1 instead of reading it, and reads only healthy rungs
+    survival = out.split("circuit survival", 1)[1]
+    assert re.search(r"^\s*t=0\.1: .*\[UNHEALTHY: ", survival, re.M)
+    assert not re.search(r"^\s*t=(1|10): .*UNHEALTHY", survival, re.M)
+    assert "healthy chains only" in survival and "1 unhealthy temperature(s) marked" in survival

@@ -170,15 +170,18 @@ def test_out_holding_another_sweep_is_refused(tmp_path):
 def test_presets_cover_every_setting():
     for model in ("bottleneck", "mlp", "unembed"):
         b = get_bundle(model)
-        for name in ("paper", "cpu", "smoke", "phase"):
+        # claims (issue 20): the final layer has no phase preset (its bump did not move with width)
+        for name in ("paper", "cpu", "smoke") + (("phase",) if model != "unembed" else ()):
             p = b.preset(name)
             assert set(p) == {"grid", "task", "train"}
             cells = make_cells(*S.normalise(b, p["grid"], p["task"], p["train"]))
             S.grid.check_cells(b, cells)
         # the phase preset varies T and one more axis, so `memlens report` draws a phase diagram
-        phase = b.preset("phase")["grid"]
-        assert len(phase["T"]) >= 5 and any(
-            len(v) >= 3 for a, v in phase.items() if a not in ("T", "seed")
+        phase = b.preset("phase")["grid"] if model != "unembed" else None  # claims: see above
+        assert (
+            phase is None
+            or len(phase["T"]) >= 5
+            and any(len(v) >= 3 for a, v in phase.items() if a not in ("T", "seed"))
         )
     paper = B.preset("paper")
     assert paper["task"]["n_features"] == 10_000 and paper["task"]["sparsity"] == 0.999

@@ -23,9 +23,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import tomllib  # standard library from Python 3.11, which memlens requires
 import torch
-
-tomllib = pytest.importorskip("tomllib")
 
 PLUGIN = Path(__file__).resolve().parents[2] / "tutorials" / "lookup_plugin"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -87,6 +88,43 @@ def test_other_busy_cores_sees_a_competitor_but_not_itself():
         spin.kill()
         spin.wait()
     assert busy >= 0.6
+
+
+def test_other_busy_cores_leaves_out_this_process(monkeypatch):
+    """While a thread of this process spins, the measure subtracts exactly this process's CPU
+    time, read here from an independent clock (``os.times``), from the machine's busy time."""
+    samples = []
+    real = threads._busy_jiffies
+
+    def spy():
+        sample = real()
+        samples.append((sample, os.times()))
+        return sample
+
+    monkeypatch.setattr(threads, "_busy_jiffies", spy)
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin)
+    spinner.start()
+    try:
+        busy = threads.other_busy_cores(2.0)
+    finally:
+        stop.set()
+        spinner.join()
+    ((b0, t0, m0), o0), ((b1, t1, m1), o1) = samples
+    elapsed = t1 - t0  # jiffies per CPU
+    own = (o1.user + o1.system - o0.user - o0.system) * os.sysconf("SC_CLK_TCK")  # jiffies
+    # on a busy machine the spinner gets a small share; 10 jiffies (0.05 of a core) is plenty
+    assert own >= 10, "the spinning thread did not run: nothing to leave out"
+    assert m1 - m0 == pytest.approx(own, abs=3)  # what it subtracts is this process's time
+    everyone = (b1 - b0) / elapsed
+    if everyone - own / elapsed > 0:  # (not clipped at 0) this process's share is left out ...
+        assert busy == pytest.approx(everyone - own / elapsed, abs=3 / elapsed)
+        assert busy < everyone - 7 / elapsed  # ... so the spinning thread is not someone else
 
 
 def test_other_busy_cores_subtracts_this_process(monkeypatch):

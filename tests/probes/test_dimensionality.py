@@ -332,27 +332,29 @@ def test_pentagon_feature_dimensionality(pentagon):
 
 
 def test_max_data_dim_ranks_memorised_outliers_top():
-    """Train a bottleneck on typical sparse points plus three outliers, each the only point that
-    uses its feature. The model gives the outliers hidden directions of their own (it memorises
-    them), and D* ranks them top (Olah; Hobbhahn), far above the typical point."""
-    n, m, T, n_out = 8, 6, 200, 3
-    # data_version=1: the data this claim was checked on (version 2's draw: 1 of 3 instances)
-    x = ml.SparseFeatures(n, 0.7, normalize=True, data_version=1).sample(T, 3, seed=3)
+    """Train a bottleneck on typical sparse points (5 common features) plus three outliers, each
+    the only point that uses its feature, with m = 7 hidden dimensions: room for the common
+    features and two spare directions. The model gives the outliers hidden directions of their
+    own (it memorises them), and D* ranks them top (Olah; Hobbhahn), far above the typical point.
+    (With m = 6, one spare direction for three outliers, most instances store only one or two
+    of them: 2 of 6 instances pass on the default data.)"""
+    n, m, T, n_out, inst = 8, 7, 200, 3, 6
+    x = ml.SparseFeatures(n, 0.7, normalize=True).sample(T, inst, seed=3)
     x[:, :, n - n_out :] = 0  # the last features are rare: only the outliers use them
     x = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     for k in range(n_out):
         x[k] = 0
         x[k, :, n - n_out + k] = 1.0
-    model = Bottleneck(n_features=n, d_hidden=m, n_instances=3, seed=0)
+    model = Bottleneck(n_features=n, d_hidden=m, n_instances=inst, seed=0)
     ml.train(model, x, steps=1000, lr=1e-2, weight_decay=1e-2, warmup=100, progress=False)
     res = DimensionalityProbe().run(model, x)
     good = 0
-    for i in range(3):
+    for i in range(inst):
         ranks = res.max_data_dim[i].argsort(descending=True)
         top_is_outliers = set(ranks[:n_out].tolist()) == set(range(n_out))
         ratio = float(res.max_data_dim[i, :n_out].median() / res.max_data_dim[i].median())
         good += top_is_outliers and ratio > 5
-    assert good >= 2, res.max_data_dim[:, :n_out]
+    assert good >= 4, res.max_data_dim[:, :n_out]  # a clear majority of the 6 instances
 
 
 # ---------------------------------------------------------------- figures

@@ -14,7 +14,8 @@ TUTORIALS = Path(__file__).resolve().parents[2] / "tutorials"
 def run_tutorial(tmp_path):
     """``run_tutorial("01_hooks_and_probes.py") -> stdout``; fails with its stderr if it fails.
     The script runs with ``MEMLENS_FAST=1`` (small sizes), the Agg backend and memlens's own
-    thread policy, with ``tmp_path`` as its working folder (where it writes its figures)."""
+    thread policy, with ``tmp_path`` as its working folder (its figures go under
+    ``tutorial-output/<tutorial stem>/`` there)."""
 
     def run(name: str) -> str:
         env = {**os.environ, "MEMLENS_FAST": "1", "MPLBACKEND": "Agg"}
