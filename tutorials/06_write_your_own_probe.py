@@ -230,7 +230,6 @@ assert "firing" in listing and "my_probes.firing:FiringProbe" in listing
 
 # %%
 import json
-
 import tomllib
 
 from memlens.registry import MODELS

@@ -20,10 +20,10 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import tomllib  # standard library from Python 3.11, which memlens requires
 from pathlib import Path
 
 import pytest
-import tomllib  # standard library from Python 3.11, which memlens requires
 import torch
 
 PLUGIN = Path(__file__).resolve().parents[2] / "tutorials" / "lookup_plugin"
