@@ -182,6 +182,8 @@ def _tempering_scores(
         "healthy": res.health.ok.tolist(),
         "llc": res.llc.mean.tolist(),
         "seconds": float(res.seconds),
+        "step_size": res.config.step_size,
+        "thin": res.config.thin,
     }
     if survive:
         sv = res.probes["survival"].result()

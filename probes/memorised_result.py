@@ -23,7 +23,7 @@ def _clean(score: Tensor) -> Tensor:
 
 def ranks(score: Tensor) -> Tensor:
     """``[inst, T]`` 1-based rank of each point by ``score`` (1 = most likely memorised)."""
-    order = _clean(score).argsort(-1, descending=True, stable=True)
+    order = _clean(score).argsort(dim=-1, descending=True, stable=True)
     r = torch.empty_like(order)
     r.scatter_(-1, order, torch.arange(1, order.shape[-1] + 1).expand_as(order))
     return r

@@ -8,8 +8,13 @@ from __future__ import annotations
 import argparse
 
 from memlens.cli import command
-from memlens.cli.models import _check_checkpoint, _checkpoint_args, _load_instance, _save_figure
-from memlens.cli.models import _save_json
+from memlens.cli.models import (
+    _check_checkpoint,
+    _checkpoint_args,
+    _load_instance,
+    _save_figure,
+    _save_json,
+)
 from memlens.cli.values import check_output_file, positive
 
 
