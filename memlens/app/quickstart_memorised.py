@@ -61,7 +61,14 @@ def memorised_step(bundle, model, train, spec: dict, seed: int) -> dict[str, Any
     print(
         f"Did it fit them? Their train loss {numbers['planted_loss']:.3g} vs "
         f"{numbers['control_loss']:.3g} on fresh points carrying the same private features "
-        f"({numbers['fitted']:.0%} below half their control's)."
+        f"({numbers['fitted']:.0%} below half their control's): "
+        + (
+            "it memorised them."
+            if numbers["fitted"] >= 0.5
+            else "it did NOT memorise them, so the detectors below are finding the points it "
+            "could not fit (a train-loss ranking finds those; see README, 'Which points are "
+            "memorised?', for models that do memorise their planted points)."
+        )
     )
     print(f"{'detector':28s} {'AUROC':>6s} {'precision@' + str(PLANTED):>13s}")
     for d in sorted(au, key=lambda d: -au[d]):

@@ -26,6 +26,9 @@ def test_tutorial_04_runs(run_tutorial, tmp_path):
     assert len(ratios) == 2 and ratios[0] < 1 and ratios[1] > 1000  # R = 1: none; R = 20: own
     au = {d: float(a) for d, a in re.findall(r"AUROC (\S+)\s+([0-9.]+)", stdout)}
     assert au["dstar:hook_in"] > 0.95  # the data: private features are rare by construction
-    assert au["dstar"] < 0.75  # D* at the representation: near chance on planted memories
-    assert max(au["tempering_rise"], au["tempering_variance"]) >= 0.85  # tempering finds them
-    assert au["train_loss"] < 0.75 and au["grad_norm"] < 0.75  # the baselines do not
+    assert au["dstar:hook_out"] > 0.95  # the output: the model reproduced the private features
+    # D* at the representation: well below tempering, which finds them
+    assert au["tempering_rise"] >= 0.9 and au["dstar"] <= au["tempering_rise"] - 0.15
+    assert au["train_loss"] < 0.5 and au["grad_norm"] < 0.5  # the baselines point the wrong way
+    fitted = re.findall(r"train loss ([0-9.]+) vs ([0-9.]+) on fresh controls", stdout)
+    assert fitted and all(float(a) < 0.5 * float(b) for a, b in fitted)
