@@ -18,7 +18,7 @@ __all__ = ["PLANTED", "planted_spec", "memorised_step"]
 PLANTED = 8
 #: the detectors the quickstart runs (the characteristic temperature needs a ladder: see
 #: ``memlens memorised`` and benchmarks/memorisation_detection.py)
-DETECTORS = ("train_loss", "grad_norm", "dstar", "dictionary", "tempering_rise")
+DETECTORS = ("train_loss", "dstar", "dictionary", "tempering_rise")  # grad_norm: T backward passes
 SGLD = {"chains": 2, "draws": 40, "thin": 3, "step_size": 3e-2}
 
 
