@@ -6,15 +6,9 @@ a ROC figure."""
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from memlens.cli import command
-from memlens.cli.models import (
-    _check_checkpoint,
-    _checkpoint_args,
-    _load_instance,
-    _save_figure,
-    _save_json,
-)
 from memlens.cli.values import check_output_file, positive
 
 
@@ -22,8 +16,32 @@ def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _check_checkpoint(path: str) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if p.is_dir():
+        raise IsADirectoryError(f"checkpoint {path} is a folder; give a .pt file")
+    return p
+
+
+def _load_instance(path: str, instance: int):
+    """The model of one instance of a checkpoint, its training set and its spec."""
+    from memlens.hooked import load_with_recipes
+    from memlens.registry import bundle_of
+
+    model, specs = load_with_recipes(path)
+    if not 0 <= instance < model.n_instances:
+        raise ValueError(f"--instance must be in [0, {model.n_instances}), got {instance}")
+    if not specs:
+        raise ValueError(f"{path} has no data recipe; write it with `memlens train` or a sweep")
+    train_set, _ = bundle_of(model).data(specs[instance])
+    return model.select_instances([instance]), train_set, specs[instance]
+
+
 def _args(p: argparse.ArgumentParser) -> None:
-    _checkpoint_args(p)
+    p.add_argument("checkpoint", help="a checkpoint from `memlens train` or a sweep")
+    p.add_argument("--instance", type=int, default=0, help="which instance (0-based)")
     p.add_argument(
         "--detectors",
         type=_names,
@@ -79,7 +97,17 @@ def _memorised(ns: argparse.Namespace) -> int:
         marks = "" if planted is None else f"  ({sum(bool(planted[j]) for j in top)} planted)"
         print(f"  {d:<28} {top}{marks}")
     if json_out:
-        _save_json(res.to_dict(), json_out)
+        from memlens.io import write_json
+
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        write_json(json_out, res.to_dict())
+        print(f"wrote {json_out}")
     if fig_out:
-        _save_figure(res.plot(), fig_out)
+        import matplotlib.pyplot as plt
+
+        fig = res.plot().figure
+        fig_out.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(fig_out, dpi=130)
+        plt.close(fig)
+        print(f"wrote {fig_out}")
     return 0
