@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from memlens import validate
 from memlens.hooked import HookedToyModel
+from memlens.planted import PLANT_KEYS, Planting
 from memlens.plugins import Registry
 from memlens.training_config import TrainConfig
 
@@ -56,6 +57,7 @@ GENERIC_TASK_KEYS: dict[str, Any] = {
     "normalize": True,
     "n_test": 2048,
     "data_version": 2,  # the sparse-feature generator (memlens.data.DATA_VERSION); 1 = memlens 0.1
+    **PLANT_KEYS,  # planted memories (memlens.planted), for every model's recipe (issue 18)
 }
 
 
@@ -173,7 +175,8 @@ class ModelBundle:
     def task(self, spec: Mapping[str, Any]) -> Task:
         """The one-instance data recipe of ``spec``."""
         self._need_task("build data")
-        return self.make_task(self.full_spec(spec))
+        spec = self.full_spec(spec)
+        return self.make_task(spec).plant(Planting.from_spec(spec))  # issue 18: planted points
 
     def build(self, spec: Mapping[str, Any]) -> HookedToyModel:
         """The model of ``spec`` alone (``n_instances=1``), initialised from ``spec['seed']``."""

@@ -16,15 +16,16 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float, Int, Shaped
+from jaxtyping import Float
 from torch import Tensor
 
 from memlens import validate
+from memlens.batch import Batch, as_batch
+from memlens.planted import Planting
 
 __all__ = [
     "Batch",
@@ -55,85 +56,6 @@ def mix_seed(*ints: int) -> int:
 def instance_generators(seed: int, n_instances: int, *salt: int) -> list[torch.Generator]:
     """One independent CPU generator per instance, derived from ``(seed, *salt, instance)``."""
     return [torch.Generator().manual_seed(mix_seed(seed, *salt, i)) for i in range(n_instances)]
-
-
-@dataclass
-class Batch:
-    """Inputs and targets for one set of points, ``[batch, inst, ...]``.
-
-    ``targets=None`` means the task is autoencoding (targets are the inputs). ``features`` holds
-    the underlying sparse features when the inputs are an embedding of them. ``lengths`` marks
-    padding: instance ``i`` uses only its first ``lengths[i]`` rows (used by sweeps that pack
-    data sets of different sizes into one model). ``planted`` ``[batch, inst]`` (bool) is True
-    on points planted to be memorised (ground truth for the memorised-points detectors).
-    """
-
-    inputs: Shaped[Tensor, "batch inst d_in"]  # floats, or token ids (memlens.stacked models)
-    targets: Tensor | None = None
-    features: Float[Tensor, "batch inst feat"] | None = None
-    lengths: Int[Tensor, " inst"] | None = None
-    planted: Tensor | None = None
-
-    @property
-    def target(self) -> Tensor:
-        return self.inputs if self.targets is None else self.targets
-
-    @property
-    def n_instances(self) -> int:
-        return self.inputs.shape[1]
-
-    def __len__(self) -> int:
-        return self.inputs.shape[0]
-
-    def mask(self) -> Tensor | None:
-        """``[batch, inst]`` 1.0 on real rows, 0.0 on padding; None when there is no padding."""
-        if self.lengths is None:
-            return None
-        rows = torch.arange(len(self), device=self.inputs.device)[:, None]
-        return (rows < self.lengths.to(self.inputs.device)[None, :]).to(self.inputs.dtype)
-
-    def gather(self, idx: Int[Tensor, "b inst"]) -> Batch:
-        """Rows ``idx[:, i]`` of instance ``i``, for every instance."""
-
-        def g(t: Tensor | None) -> Tensor | None:
-            if t is None:
-                return None
-            index = idx.view(*idx.shape, *([1] * (t.ndim - 2))).expand(-1, -1, *t.shape[2:])
-            return torch.gather(t, 0, index)
-
-        return Batch(g(self.inputs), g(self.targets), g(self.features), None)
-
-    def instances(self, idx: Sequence[int] | Tensor) -> Batch:
-        """Keep only the listed instances."""
-        idx = torch.as_tensor(idx, dtype=torch.long)
-
-        def s(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t[:, idx.to(t.device)]
-
-        lengths = None if self.lengths is None else self.lengths[idx.to(self.lengths.device)]
-        return Batch(s(self.inputs), s(self.targets), s(self.features), lengths)
-
-    def to(self, device: torch.device | str) -> Batch:
-        def m(t: Tensor | None) -> Tensor | None:
-            return None if t is None else t.to(device)
-
-        return Batch(m(self.inputs), m(self.targets), m(self.features), m(self.lengths))
-
-    def n_points(self) -> Tensor:
-        """``[inst]`` number of real points per instance."""
-        if self.lengths is not None:
-            return self.lengths
-        return torch.full((self.n_instances,), len(self), dtype=torch.long)
-
-
-def as_batch(data: Tensor | Batch) -> Batch:
-    if isinstance(data, Batch):
-        return data
-    if isinstance(data, torch.Tensor):
-        return Batch(inputs=data, targets=None, features=data)
-    raise TypeError(
-        f"expected a Tensor [batch, inst, feat] or a memlens.data.Batch, got {type(data)}"
-    )
 
 
 def _active_entries(cells: int, p: float, g: torch.Generator) -> tuple[Tensor, Tensor]:
@@ -360,11 +282,24 @@ class Task:
     :class:`Batch`, and ``model_kwargs()``, the dimensions a matching model needs.
     """
 
+    #: points planted to be memorised in training sets (:mod:`memlens.planted`); see plant()
+    planting: Planting = Planting()
+
     def __init__(self, features: SparseFeatures, n_instances: int | None = None):
         if not isinstance(features, SparseFeatures):
             raise TypeError(f"features must be a SparseFeatures, got {type(features).__name__}")
         self.features = features
         self.n_instances = features.check_instances(n_instances)
+
+    def plant(self, planting: Planting | None = None, **kw: int) -> Task:
+        """Plant memorised points in this task's training sets (``Planting`` or its fields:
+        ``private``, ``private_features``, ``repeats``, ``random_labels``); returns the task."""
+        if planting is not None and kw:
+            raise ValueError("give a Planting or its fields, not both")
+        if planting is not None and not isinstance(planting, Planting):
+            raise TypeError(f"planting must be a memlens.planted.Planting, got {planting!r}")
+        self.planting = planting if planting is not None else Planting(**kw)
+        return self
 
     def make_batch(self, f: Float[Tensor, "T inst feat"], seed: int) -> Batch:
         """The points (inputs, targets) for sparse features ``f``; ``seed`` seeds any labels."""
@@ -375,8 +310,11 @@ class Task:
         raise NotImplementedError
 
     def sample(self, T: int, seed: int = 0) -> Batch:
-        """``T`` points per instance."""
-        return self.make_batch(self.features.sample(T, self.n_instances, seed), seed)
+        """``T`` points per instance (with the task's planted points, marked in ``planted``)."""
+        if self.planting:
+            self.planting.check(T, self.features.n_features)
+        f = self.features.sample(T, self.n_instances, seed)
+        return self.planting.apply(self, f, seed) if self.planting else self.make_batch(f, seed)
 
     def split(self, T: int, seed: int = 0, n_test: int = 2048) -> tuple[Batch, Batch]:
         """A training set of ``T`` points and a fresh test set of ``n_test`` points."""

@@ -135,12 +135,19 @@ def _plane_panel(ax, res, i: int) -> None:
     h = res.hidden[:, i].cpu()
     d = res.max_data_dim[i]
     keep = ~d.isnan()
+    c = d[keep].clamp_min(1e-6).log10()
+    # a colour bar spans at least one decade, so near-equal values look equal (a 0.08-decade
+    # bar once painted D* = 0.5 and 0.6 as opposite ends of the map)
+    lo, hi = (float(c.min()), float(c.max())) if len(c) else (0.0, 1.0)
+    mid, half = (lo + hi) / 2, max((hi - lo) / 2, 0.5)
     sc = ax.scatter(
         h[keep, 0],
         h[keep, 1],
         s=10,
-        c=d[keep].clamp_min(1e-6).log10(),
+        c=c,
         cmap="viridis",
+        vmin=mid - half,
+        vmax=mid + half,
         label="training points h_j",
     )
     if res.W is not None:

@@ -4,7 +4,8 @@
    and print train and test loss.
 2. Take the MLP block in both regimes: read the memorised dictionary off the weights and print
    its first entries; show that the generalising model has no lookup table.
-3. Measure maximal data dimensionality D* and name the most memorised points.
+3. Plant points with private features in the generalising model's training set and ask which
+   points it memorised: every detector's AUROC against the planted points, and their ranks.
 4. Temper the memorising model across a ladder of temperatures with batched SGLD, and print the
    LLC and which circuits were noised out at each temperature.
 5. Write a report folder: figures, ``summary.md`` linking them, and the run's configs.
@@ -21,6 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from memlens.app.quickstart_memorised import memorised_step, planted_spec
 from memlens.app.quickstart_report import (
     summary_md,
     survival_numbers,
@@ -33,10 +35,9 @@ from memlens.persistence import save
 from memlens.registry import get_probe
 from memlens.training import train
 from memlens.validate import check_output_dir
-from probes.dimensionality import compare_max_data_dim
 
 QUICKSTART_PRESET = "quickstart"  # each model's two-regime settings (small T, large T)
-STORY_PRESET = "story"  # the model whose dictionary, D* and tempering the quickstart follows
+STORY_PRESET = "story"  # the model whose dictionary, memorised points and tempering it follows
 
 
 def _bundles_with(preset: str) -> list:
@@ -145,6 +146,8 @@ def run(
     models, data, runs, specs = {}, {}, {}, {}
     for regime, T in zip(("memorising", "generalising"), story["grid"]["T"], strict=True):
         specs[regime] = {**story["task"], "T": T, "seed": seed}
+        if regime == "generalising":  # with planted memories: the ground truth of step 3
+            specs[regime] = planted_spec(specs[regime])
         models[regime], data[regime], _, runs[regime] = _fit(
             bundle, specs[regime], story["train"], seed
         )
@@ -178,29 +181,12 @@ def run(
     print(dics["memorising"].to_table(max_rows=8))
     print(f"\nThe generalising model: {dics['generalising'].summary().splitlines()[-1].strip()}")
 
-    # 3. D*
-    dims = {r: get_probe("dimensionality")(train=data[r]).run(models[r], data[r]) for r in models}
+    # 3. which points are memorised? (the planted points are the ground truth)
+    step3 = memorised_step(
+        bundle, models["generalising"], data["generalising"], specs["generalising"], seed
+    )
     bar.update(1)
     bar.clear()
-    hook = dims["memorising"].hook  # the model's representation hook
-    print(f"\n== 3. Maximal data dimensionality D* at {hook} ==")
-    for r in models:
-        dstar = dims[r].max_data_dim[0]
-        top = torch.argsort(dstar, descending=True)[:5].tolist()
-        print(
-            f"{r:12s}: mean D* {float(dstar.mean()):.3g} (Σ D* = rank = "
-            f"{float(dstar.sum()):.3g} of {len(dstar)} points); most memorised points "
-            f"{top} with D* {[round(float(dstar[j]), 3) for j in top]}"
-        )
-
-    dmem = dims["memorising"].max_data_dim[0]
-    if float(dmem.min()) > 0.99:
-        caveats.append(
-            f"every training point of the memorising model has D* = 1: with T = {len(dmem)} "
-            "points in general position in a wider layer that holds for any model, memorising or "
-            "not; the evidence is the contrast with the generalising model "
-            f"(mean D* {float(dims['generalising'].max_data_dim.mean()):.3g})"
-        )
 
     # 4. temper the memorising model (step size "auto": a step where λ̂ no longer moves with ε)
     import warnings
@@ -259,9 +245,7 @@ def run(
         print(f"  - {c}")
     figs = {
         "dictionary.png": dics["memorising"].plot(),
-        "max_data_dim.png": compare_max_data_dim(
-            [dims["memorising"], dims["generalising"]], ["memorising", "generalising"]
-        ),
+        "memorised_roc.png": step3["result"].plot(),
         "survival.png": surv.plot(),
         "llc.png": tempering.spectrum().plot(),
         "training.png": training_figure(runs, bundle),
@@ -285,12 +269,11 @@ def run(
                 "test_loss": float(runs[r].test_loss[0]),
                 "coverage": dics[r].coverage,
                 "read_back": dics[r].read_back_accuracy,
-                "mean_max_data_dim": float(dims[r].max_data_dim.mean()),
             }
             for r in models
         },
         "plain_coverage": None if plain is None else plain.coverage,
-        "hook": hook,
+        "memorised": step3["numbers"],
         "llc": {
             "temperatures": list(cfg.temperatures),
             "mean": tempering.llc.mean[:, 0].tolist(),

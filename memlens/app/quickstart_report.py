@@ -134,12 +134,18 @@ def summary_md(bundle, numbers, dics, surv, tempering) -> str:
         dics["memorising"].to_table(max_rows=12),
         "```",
         "",
-        f"## Maximal data dimensionality D* ({numbers['hook']}, memorising vs generalising)",
+        "## Which points are memorised? (planted points, generalising model)",
         "",
-        f"Mean D* {mem['mean_max_data_dim']:.3g} (memorising) vs {gen['mean_max_data_dim']:.3g} "
-        "(generalising).",
+        memorised_sentence(numbers["memorised"]),
         "",
-        "![D*](max_data_dim.png)",
+        "| detector | AUROC | precision@k |",
+        "|---|---|---|",
+        *[
+            f"| {d} | {a:.2f} | {numbers['memorised']['precision_at_k'][d]:.2f} |"
+            for d, a in sorted(numbers["memorised"]["auroc"].items(), key=lambda kv: -kv[1])
+        ],
+        "",
+        "![ROC curves of every detector against the planted points](memorised_roc.png)",
         "",
         "## Tempering: LLC and circuit survival",
         "",
@@ -181,6 +187,17 @@ def _survival_sentence(sv: dict) -> str:
     return "; ".join(parts) + tail
 
 
+def memorised_sentence(m: dict) -> str:
+    """Step 3 in words: which detector found the planted points, with their ranks."""
+    return (
+        f"Of the {m['planted']} points planted with private features among the generalising "
+        f"model's {m['T']} (train loss {m['planted_loss']:.3g} vs {m['control_loss']:.3g} on "
+        f"fresh points with the same features), the best detector, {m['best']}, ranks them "
+        f"{m['best_ranks']} (AUROC {m['best_auroc']:.2f}); D* at `{m['hook']}` ranks them "
+        f"{m['dstar_ranks']} (AUROC {m['auroc']['dstar']:.2f})."
+    )
+
+
 def readme_section(numbers: dict) -> str:
     """The README's quickstart results, rendered from a run's ``results.json`` (``python
     scripts/update_readme.py`` writes it into README.md; a test checks the two agree)."""
@@ -196,9 +213,7 @@ def readme_section(numbers: dict) -> str:
         f"weights covers {mem['coverage']:.0%} of the points with read-back "
         f"{mem['read_back']:.0%}; generalising on T = {gen['T']} (train "
         f"{gen['train_loss']:.3g}, test {gen['test_loss']:.3g}) "
-        f"it has coverage {gen['coverage']:.0%}. Mean D* at `{numbers['hook']}`: "
-        f"{mem['mean_max_data_dim']:.3g} (memorising) vs {gen['mean_max_data_dim']:.3g} "
-        "(generalising).",
+        f"it has coverage {gen['coverage']:.0%}. " + memorised_sentence(numbers["memorised"]),
         "",
         "Tempering the memorising model, λ̂ by temperature (± standard error; * unhealthy): "
         + ", ".join(

@@ -73,7 +73,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from memlens.cli import jobs, models  # noqa: F401  (register the commands; light imports)
+    from memlens.cli import jobs, memorised, models  # noqa: F401  (register the commands)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show tracebacks on errors")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-FIGURES = ["dictionary.png", "max_data_dim.png", "survival.png", "llc.png", "training.png"]
+FIGURES = ["dictionary.png", "memorised_roc.png", "survival.png", "llc.png", "training.png"]
 
 
 def _quickstart(out, seed=0):
@@ -139,3 +139,20 @@ def test_cli_probes_and_tempers_the_quickstart_checkpoints(first_run, tmp_path):
     assert cli.main(argv) == 0
     t = json.loads((tmp_path / "t.json").read_text())
     assert "survival" in t["probes"]
+
+
+def test_quickstart_says_which_points_are_memorised(first_run):
+    """Step 3 scores every detector against points planted with private features; no number
+    it prints is one that any model would give (the mean D* was rank/T)."""
+    out, stdout = first_run
+    assert "Which points are memorised?" in stdout
+    assert "mean D*" not in stdout and "rank =" not in stdout
+    m = json.loads((out / "results.json").read_text())["memorised"]
+    T, k, ranks = m["T"], m["planted"], sorted(m["best_ranks"])
+    assert len(ranks) == k and len(set(ranks)) == k and all(1 <= r <= T for r in ranks)
+    # the AUROC it prints is the one its ranks give (Mann-Whitney from the ranks, by hand)
+    below = sum((T - r) - (k - 1 - i) for i, r in enumerate(ranks))
+    assert abs(below / (k * (T - k)) - m["best_auroc"]) < 1e-6
+    assert m["best"] in m["auroc"] and m["best"] not in m["data_only"]
+    assert m["best_auroc"] >= 0.9, m["auroc"]
+    assert f"ranks the planted points {m['best_ranks']}" in stdout

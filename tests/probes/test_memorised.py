@@ -1,0 +1,129 @@
+"""Which points are memorised? In each setting, planted memories (ground truth by construction)
+rank in the top k of the detector that finds them best there (benchmarks/memorisation_detection.py
+measures every detector over seeds); the lookup plugin gets the planted-memory options and the
+detectors with no code beyond its bundle. All through the public API a user calls."""
+
+import pytest
+import torch
+
+import memlens
+from memlens.registry import get_bundle
+from probes.memorised import find_memorised
+
+#: setting -> (spec, training, the detector that finds the planted points there, SGLD settings).
+#: The final layer is missing: in no setting we tried did any model detector find its planted
+#: points (benchmarks/memorisation_detection.py; README "Which points are memorised?").
+CASES = {
+    # a bottleneck past its peak region (test loss 0.9 against train 0.1): the model fits the
+    # private features it was given, so its output, x', carries them, and in the output space
+    # those features are private: D* at hook_out ranks the planted points first
+    "bottleneck": (
+        {"n_features": 100, "sparsity": 0.95, "d_hidden": 8, "T": 300, "plant_private": 5},
+        {"steps": 3000, "lr": 3e-3, "weight_decay": 1e-2, "warmup": 50},
+        "dstar:hook_out",
+        {},
+    ),
+    # an MLP block past its peak: it cannot fit the private features (the fit check says so), so
+    # the planted points are the ones with the highest train loss
+    "mlp": (
+        {
+            "n_features": 60,
+            "sparsity": 0.85,
+            "d_model": 12,
+            "d_mlp": 32,
+            "T": 300,
+            "plant_private": 5,
+        },
+        {"steps": 1500, "lr": 1e-2, "weight_decay": 0.1, "warmup": 50},
+        "train_loss",
+        {},
+    ),
+}
+
+
+def _trained(name, spec, tr):
+    b = get_bundle(name)
+    spec = {**spec, "seed": 0, "n_test": 256}
+    model = b.build(spec)
+    train, test = b.data(spec)
+    memlens.train(model, train, progress=False, **tr)
+    return model, train
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_planted_points_rank_in_the_best_detectors_top_k(name):
+    spec, tr, detector, sgld = CASES[name]
+    model, train = _trained(name, spec, tr)
+    assert int(train.planted.sum()) == 5
+    cheap = ["train_loss", "grad_norm", "dstar", "dictionary"]
+    res = find_memorised(model, train, detectors=cheap, progress=False, **sgld)
+    ranks = res.planted_ranks(detector)[0]
+    k = 3 * 5
+    hits = sum(r <= k for r in ranks)
+    assert hits >= 4, f"{detector} ranks the planted points {ranks} of {spec['T']}"
+    assert float(res.auroc()[detector][0]) >= 0.9
+    assert res.best()[0] == detector
+
+
+def test_tempering_finds_what_the_bottleneck_memorised():
+    """Each point's loss rise under tempering at t = 10 ranks the memorised planted points high
+    where D* at the hidden layer (the representation) does not."""
+    spec, tr, _, _ = CASES["bottleneck"]
+    model, train = _trained("bottleneck", spec, tr)
+    res = find_memorised(
+        model,
+        train,
+        detectors=["dstar", "tempering_rise"],
+        hooks=["hook_hidden"],
+        progress=False,
+        step_size=0.1,
+        thin=3,
+        draws=40,
+        chains=2,
+    )
+    au = {d: float(a[0]) for d, a in res.auroc().items()}
+    assert au["tempering_rise"] >= 0.85, au
+    assert au["dstar"] <= au["tempering_rise"] - 0.1, au
+
+
+def test_a_plugin_gets_planted_memories_and_the_detectors(monkeypatch):
+    """The lookup plugin (tutorials/lookup_plugin), registered as a user registers it, plants
+    points from its spec and runs every cheap detector, with no code beyond its bundle."""
+    from pathlib import Path
+
+    from memlens.registry import MODELS
+
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[2] / "tutorials" / "lookup_plugin"))
+    import memlens_lookup
+
+    memlens.register_model("lookup-test")(memlens_lookup.BUNDLE)
+    try:
+        spec = {"T": 120, "n_features": 40, "plant_private": 4, "plant_repeats": 3, "seed": 0}
+        b = get_bundle("lookup-test")
+        model = b.build(spec)
+        train, _ = b.data(spec)
+        assert int(train.planted.sum()) == 7
+        memlens.train(model, train, steps=400, lr=1e-2, warmup=20, progress=False)
+        res = memlens.get_probe("memorised")(
+            train=train, detectors=["train_loss", "grad_norm", "dstar", "dictionary"]
+        ).run(model, train)
+        assert {"train_loss", "grad_norm", "dstar", "dictionary"} <= set(res.scores)
+        assert {f"dstar:{h}" for h in model.hook_dict} - {"dstar:hook_attn"} <= set(res.scores)
+        for s in res.scores.values():
+            assert s.shape == (1, 120)
+        au = res.auroc()
+        assert all(0.0 <= float(a[0]) <= 1.0 for a in au.values())
+        # the three copies of the repeated point are one point: every detector that reads only
+        # the model at w* gives them one score
+        x = train.inputs[:, 0]
+        copies = [
+            j
+            for j in range(120)
+            if bool(train.planted[j, 0]) and bool((x == x[j]).all(-1).sum() == 3)
+        ]
+        assert len(copies) == 3
+        for d in ("train_loss", "grad_norm"):
+            s = res.scores[d][0, copies]
+            assert torch.allclose(s, s[0].expand(3), rtol=1e-4), (d, s)
+    finally:
+        MODELS.unregister("lookup-test")
