@@ -26,6 +26,7 @@ from torch import Tensor
 from memlens import validate
 from memlens.batch import Batch, as_batch
 from memlens.planted import Planting
+from memlens.seeding import instance_generators, mix_seed
 
 __all__ = [
     "Batch",
@@ -41,21 +42,6 @@ __all__ = [
 
 DATA_VERSION = 2  # the generator new data sets use (recorded in sweep recipes)
 DATA_VERSIONS = (1, 2)  # 1: two dense draws of [T, n] per instance; 2: only the active entries
-
-
-def mix_seed(*ints: int) -> int:
-    """A 63-bit seed from a tuple of ints (numpy's SeedSequence, so nearby seeds are unrelated)."""
-    return int(
-        np.random.SeedSequence([int(i) & 0xFFFFFFFF for i in ints]).generate_state(
-            2, dtype=np.uint64
-        )[0]
-        >> np.uint64(1)
-    )
-
-
-def instance_generators(seed: int, n_instances: int, *salt: int) -> list[torch.Generator]:
-    """One independent CPU generator per instance, derived from ``(seed, *salt, instance)``."""
-    return [torch.Generator().manual_seed(mix_seed(seed, *salt, i)) for i in range(n_instances)]
 
 
 def _active_entries(cells: int, p: float, g: torch.Generator) -> tuple[Tensor, Tensor]:

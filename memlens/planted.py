@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from memlens import validate
+from memlens.seeding import instance_generators, mix_seed
 
 if TYPE_CHECKING:  # pragma: no cover
     from memlens.batch import Batch
@@ -93,7 +94,6 @@ class Planting:
     def choices(self, T: int, n_features: int, n_instances: int, seed: int) -> list[dict]:
         """Per instance: the planted rows of each kind and the private features (deterministic in
         ``seed``): ``{"private": [P], "features": [P, k], "repeats": [R], "labels": [L]}``."""
-        from memlens.data import instance_generators
 
         self.check(T, n_features)
         out = []
@@ -197,7 +197,6 @@ class FitCheck:
 def fit_check(model, task: Task, T: int, seed: int = 0, n_fresh: int = 16) -> FitCheck:
     """Did ``model`` fit the points ``task.plant(...)`` planted in its ``T``-point training set
     (seed ``seed``)? Compares each planted point's loss with fresh controls (module docstring)."""
-    from memlens.data import mix_seed
 
     p = task.planting
     if not p:
