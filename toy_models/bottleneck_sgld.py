@@ -1,0 +1,131 @@
+"""The bottleneck's fused SGLD steps: a C++ kernel (``kernels/bottleneck_sgld.cpp``) that advances
+``K`` steps of every sampler row at once, each row on its own thread, reading the sparse training
+set at its active entries. :meth:`Bottleneck.sgld_kernel` returns a :class:`BottleneckSGLD`; the
+sampler reaches it through :mod:`memlens.sampling.fused_sgld`, which defines the contract.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from memlens import native
+from memlens.data import Batch
+from memlens.fused import DerivedCache, row_counts
+from toy_models.bottleneck_kernel import MAX_HIDDEN, to_sparse_rows
+
+__all__ = ["BottleneckSGLD", "sgld_kernel", "SOURCE_FILE"]
+
+SOURCE_FILE = Path(__file__).with_name("kernels") / "bottleneck_sgld.cpp"
+
+_P, _L, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
+_SIGNATURES = {
+    "ml_bottleneck_sgld": [_L, _L, _L, _L, _L, _I, _P, _P, _P, _P, _L, _P, _P]
+    + [_P, _P, _P, _P, _P, _F, _P, _P, _I],
+    "ml_bottleneck_losses": [_L, _L, _L, _L, _I, _P, _P, _P, _P, _P, _P, _P, _I],
+}
+
+_flat_inputs = DerivedCache()
+_flat_eval = DerivedCache()
+
+
+def _flat_csr(x: Tensor):
+    """CSR over the rows of the flattened ``[T * inst, n]`` set: row ``t * inst + i`` is ``(t, i)``,
+    the numbering of the sampler's minibatch indices."""
+    T, inst, n = x.shape
+    return to_sparse_rows(x.reshape(T * inst, 1, n))
+
+
+def _library() -> ctypes.CDLL | None:
+    return native.load_kernel("memlens_bottleneck_sgld", SOURCE_FILE, _SIGNATURES)
+
+
+def _ptr(t: Tensor | None) -> ctypes.c_void_p | None:
+    return None if t is None else ctypes.c_void_p(t.data_ptr())
+
+
+class BottleneckSGLD:
+    """Fused SGLD for copies of one ``Bottleneck``'s instances on one training set: call
+    :meth:`advance` (see :class:`memlens.sampling.fused_sgld.SGLDKernel`)."""
+
+    def __init__(self, model, data: Batch, batch_size: int | None, lib: ctypes.CDLL):
+        cfg = model.cfg
+        x = data.inputs
+        T, inst, n = x.shape
+        self.sp = _flat_inputs.get(x, lambda: _flat_csr(x))
+        self.lengths = row_counts(data).contiguous()
+        self.imp = model.importance.detach().to(torch.float32).contiguous()
+        self.inst, self.n, self.m, self.tied = inst, n, cfg.d_hidden, bool(cfg.tied)
+        self.batch_size = batch_size
+        self.n_params = (1 if self.tied else 2) * self.m * n + n
+        self.lib = lib
+
+    def advance(self, W: Tensor, W0: Tensor, M: Tensor | None, eps: Tensor, nbeta: Tensor,
+                gamma: float, noise: Tensor, idx: Tensor | None) -> Tensor:  # fmt: skip
+        """``K = noise.shape[0]`` steps on every row of ``W`` in place; the losses ``[K, E]``."""
+        E, P = W.shape
+        if P != self.n_params or E % self.inst:
+            raise ValueError(f"W must be [copies * {self.inst}, {self.n_params}], got {(E, P)}")
+        K = noise.shape[0]
+        noise = noise.reshape(K, E, P)
+        if idx is not None:
+            idx = idx.reshape(K, E, self.batch_size)
+        losses = torch.empty(K, E)
+        for t in (W, W0, M, eps, nbeta, noise, idx):
+            if t is not None and not t.is_contiguous():
+                raise ValueError("the fused SGLD kernel needs contiguous tensors")
+        sp = self.sp
+        self.lib.ml_bottleneck_sgld(
+            K, E, self.inst, self.n, self.m, int(self.tied),
+            _ptr(sp.row_ptr), _ptr(sp.col), _ptr(sp.val), _ptr(idx), self.batch_size or 0,
+            _ptr(self.lengths), _ptr(self.imp), _ptr(W), _ptr(W0), _ptr(M), _ptr(eps),
+            _ptr(nbeta), float(gamma), _ptr(noise), _ptr(losses), torch.get_num_threads(),
+        )  # fmt: skip
+        return losses
+
+    def losses(self, W: Tensor, batch: Batch) -> Tensor | None:
+        """Each row's loss ``[E]`` on ``batch`` (an evaluation set of this model's instances), no
+        update; None where the kernel cannot read ``batch`` (then evaluate eagerly)."""
+        x = batch.inputs
+        if (
+            (batch.targets is not None and batch.targets is not x)
+            or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or x.ndim != 3
+            or x.shape[1:] != (self.inst, self.n)
+        ):
+            return None
+        E, P = W.shape
+        if P != self.n_params or E % self.inst or not W.is_contiguous():
+            raise ValueError(f"W must be a contiguous [copies * {self.inst}, {self.n_params}]")
+        sp = _flat_eval.get(x, lambda: _flat_csr(x))
+        lengths = row_counts(batch).contiguous()
+        out = torch.empty(E)
+        self.lib.ml_bottleneck_losses(
+            E, self.inst, self.n, self.m, int(self.tied), _ptr(sp.row_ptr), _ptr(sp.col),
+            _ptr(sp.val), _ptr(lengths), _ptr(self.imp), _ptr(W), _ptr(out),
+            torch.get_num_threads(),
+        )  # fmt: skip
+        return out
+
+
+def sgld_kernel(model, data: Batch, batch_size: int | None) -> BottleneckSGLD | None:
+    """The fused SGLD steps for ``model`` on ``data``, or None where the kernel does not apply
+    (targets other than the inputs, not float32 on the CPU, a hidden layer over ``MAX_HIDDEN``,
+    or no compiler)."""
+    x = data.inputs
+    if (
+        (data.targets is not None and data.targets is not x)
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or x.ndim != 3
+        or model.cfg.d_hidden > MAX_HIDDEN
+    ):
+        return None
+    lib = _library()
+    if lib is None:
+        return None
+    return BottleneckSGLD(model, data, batch_size, lib)
