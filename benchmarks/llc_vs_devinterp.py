@@ -15,7 +15,14 @@ devinterp is never a memlens dependency: it runs in its own virtualenv (created 
 weights and data from a temporary file. If it cannot be installed, this script says so and still
 prints memlens's timings.
 
-    python benchmarks/llc_vs_devinterp.py [--repeats 3] [--venv /tmp/venv-devinterp]
+Both sides run with the same thread count (``--threads``, default 1: torch's setting, memlens's
+``MEMLENS_THREADS`` and the subprocess's ``OMP_NUM_THREADS``), and the script prints how quiet the
+machine was (``benchmarks/capacity.py``: the cores other processes kept busy over the run, and a
+probe before and after), so a quiet-machine ratio can be told from a loaded one.
+``benchmarks/llc_vs_canonical_interp.py`` times this workload against canonical-interp 0.2.7 and
+devinterp 1.3.2 in one run.
+
+    python benchmarks/llc_vs_devinterp.py [--repeats 3] [--threads 1] [--venv /tmp/venv-devinterp]
 """
 
 from __future__ import annotations

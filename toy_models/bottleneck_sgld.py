@@ -62,29 +62,43 @@ class BottleneckSGLD:
         self.batch_size = batch_size
         self.n_params = (1 if self.tied else 2) * self.m * n + n
         self.lib = lib
+        self._bound = None  # (tensors, fixed arguments) of the last run
 
     def advance(self, W: Tensor, W0: Tensor, M: Tensor | None, eps: Tensor, nbeta: Tensor,
                 gamma: float, noise: Tensor, idx: Tensor | None) -> Tensor:  # fmt: skip
         """``K = noise.shape[0]`` steps on every row of ``W`` in place; the losses ``[K, E]``."""
         E, P = W.shape
-        if P != self.n_params or E % self.inst:
-            raise ValueError(f"W must be [copies * {self.inst}, {self.n_params}], got {(E, P)}")
         K = noise.shape[0]
         noise = noise.reshape(K, E, P)
         if idx is not None:
             idx = idx.reshape(K, E, self.batch_size)
+        if not noise.is_contiguous() or not (idx is None or idx.is_contiguous()):
+            raise ValueError("the fused SGLD kernel needs contiguous noise and indices")
+        threads = torch.get_num_threads()
+        key = (W, W0, M, eps, nbeta, float(gamma), threads)
+        if self._bound is None or any(a is not b for a, b in zip(self._bound[0], key, strict=True)):
+            self._bound = (key, self._fixed_args(W, W0, M, eps, nbeta))
         losses = torch.empty(K, E)
-        for t in (W, W0, M, eps, nbeta, noise, idx):
+        head, tail = self._bound[1]
+        self.lib.ml_bottleneck_sgld(
+            K, *head, _ptr(idx), *tail, float(gamma), _ptr(noise), _ptr(losses), threads
+        )
+        return losses
+
+    def _fixed_args(self, W, W0, M, eps, nbeta) -> tuple[tuple, tuple]:
+        """The kernel's arguments that stay fixed over a run (checked once)."""
+        E, P = W.shape
+        if P != self.n_params or E % self.inst:
+            raise ValueError(f"W must be [copies * {self.inst}, {self.n_params}], got {(E, P)}")
+        for t in (W, W0, M, eps, nbeta):
             if t is not None and not t.is_contiguous():
                 raise ValueError("the fused SGLD kernel needs contiguous tensors")
         sp = self.sp
-        self.lib.ml_bottleneck_sgld(
-            K, E, self.inst, self.n, self.m, int(self.tied),
-            _ptr(sp.row_ptr), _ptr(sp.col), _ptr(sp.val), _ptr(idx), self.batch_size or 0,
-            _ptr(self.lengths), _ptr(self.imp), _ptr(W), _ptr(W0), _ptr(M), _ptr(eps),
-            _ptr(nbeta), float(gamma), _ptr(noise), _ptr(losses), torch.get_num_threads(),
-        )  # fmt: skip
-        return losses
+        head = (E, self.inst, self.n, self.m, int(self.tied), _ptr(sp.row_ptr), _ptr(sp.col))
+        head = (*head, _ptr(sp.val))
+        tail = (self.batch_size or 0, _ptr(self.lengths), _ptr(self.imp), _ptr(W), _ptr(W0))
+        tail = (*tail, _ptr(M), _ptr(eps), _ptr(nbeta))
+        return head, tail
 
     def losses(self, W: Tensor, batch: Batch) -> Tensor | None:
         """Each row's loss ``[E]`` on ``batch`` (an evaluation set of this model's instances), no

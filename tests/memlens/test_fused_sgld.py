@@ -21,9 +21,8 @@ def _flat(model) -> torch.Tensor:
     return torch.cat([p.detach().reshape(model.n_instances, -1) for p in model.parameters()], 1)
 
 
-def _reference_step(model, W, W0, M, eps, nbeta, gamma, xi, batch):
-    """One step of the HELPERS formula with autograd's gradient of ``model.loss`` (rows = the
-    model's instances): w − (ε/2) M (nβ ∇L + γ (w − w*)) + √ε √M ξ; and the loss before it."""
+def _load(model, W):
+    """Copy the rows of ``W`` into the model's parameters (row = instance); the parameters."""
     params = list(model.parameters())
     off = 0
     with torch.no_grad():
@@ -31,6 +30,13 @@ def _reference_step(model, W, W0, M, eps, nbeta, gamma, xi, batch):
             k = p[0].numel()
             p.copy_(W[:, off : off + k].view(p.shape))
             off += k
+    return params
+
+
+def _reference_step(model, W, W0, M, eps, nbeta, gamma, xi, batch):
+    """One step of the HELPERS formula with autograd's gradient of ``model.loss`` (rows = the
+    model's instances): w − (ε/2) M (nβ ∇L + γ (w − w*)) + √ε √M ξ; and the loss before it."""
+    params = _load(model, W)
     loss = model.loss(batch)
     grads = torch.autograd.grad(loss.sum(), params)
     g = torch.cat([q.reshape(W.shape[0], -1) for q in grads], 1)
@@ -73,6 +79,12 @@ def test_kernel_step_is_the_preconditioned_sgld_step_on_autograd_gradients(tied,
         torch.testing.assert_close(losses[k], want, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     assert not torch.equal(out, W)  # it moved
+    # the evaluation-set loss, no update: every row's loss on its instance's points
+    ev = SparseFeatures(n_features=n, sparsity=0.7).sample(T=13, n_instances=inst, seed=4)
+    _load(expanded, out)
+    with torch.no_grad():
+        want = expanded.loss(Batch(ev.repeat(1, copies, 1)))
+    torch.testing.assert_close(kernel.losses(out, Batch(ev)), want, rtol=1e-5, atol=1e-6)
 
 
 def _workload(inst=1):
