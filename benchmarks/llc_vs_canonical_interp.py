@@ -109,18 +109,25 @@ def ladder(r):
 t0 = time.perf_counter()
 first = run(blob["chains"], nbeta, 999)
 first_s = time.perf_counter() - t0
-times = []
+times, cpu = [], []
 for r in range(repeats):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = run(blob["chains"], nbeta, r)
     times.append(time.perf_counter() - t0)
-t0 = time.perf_counter(); ladder(999); first_ladder = time.perf_counter() - t0
-scal_times = []
+    cpu.append(time.process_time() - c0)
+t0 = time.perf_counter()
+ladder(999)
+first_ladder = time.perf_counter() - t0
+scal_times, scal_cpu = [], []
 for r in range(repeats):
-    t0 = time.perf_counter(); scal = ladder(r); scal_times.append(time.perf_counter() - t0)
+    t0, c0 = time.perf_counter(), time.process_time()
+    scal = ladder(r)
+    scal_times.append(time.perf_counter() - t0)
+    scal_cpu.append(time.process_time() - c0)
 print(json.dumps({"first": first_s, "seconds": times, "llc_mean": float(out["llc_mean"]),
                   "llc_std": float(out["llc_std"]), "first_ladder": first_ladder,
-                  "scaling_seconds": scal_times, "scaling_llc": scal}))
+                  "scaling_seconds": scal_times, "scaling_llc": scal, "cpu": cpu,
+                  "scaling_cpu": statistics.median(scal_cpu)}))
 """
 
 
@@ -159,25 +166,30 @@ def canonical_python(venv: str) -> str | None:
     return py
 
 
-def time_memlens(model, train, kw, temps, repeats):
-    """(first 4x200, warm 4x200 list, first ladder, warm ladder list, last results)."""
+def time_memlens(model, train, kw, temps, repeats, timings=None):
+    """Warm calls (and, on the first round, the first calls) of memlens, appended to
+    ``timings``: wall and CPU seconds of each 4x200 and ladder call, and the last results."""
+    t = timings or {"first": None, "seconds": [], "cpu": [], "scaling_seconds": []}
+    t.setdefault("scaling_cpu", [])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        t0 = time.perf_counter()
-        memlens.estimate_llc(model, train, seed=99, **kw)
-        first = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        memlens.temper(model, train, temps, seed=99, **{**kw, "chains": 8})
-        first_ladder = time.perf_counter() - t0
-        times, scal_times = [], []
+        if t["first"] is None:
+            t0 = time.perf_counter()
+            memlens.estimate_llc(model, train, seed=99, **kw)
+            t["first"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            memlens.temper(model, train, temps, seed=99, **{**kw, "chains": 8})
+            t["first_ladder"] = time.perf_counter() - t0
         for r in range(repeats):
-            t0 = time.perf_counter()
-            res = memlens.estimate_llc(model, train, seed=r, **kw)
-            times.append(time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            scal = memlens.temper(model, train, temps, seed=r, **{**kw, "chains": 8})
-            scal_times.append(time.perf_counter() - t0)
-    return first, times, first_ladder, scal_times, res, scal
+            t0, c0 = time.perf_counter(), time.process_time()
+            t["res"] = memlens.estimate_llc(model, train, seed=r, **kw)
+            t["seconds"].append(time.perf_counter() - t0)
+            t["cpu"].append(time.process_time() - c0)
+            t0, c0 = time.perf_counter(), time.process_time()
+            t["scal"] = memlens.temper(model, train, temps, seed=r, **{**kw, "chains": 8})
+            t["scaling_seconds"].append(time.perf_counter() - t0)
+            t["scaling_cpu"].append(time.process_time() - c0)
+    return t
 
 
 def main() -> None:
@@ -195,9 +207,7 @@ def main() -> None:
     cap = Capacity(args.threads)
 
     model, train, kw, temps, nbeta = trained_workload()
-    first, times, first_ladder, scal_times, res, scal = time_memlens(
-        model, train, kw, temps, args.repeats
-    )
+    ml = time_memlens(model, train, kw, temps, args.repeats)  # before the peers ...
     can_py = canonical_python(args.canonical_venv)
     di_py = None if args.no_devinterp else ensure_devinterp(args.venv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,12 +220,16 @@ def main() -> None:
         )  # fmt: skip
         can = run_peer("canonical-interp", can_py, CANONICAL_SCRIPT, blob, args, temps)
         di = run_peer("devinterp", di_py, DEVINTERP_SCRIPT, blob, args, temps)
+    ml = time_memlens(model, train, kw, temps, args.repeats, ml)  # ... and after them
+    first, first_ladder, res, scal = ml["first"], ml["first_ladder"], ml["res"], ml["scal"]
+    times, scal_times = ml["seconds"], ml["scaling_seconds"]
 
     med = statistics.median
     t4, t64 = med(times), med(scal_times)
     print(
         f"\nTMS 20->5, n={len(train)}, nβ=n/log n={nbeta:.1f}, ε={EPS}, γ={GAMMA}, batch {BATCH}; "
-        f"{args.threads} thread(s) on every side; median of {args.repeats} warm calls"
+        f"{args.threads} thread(s) on every side; median of {args.repeats} warm calls (memlens: "
+        f"{args.repeats} before and {args.repeats} after the peers)"
     )
     print(cap.report())
     print(f"{'':34}{'memlens':>12}{'canonical-interp':>18}{'devinterp 1.3.2':>17}")
@@ -226,7 +240,7 @@ def main() -> None:
         print(f"{label:34}{ours:>12.3f}{fa:>18}{fb:>17}")
 
     row("4 chains x 200 draws, warm s", t4, can and med(can["seconds"]), di and med(di["seconds"]))
-    row("  first call, s", first, can and can["first"], None)
+    row("  first call, s", first, can and can["first"], di and di["seconds"][0])
     row("8 temps x 8 chains, warm s", t64, can and med(can["scaling_seconds"]),
         di and di["scaling_seconds"])  # fmt: skip
     row("  first call, s", first_ladder, can and can["first_ladder"], None)
@@ -242,6 +256,17 @@ def main() -> None:
         c = "n/a" if can is None else f"{can['scaling_llc'][k]:.2f}"
         d = "n/a" if di is None else f"{di['scaling_llc'][k]:.2f}"
         print(f"  t={t:7.3f}  {float(scal.llc.mean[k, 0]):9.2f} | {c:>9} | {d:>9}")
+
+    cpu4, cpu64 = med(ml["cpu"]), med(ml["scaling_cpu"])
+    peers = [(n, p) for n, p in (("canonical-interp", can), ("devinterp", di)) if p is not None]
+    print(
+        f"CPU seconds (process time, less sensitive to load): memlens {cpu4:.3f} / {cpu64:.3f}; "
+        + "; ".join(
+            f"{n} {med(p['cpu']):.3f} / {p['scaling_cpu']:.3f} "
+            f"({med(p['cpu']) / cpu4:.1f}x / {p['scaling_cpu'] / cpu64:.1f}x)"
+            for n, p in peers
+        )
+    )
 
     def ratio(peer, key, ours):
         if peer is None:

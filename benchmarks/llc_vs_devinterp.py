@@ -87,14 +87,15 @@ def run(chains, nb, seed):
         num_chains=chains, num_draws=blob["draws"], num_burnin_steps=0, init_loss=init,
         seed=seed, device="cpu", verbose=False)
 
-times, out = [], None
+times, cpu, out = [], [], None
 for r in range(repeats):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = run(blob["chains"], nbeta, r)
     times.append(time.perf_counter() - t0)
-scal_times, scal = [], []
+    cpu.append(time.process_time() - c0)
+scal_times, scal_cpu, scal = [], [], []
 for r in range(repeats):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     scal = []
     for k, t in enumerate(temps):
         try:
@@ -102,7 +103,9 @@ for r in range(repeats):
         except RuntimeError:  # devinterp raises on a NaN loss
             scal.append({"llc/mean": float("nan")})
     scal_times.append(time.perf_counter() - t0)
-print(json.dumps({"seconds": times, "llc_mean": float(out["llc/mean"]),
+    scal_cpu.append(time.process_time() - c0)
+print(json.dumps({"seconds": times, "llc_mean": float(out["llc/mean"]), "cpu": cpu,
+                  "scaling_cpu": statistics.median(scal_cpu),
                   "llc_std": float(out["llc/std"]),
                   "scaling_seconds": statistics.median(scal_times),
                   "scaling_llc": [float(s["llc/mean"]) for s in scal]}))
