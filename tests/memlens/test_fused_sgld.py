@@ -163,3 +163,27 @@ def test_fused_steps_step_aside_where_they_do_not_apply(monkeypatch):
     assert _stepper(frozen, data) is None  # the row layout would differ
     monkeypatch.setenv("MEMLENS_COMPILE", "0")
     assert _stepper(Bottleneck(8, 2), data) is None
+
+
+def test_kernel_result_does_not_depend_on_the_thread_count():
+    data = SparseFeatures(n_features=9, sparsity=0.8).sample(T=50, n_instances=1, seed=0)
+    model = Bottleneck(9, 3, seed=1)
+    kernel = model.sgld_kernel(Batch(data), 16)
+    g = torch.Generator().manual_seed(0)
+    W0 = _flat(model.expand(6)).contiguous()
+    E, P = W0.shape
+    noise = torch.randn(4, E, P, generator=g)
+    idx = torch.randint(0, 50, (4, E, 16), generator=g)
+    out = []
+    before = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            W = W0.clone()
+            losses = kernel.advance(W, W0, None, torch.full((E,), 1e-2), torch.full((E,), 20.0),
+                                    1.0, noise, idx)  # fmt: skip
+            out.append((W, losses))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
+    assert not torch.equal(out[0][0], W0)
