@@ -15,7 +15,7 @@ from torch import Tensor
 from memlens import native
 from memlens.data import Batch
 from memlens.fused import DerivedCache, row_counts
-from toy_models.bottleneck_kernel import MAX_HIDDEN, to_sparse_rows
+from toy_models.bottleneck_kernel import MAX_HIDDEN, SparseRows, to_sparse_rows
 
 __all__ = ["BottleneckSGLD", "sgld_kernel", "SOURCE_FILE"]
 
@@ -34,9 +34,13 @@ _flat_eval = DerivedCache()
 
 def _flat_csr(x: Tensor):
     """CSR over the rows of the flattened ``[T * inst, n]`` set: row ``t * inst + i`` is ``(t, i)``,
-    the numbering of the sampler's minibatch indices."""
+    the numbering of the sampler's minibatch indices (``col`` and ``val`` padded by 8 entries)."""
     T, inst, n = x.shape
-    return to_sparse_rows(x.reshape(T * inst, 1, n))
+    sp = to_sparse_rows(x.reshape(T * inst, 1, n))
+    # the kernel copies a row's entries 8 at a time: 8 readable entries past the end
+    col = torch.cat([sp.col, torch.zeros(8, dtype=sp.col.dtype)])
+    val = torch.cat([sp.val, torch.zeros(8, dtype=sp.val.dtype)])
+    return SparseRows(sp.T, sp.n_instances, sp.n_features, sp.row_ptr, col, val)
 
 
 def _library() -> ctypes.CDLL | None:

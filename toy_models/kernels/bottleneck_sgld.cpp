@@ -57,16 +57,23 @@ static inline float hsum(v8 v) {
 struct Scratch {
   std::vector<float> E, D, b, I, gE, X, H;  // X, H: [g][f or j][8]
   std::vector<v8> gD, gb;
+  std::vector<int32_t> ef, er;  // the tile's active entries: feature, example; ev: value
+  std::vector<float> ev;
   Scratch(int M, int n)
       : E((size_t)M * n), D((size_t)M * n), b(n), I(n), gE((size_t)M * n),
-        X((size_t)ML_GROUPS * n * 8), H((size_t)ML_GROUPS * M * 8), gD((size_t)M * n), gb(n) {}
+        X((size_t)ML_GROUPS * n * 8), H((size_t)ML_GROUPS * M * 8), gD((size_t)M * n), gb(n),
+        ef((size_t)ML_GROUPS * 8 * n + 8), er((size_t)ML_GROUPS * 8 * n + 8),
+        ev((size_t)ML_GROUPS * 8 * n + 8) {}
 };
 
 // Loss (summed over the rows, not yet divided) of one copy on CSR rows rows[0:N], and with GRAD
 // the sums of the gradients (decoder into gD [j][f] lanes, bias into gb lanes, encoder into gE).
 // Eight examples at a time, one per lane: h, the hidden gradient and x_f are 8-lane vectors, the
 // weights scalars, so there is no padding of the feature axis and no per-example reduction. A tile
-// of groups is scattered first, so its lane-wise stores have retired before the vector loads.
+// of groups is scattered first, so its lane-wise stores have retired before the vector loads. The
+// tile's active entries are first listed in one flat array (rows of up to 8 entries copied 8 at a
+// time, which needs 8 readable entries past the end of col and val): one loop over them then
+// replaces a short loop per example, whose varying length the branch predictor cannot follow.
 template <int MM, bool GRAD>
 static double row_pass(Scratch& s, int M_rt, int n, const int64_t* rows, int64_t N,
                        const int64_t* row_ptr, const int32_t* __restrict__ col,
@@ -93,20 +100,31 @@ static double row_pass(Scratch& s, int M_rt, int n, const int64_t* rows, int64_t
     const int64_t nt = std::min<int64_t>(8 * ML_GROUPS, N - t0);
     const int ng = (int)((nt + 7) / 8);
     std::fill(H, H + (size_t)ng * M * 8, 0.0f);
-    for (int64_t r = 0; r < nt; r++) {  // encoder on the active entries; scatter x into the tile
-      const int64_t q = rows[t0 + r];
-      const int g = (int)(r >> 3), l = (int)(r & 7);
-      float* Xg = X + (size_t)g * n * 8 + l;
-      float* Hg = H + (size_t)g * M * 8 + l;
-      float acc[CAP];
-      for (int j = 0; j < M; j++) acc[j] = 0.0f;
-      for (int64_t p = row_ptr[q]; p < row_ptr[q + 1]; p++) {
-        const int32_t f = col[p];
-        const float v = val[p];
-        Xg[8 * f] = v;
-        for (int j = 0; j < M; j++) acc[j] += Wn[(int64_t)j * n + f] * v;
+    int32_t* __restrict__ ef = s.ef.data();
+    int32_t* __restrict__ er = s.er.data();
+    float* __restrict__ ev = s.ev.data();
+    int64_t ne = 0;
+    for (int64_t r = 0; r < nt; r++) {  // list the tile's active entries
+      const int64_t q = rows[t0 + r], p0 = row_ptr[q], c = row_ptr[q + 1] - p0;
+      if (c <= 8) {
+        std::memcpy(ef + ne, col + p0, 8 * sizeof(int32_t));
+        std::memcpy(ev + ne, val + p0, 8 * sizeof(float));
+        for (int k = 0; k < 8; k++) er[ne + k] = (int32_t)r;
+      } else {
+        for (int64_t k = 0; k < c; k++) {
+          ef[ne + k] = col[p0 + k];
+          ev[ne + k] = val[p0 + k];
+          er[ne + k] = (int32_t)r;
+        }
       }
-      for (int j = 0; j < M; j++) Hg[8 * j] = acc[j];
+      ne += c;
+    }
+    for (int64_t k = 0; k < ne; k++) {  // encoder on the active entries; scatter x into the tile
+      const int32_t r = er[k], f = ef[k];
+      const float v = ev[k];
+      X[((size_t)(r >> 3) * n + f) * 8 + (r & 7)] = v;
+      float* Hr = H + (size_t)(r >> 3) * M * 8 + (r & 7);
+      for (int j = 0; j < M; j++) Hr[8 * j] += Wn[(int64_t)j * n + f] * v;
     }
     for (int g = 0; g < ng; g++) {
       const int nl = (int)std::min<int64_t>(8, nt - 8 * (int64_t)g);
@@ -137,19 +155,13 @@ static double row_pass(Scratch& s, int M_rt, int n, const int64_t* rows, int64_t
       if (GRAD)
         for (int j = 0; j < M; j++) st(Hg + 8 * j, gh[j]);  // H: now the hidden gradient
     }
-    for (int64_t r = 0; r < nt; r++) {  // encoder gradient on the active entries; clear the tile
-      const int64_t q = rows[t0 + r];
-      const int g = (int)(r >> 3), l = (int)(r & 7);
-      float* Xg = X + (size_t)g * n * 8 + l;
-      float gh[CAP];
-      for (int j = 0; j < M; j++) gh[j] = H[((size_t)g * M + j) * 8 + l];
-      for (int64_t p = row_ptr[q]; p < row_ptr[q + 1]; p++) {
-        const int32_t f = col[p];
-        Xg[8 * f] = 0.0f;
-        if (GRAD) {
-          const float v = val[p];
-          for (int j = 0; j < M; j++) gE[(int64_t)j * n + f] += gh[j] * v;
-        }
+    for (int64_t k = 0; k < ne; k++) {  // encoder gradient on the active entries; clear the tile
+      const int32_t r = er[k], f = ef[k];
+      X[((size_t)(r >> 3) * n + f) * 8 + (r & 7)] = 0.0f;
+      if (GRAD) {
+        const float v = ev[k];
+        const float* Hr = H + (size_t)(r >> 3) * M * 8 + (r & 7);
+        for (int j = 0; j < M; j++) gE[(int64_t)j * n + f] += Hr[8 * j] * v;
       }
     }
   }
