@@ -26,6 +26,7 @@ _SIGNATURES = {
     "ml_bottleneck_sgld": [_L, _L, _L, _L, _L, _I, _P, _P, _P, _P, _L, _P, _P]
     + [_P, _P, _P, _P, _P, _F, _P, _P, _I],
     "ml_bottleneck_losses": [_L, _L, _L, _L, _I, _P, _P, _P, _P, _P, _P, _P, _I],
+    "ml_rows_from_uniforms": [_P, _L, _L, _L, _P, _L, _P],
 }
 
 _flat_inputs = DerivedCache()
@@ -61,6 +62,8 @@ class BottleneckSGLD:
         T, inst, n = x.shape
         self.sp = _flat_inputs.get(x, lambda: _flat_csr(x))
         self.lengths = row_counts(data).contiguous()
+        self.n_points = data.n_points().to(torch.float32).contiguous()
+        self.T = T
         self.imp = model.importance.detach().to(torch.float32).contiguous()
         self.inst, self.n, self.m, self.tied = inst, n, cfg.d_hidden, bool(cfg.tied)
         self.batch_size = batch_size
@@ -74,6 +77,8 @@ class BottleneckSGLD:
         E, P = W.shape
         K = noise.shape[0]
         noise = noise.reshape(K, E, P)
+        if idx is not None and idx.is_floating_point():  # the sampler's uniforms
+            idx = self.rows(idx.reshape(K, E // self.inst, self.batch_size, self.inst))
         if idx is not None:
             idx = idx.reshape(K, E, self.batch_size)
         if not noise.is_contiguous() or not (idx is None or idx.is_contiguous()):
@@ -88,6 +93,18 @@ class BottleneckSGLD:
             K, *head, _ptr(idx), *tail, float(gamma), _ptr(noise), _ptr(losses), threads
         )
         return losses
+
+    def rows(self, u: Tensor) -> Tensor:
+        """Minibatch rows ``[K, E, b]`` from the sampler's uniforms ``[K, copies, b, inst]``: row
+        ``min(⌊u · n_points⌋, T − 1) · inst + i``, as ``memlens.sampling.sgld`` computes them."""
+        u = u.to(torch.float32).contiguous()
+        K, copies, b, inst = u.shape
+        out = torch.empty(K, copies * inst, b, dtype=torch.long)
+        for k in range(K):
+            self.lib.ml_rows_from_uniforms(
+                _ptr(u[k]), copies, b, inst, _ptr(self.n_points), self.T, _ptr(out[k])
+            )
+        return out
 
     def _fixed_args(self, W, W0, M, eps, nbeta) -> tuple[tuple, tuple]:
         """The kernel's arguments that stay fixed over a run (checked once)."""

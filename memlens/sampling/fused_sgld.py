@@ -65,8 +65,9 @@ class Stepper:
         self.M = None if M is None else M.detach().to(torch.float32).contiguous()
 
     def advance(self, noise: Tensor, idx: Tensor | None) -> Tensor:
-        """``noise.shape[0]`` steps (noise ``[K, E, P]``, minibatch rows ``[K, E, b]`` or None
-        for full batch); the losses ``[K, E]``."""
+        """``noise.shape[0]`` steps (noise ``[K, E, P]``; minibatch rows ``[K, E, b]``, or the
+        sampler's uniforms ``[K, copies, b, inst]``, or None for full batch); the losses
+        ``[K, E]``."""
         return self.kernel.advance(
             self.W, self.W0, self.M, self.eps, self.nbeta, self.gamma, noise, idx
         )
@@ -77,7 +78,8 @@ class Stepper:
         return self.kernel.losses(self.W, batch)
 
     def step(self, noise: Tensor, idx: Tensor | None) -> Tensor:
-        """One step (noise ``[E, P]``, rows ``[E * b]`` or None); this step's losses ``[E]``."""
+        """One step (noise ``[E, P]``; the minibatch as rows ``[E * b]`` or as the sampler's
+        uniforms ``[copies, b, inst]``, or None); this step's losses ``[E]``."""
         return self.advance(noise[None], None if idx is None else idx[None])[0]
 
 

@@ -230,6 +230,9 @@ def sample(
         due_table = (phase % r_e[None] == 0).float()  # [period, E, 1]
         acc_xi = torch.zeros(E, P, device=dev)
 
+    # fused SGLD (memlens.sampling.fused_sgld): the model's kernel takes the step; None: torch
+    fused = fused_sgld.stepper(model, expanded, data, plan.batch_size, W, W0, 2 * half_eps, nb_e,
+                               gamma, hooks=plan.hooks, stride=plan.stride)  # fmt: skip
     groups = plan.stream or list(range(arms))
     steps = plan.draws * plan.thin
     noise = _Streams(plan.seed, 41, groups, plan.chains, (n_inst, P), dev, True, steps)
@@ -248,14 +251,12 @@ def sample(
             idx = (u * n_pts).long().clamp_max(len(data) - 1) * n_inst + col
             return idx.reshape(u.shape[0], E * b)
 
+        post = flat_rows if fused is None else None  # fused SGLD: its kernel reads the uniforms
         picks = _Streams(plan.seed, 43, groups, plan.chains, (b, n_inst), dev, False, steps,
-                         post=flat_rows)  # fmt: skip
+                         post=post)  # fmt: skip
         flat_x = data.inputs.reshape(-1, *data.inputs.shape[2:])
         flat_y = None if data.targets is None else data.targets.reshape(-1, *data.targets.shape[2:])
     reuse_eval = full and setup.eval_is_full and plan.eval_every == 1
-    # fused SGLD (memlens.sampling.fused_sgld): the model's kernel takes the step; None: torch
-    fused = fused_sgld.stepper(model, expanded, data, plan.batch_size, W, W0, 2 * half_eps, nb_e,
-                               gamma, hooks=plan.hooks, stride=plan.stride)  # fmt: skip
     eval_x = None if reuse_eval else expand_batch(setup.eval_set, copies)
 
     eval_draws = [k for k in range(plan.draws) if k % plan.eval_every == plan.eval_every - 1]

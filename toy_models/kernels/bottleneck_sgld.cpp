@@ -280,3 +280,18 @@ extern "C" void ml_bottleneck_sgld(int64_t K, int64_t E, int64_t I, int64_t n, i
     }
   }
 }
+
+// The sampler's minibatch rows from its uniforms u [copies, B, I] (one block row): row (c I + i, t)
+// is min(trunc(u * npts[i]), T - 1) * I + i, computed in float32 as the torch path does.
+extern "C" void ml_rows_from_uniforms(const float* u, int64_t copies, int64_t B, int64_t I,
+                                      const float* npts, int64_t T, int64_t* out) {
+  for (int64_t c = 0; c < copies; c++)
+    for (int64_t i = 0; i < I; i++) {
+      const float np = npts[i];
+      int64_t* o = out + (c * I + i) * B;
+      for (int64_t t = 0; t < B; t++) {
+        const float x = u[(c * B + t) * I + i] * np;
+        o[t] = std::min<int64_t>((int64_t)x, T - 1) * I + i;
+      }
+    }
+}
