@@ -15,7 +15,14 @@ devinterp is never a memlens dependency: it runs in its own virtualenv (created 
 weights and data from a temporary file. If it cannot be installed, this script says so and still
 prints memlens's timings.
 
-    python benchmarks/llc_vs_devinterp.py [--repeats 3] [--venv /tmp/venv-devinterp]
+Both sides run with the same thread count (``--threads``, default 1: torch's setting, memlens's
+``MEMLENS_THREADS`` and the subprocess's ``OMP_NUM_THREADS``), and the script prints how quiet the
+machine was (``benchmarks/capacity.py``: the cores other processes kept busy over the run, and a
+probe before and after), so a quiet-machine ratio can be told from a loaded one.
+``benchmarks/llc_vs_canonical_interp.py`` times this workload against canonical-interp 0.2.7 and
+devinterp 1.3.2 in one run.
+
+    python benchmarks/llc_vs_devinterp.py [--repeats 3] [--threads 1] [--venv /tmp/venv-devinterp]
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import time
 import warnings
 
 import torch
+from capacity import Capacity
 
 import memlens
 from memlens.data import SparseFeatures
@@ -79,14 +87,15 @@ def run(chains, nb, seed):
         num_chains=chains, num_draws=blob["draws"], num_burnin_steps=0, init_loss=init,
         seed=seed, device="cpu", verbose=False)
 
-times, out = [], None
+times, cpu, out = [], [], None
 for r in range(repeats):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = run(blob["chains"], nbeta, r)
     times.append(time.perf_counter() - t0)
-scal_times, scal = [], []
+    cpu.append(time.process_time() - c0)
+scal_times, scal_cpu, scal = [], [], []
 for r in range(repeats):
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     scal = []
     for k, t in enumerate(temps):
         try:
@@ -94,7 +103,9 @@ for r in range(repeats):
         except RuntimeError:  # devinterp raises on a NaN loss
             scal.append({"llc/mean": float("nan")})
     scal_times.append(time.perf_counter() - t0)
-print(json.dumps({"seconds": times, "llc_mean": float(out["llc/mean"]),
+    scal_cpu.append(time.process_time() - c0)
+print(json.dumps({"seconds": times, "llc_mean": float(out["llc/mean"]), "cpu": cpu,
+                  "scaling_cpu": statistics.median(scal_cpu),
                   "llc_std": float(out["llc/std"]),
                   "scaling_seconds": statistics.median(scal_times),
                   "scaling_llc": [float(s["llc/mean"]) for s in scal]}))
@@ -123,19 +134,8 @@ def ensure_devinterp(venv: str) -> str | None:
         return None
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--venv", default=os.path.join(tempfile.gettempdir(), "venv-devinterp"))
-    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
-    ap.add_argument(
-        "--devinterp-python",
-        default=None,
-        help="an interpreter that already imports devinterp 1.3.2 (instead of --venv)",
-    )
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-
+def trained_workload():
+    """The benchmark's trained model, data, sampler settings, ladder and nβ (the same every run)."""
     feats = SparseFeatures(n_features=FEATURES, sparsity=0.9)
     train = feats.sample(T=N, n_instances=1, seed=0)
     model = Bottleneck(n_features=FEATURES, d_hidden=HIDDEN, n_instances=1, seed=0)
@@ -152,6 +152,25 @@ def main() -> None:
         progress=False,
     )
     temps = torch.logspace(0, 2, 8).tolist()  # t >= 1: ε = 3e-3 diverges when colder
+    return model, train, kw, temps, nbeta
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--venv", default=os.path.join(tempfile.gettempdir(), "venv-devinterp"))
+    ap.add_argument("--threads", type=int, default=1, help="threads on both sides (default 1)")
+    ap.add_argument(
+        "--devinterp-python",
+        default=None,
+        help="an interpreter that already imports devinterp 1.3.2 (instead of --venv)",
+    )
+    args = ap.parse_args()
+    os.environ["MEMLENS_THREADS"] = str(args.threads)  # memlens's thread policy: this count
+    torch.set_num_threads(args.threads)
+    cap = Capacity(args.threads)
+
+    model, train, kw, temps, nbeta = trained_workload()
 
     ml_times, scal_times, res, scal = [], [], None, None
     with warnings.catch_warnings():
@@ -188,10 +207,12 @@ def main() -> None:
             script = os.path.join(tmp, "run_devinterp.py")
             with open(script, "w") as f:
                 f.write(DEVINTERP_SCRIPT)
+            env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
             proc = subprocess.run(
                 [py, script, path, str(args.repeats), json.dumps(temps), "8", str(args.threads)],
                 capture_output=True,
                 text=True,
+                env=env,
             )
             print(f"devinterp ran in its venv ({len(temps)} calls for the ladder)")
             if proc.returncode == 0:
@@ -201,8 +222,9 @@ def main() -> None:
 
     print(
         f"\nTMS {FEATURES}->{HIDDEN}, n={N}, nβ=n/log n={nbeta:.1f}, ε={EPS}, γ={GAMMA}, "
-        f"batch {BATCH}, {args.threads} torch thread(s); median of {args.repeats} repeats"
+        f"batch {BATCH}, {args.threads} thread(s) on both sides; median of {args.repeats} repeats"
     )
+    print(cap.report())
     print(f"{'':38}{'memlens':>14}{'devinterp 1.3.2':>18}{'ratio':>9}")
     t_ml = statistics.median(ml_times)
     health = scal.health

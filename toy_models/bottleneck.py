@@ -146,6 +146,14 @@ class Bottleneck(HookedToyModel):
 
         return loss_and_grads(self, batch, rows)
 
+    def sgld_kernel(self, data: Batch, batch_size: int | None):
+        """Fused SGLD steps for copies of this model's instances on ``data`` (a C++ kernel,
+        :mod:`toy_models.bottleneck_sgld`); None where it does not apply. The sampler calls it
+        (see :mod:`memlens.sampling.fused_sgld`)."""
+        from toy_models.bottleneck_sgld import sgld_kernel
+
+        return sgld_kernel(self, data, batch_size)
+
     def _check_targets(self, batch: Batch) -> None:
         if batch.targets is not None and batch.targets.shape != batch.inputs.shape:
             raise ValueError(

@@ -42,6 +42,7 @@ from tqdm.auto import tqdm
 from memlens.data import Batch
 from memlens.data import mix_seed as _mix
 from memlens.hooked import HookedToyModel
+from memlens.sampling import fused_sgld
 
 __all__ = ["Setup", "Plan", "Run", "sample", "expand_batch", "eval_schedule"]
 
@@ -229,6 +230,9 @@ def sample(
         due_table = (phase % r_e[None] == 0).float()  # [period, E, 1]
         acc_xi = torch.zeros(E, P, device=dev)
 
+    # fused SGLD (memlens.sampling.fused_sgld): the model's kernel takes the step; None: torch
+    fused = fused_sgld.stepper(model, expanded, data, plan.batch_size, W, W0, 2 * half_eps, nb_e,
+                               gamma, hooks=plan.hooks, stride=plan.stride)  # fmt: skip
     groups = plan.stream or list(range(arms))
     steps = plan.draws * plan.thin
     noise = _Streams(plan.seed, 41, groups, plan.chains, (n_inst, P), dev, True, steps)
@@ -247,8 +251,9 @@ def sample(
             idx = (u * n_pts).long().clamp_max(len(data) - 1) * n_inst + col
             return idx.reshape(u.shape[0], E * b)
 
+        post = flat_rows if fused is None else None  # fused SGLD: its kernel reads the uniforms
         picks = _Streams(plan.seed, 43, groups, plan.chains, (b, n_inst), dev, False, steps,
-                         post=flat_rows)  # fmt: skip
+                         post=post)  # fmt: skip
         flat_x = data.inputs.reshape(-1, *data.inputs.shape[2:])
         flat_y = None if data.targets is None else data.targets.reshape(-1, *data.targets.shape[2:])
     reuse_eval = full and setup.eval_is_full and plan.eval_every == 1
@@ -266,39 +271,45 @@ def sample(
         # warns (once) that this "may impair performance", and accumulates into them in place
         warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
         for step in bar:
-            if full:
-                batch = fixed
-            else:
-                idx = picks.next()
-                x = flat_x.index_select(0, idx).view(E, b, *flat_x.shape[1:]).transpose(0, 1)
-                tg = None
-                if flat_y is not None:
-                    tg = flat_y.index_select(0, idx).view(E, b, *flat_y.shape[1:]).transpose(0, 1)
-                batch = Batch(x, tg, None, None)
-            loss = expanded.loss(batch)  # [E], at the weights before this step's update
-            G.zero_()
-            if in_place:
-                loss.backward(nb_e)  # d(Σ_e nβ_e L_e)/dW, accumulated into G
-                if step == 0 and not _grads_in_place(params, G):  # pragma: no cover (torch change)
-                    in_place = False
-                    torch.cat([p.grad.reshape(E, -1) for p in params], 1, out=G)
-            else:  # pragma: no cover
-                grads = torch.autograd.grad((nb_e * loss).sum(), params)
-                torch.cat([g.reshape(E, -1) for g in grads], 1, out=G)
-            xi = noise.next().reshape(E, P)
-            with torch.no_grad():
+            if fused is not None:  # fused SGLD: same noise and minibatch streams as the torch step
+                loss = fused.step(noise.next().reshape(E, P), None if full else picks.next())
                 if plan.thin > 1:
                     acc += loss
-                G.add_(W - W0, alpha=gamma)
-                if coarse:
-                    due = due_table[step % period]
-                    acc_xi += xi
-                    W.addcmul_(half_eps * due, G, value=-1.0)
-                    W.addcmul_(sqrt_eps * due, acc_xi)
-                    acc_xi.mul_(1 - due)
+            else:  # the torch step
+                if full:
+                    batch = fixed
                 else:
-                    W.addcmul_(half_eps, G, value=-1.0)
-                    W.addcmul_(sqrt_eps, xi)
+                    idx = picks.next()
+                    x = flat_x.index_select(0, idx).view(E, b, *flat_x.shape[1:]).transpose(0, 1)
+                    tg = None
+                    if flat_y is not None:
+                        tg = flat_y.index_select(0, idx).view(E, b, *flat_y.shape[1:])
+                        tg = tg.transpose(0, 1)
+                    batch = Batch(x, tg, None, None)
+                loss = expanded.loss(batch)  # [E], at the weights before this step's update
+                G.zero_()
+                if in_place:
+                    loss.backward(nb_e)  # d(Σ_e nβ_e L_e)/dW, accumulated into G
+                    if step == 0 and not _grads_in_place(params, G):  # pragma: no cover
+                        in_place = False
+                        torch.cat([p.grad.reshape(E, -1) for p in params], 1, out=G)
+                else:  # pragma: no cover
+                    grads = torch.autograd.grad((nb_e * loss).sum(), params)
+                    torch.cat([g.reshape(E, -1) for g in grads], 1, out=G)
+                xi = noise.next().reshape(E, P)
+                with torch.no_grad():
+                    if plan.thin > 1:
+                        acc += loss
+                    G.add_(W - W0, alpha=gamma)
+                    if coarse:
+                        due = due_table[step % period]
+                        acc_xi += xi
+                        W.addcmul_(half_eps * due, G, value=-1.0)
+                        W.addcmul_(sqrt_eps * due, acc_xi)
+                        acc_xi.mul_(1 - due)
+                    else:
+                        W.addcmul_(half_eps, G, value=-1.0)
+                        W.addcmul_(sqrt_eps, xi)
             if step % plan.thin != plan.thin - 1:
                 continue
             k = step // plan.thin
@@ -311,8 +322,9 @@ def sample(
                 if reuse_eval:
                     evals[n_eval] = loss.detach()
                 else:
-                    with torch.no_grad():
-                        evals[n_eval] = expanded.loss(eval_x)
+                    with torch.no_grad():  # fused SGLD: the kernel's loss where it can
+                        out = None if fused is None else fused.loss(setup.eval_set)
+                        evals[n_eval] = expanded.loss(eval_x) if out is None else out
                 n_eval += 1
             if k >= plan.burnin and (k - plan.burnin) % plan.probe_every == 0:
                 if on_draw is not None:

@@ -1,0 +1,120 @@
+"""Fused SGLD: a model that advances the sampler's flat buffer ``W [E, P]`` itself, in a kernel.
+
+The torch step (:mod:`memlens.sampling.sgld`) costs a forward, a backward and a few whole-buffer
+ops per step: for a toy model that is about 1 ms of dispatch against microseconds of arithmetic.
+A model opts in to fused steps by defining
+
+    sgld_kernel(data: Batch, batch_size: int | None) -> SGLDKernel | None
+
+for copies of its own instances (row ``e`` of ``W`` is a copy of instance ``e % n_instances``,
+its parameters in ``parameters()`` order, flattened), returning None where its kernel does not
+apply. ``SGLDKernel.losses(W, batch)`` gives every row's loss ``[E]`` on a batch of the model's
+instances (None: it cannot), and ``SGLDKernel.advance(W, W0, M, eps, nbeta, gamma, noise, idx)``
+performs, in place, for
+``k < K = noise.shape[0]`` and every row ``e``,
+
+    w ← w − (ε_e/2) M_e ⊙ (nβ_e ∇L(w) + γ (w − w*)) + √ε_e · √M_e ⊙ ξ_k,e
+
+(``M`` None: all ones), where ``L`` is the loss on minibatch ``idx[k, e]`` (rows of the flattened
+``[T * inst]`` training set, the sampler's numbering) or on the full set (``idx`` None), and
+returns the losses ``[K, E]`` at the weights before each step. The noise and the indices come
+from the sampler's own random streams, so a fused run follows the same trajectory as the torch
+step, to float rounding.
+
+:func:`stepper` decides once per sampler run whether fused steps may be used: on the CPU, with
+float32 parameters, no hook attached anywhere (hooks must see every activation), only while the
+model's class has not overridden ``forward``, ``per_example_loss`` or ``loss`` below the class
+that defines the kernel, and unless ``MEMLENS_COMPILE=0``. Everything the sampler does between
+steps (evaluations, probes at draws, kept draws, row swaps) reads ``W`` as before, because the
+kernel writes into it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from memlens.data import Batch
+from memlens.fused import hooks_attached
+from memlens.native import compile_enabled
+
+__all__ = ["METHOD", "SGLDKernel", "Stepper", "stepper"]
+
+METHOD = "sgld_kernel"
+
+
+@runtime_checkable
+class SGLDKernel(Protocol):
+    def advance(self, W: Tensor, W0: Tensor, M: Tensor | None, eps: Tensor, nbeta: Tensor,
+                gamma: float, noise: Tensor, idx: Tensor | None) -> Tensor: ...  # fmt: skip
+
+    def losses(self, W: Tensor, batch: Batch) -> Tensor | None: ...
+
+
+class Stepper:
+    """Fused steps for one sampler run: the fixed per-row settings, and the buffers."""
+
+    def __init__(self, kernel: SGLDKernel, W: Tensor, W0: Tensor, eps: Tensor, nbeta: Tensor,
+                 gamma: float, M: Tensor | None = None):  # fmt: skip
+        E = W.shape[0]
+        self.kernel, self.W, self.W0, self.gamma = kernel, W, W0, float(gamma)
+        self.eps = eps.detach().to("cpu", torch.float32).reshape(E).contiguous()
+        self.nbeta = nbeta.detach().to("cpu", torch.float32).reshape(E).contiguous()
+        self.M = None if M is None else M.detach().to(torch.float32).contiguous()
+
+    def advance(self, noise: Tensor, idx: Tensor | None) -> Tensor:
+        """``noise.shape[0]`` steps (noise ``[K, E, P]``; minibatch rows ``[K, E, b]``, or the
+        sampler's uniforms ``[K, copies, b, inst]``, or None for full batch); the losses
+        ``[K, E]``."""
+        return self.kernel.advance(
+            self.W, self.W0, self.M, self.eps, self.nbeta, self.gamma, noise, idx
+        )
+
+    def loss(self, batch: Batch) -> Tensor | None:
+        """Every row's loss ``[E]`` on ``batch`` (of the model's own instances) at the current
+        weights, or None where the kernel cannot read it (then evaluate eagerly)."""
+        return self.kernel.losses(self.W, batch)
+
+    def step(self, noise: Tensor, idx: Tensor | None) -> Tensor:
+        """One step (noise ``[E, P]``; the minibatch as rows ``[E * b]`` or as the sampler's
+        uniforms ``[copies, b, inst]``, or None); this step's losses ``[E]``."""
+        return self.advance(noise[None], None if idx is None else idx[None])[0]
+
+
+def _owner(cls: type, attr: str) -> type | None:
+    for c in cls.__mro__:
+        if attr in c.__dict__:
+            return c
+    return None
+
+
+def stepper(model: torch.nn.Module, expanded: torch.nn.Module, data: Batch,
+            batch_size: int | None, W: Tensor, W0: Tensor, eps: Tensor, nbeta: Tensor,
+            gamma: float, *, hooks=None, stride=None,
+            M: Tensor | None = None) -> Stepper | None:  # fmt: skip
+    """Fused steps for this sampler run (``model``: the user's model, ``expanded``: its copies,
+    whose parameters are views of ``W``), or None: take the torch step. ``stride`` (coarse arms)
+    and ``hooks`` always take the torch step."""
+    method = getattr(model, METHOD, None)
+    if method is None or not compile_enabled():
+        return None
+    if hooks or (stride is not None and any(int(r) != 1 for r in stride)):
+        return None
+    cls = type(model)
+    owner = _owner(cls, METHOD)
+    for attr in ("forward", "per_example_loss", "loss"):
+        if getattr(cls, attr, None) is not getattr(owner, attr, None):
+            return None  # a subclass changed the maths; only the torch step knows it
+    params = [*model.parameters(), *expanded.parameters()]
+    if any(
+        not p.requires_grad or p.device.type != "cpu" or p.dtype != torch.float32 for p in params
+    ):
+        return None  # a frozen parameter changes the row layout the kernel assumes
+    if W.device.type != "cpu" or not W.is_contiguous() or hooks_attached(expanded):
+        return None
+    kernel = method(data, batch_size)
+    if kernel is None:
+        return None
+    return Stepper(kernel, W, W0, eps, nbeta, gamma, M)
