@@ -27,7 +27,7 @@ def _check_checkpoint(path: str) -> Path:
 
 def _load_instance(path: str, instance: int):
     """The model of one instance of a checkpoint, its training set and its spec."""
-    from memlens.hooked import load_with_recipes
+    from memlens.persistence import load_with_recipes
     from memlens.registry import bundle_of
 
     model, specs = load_with_recipes(path)

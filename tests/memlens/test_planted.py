@@ -50,7 +50,7 @@ def test_planting_survives_a_checkpoint(tmp_path):
     b = get_bundle("mlp")
     spec = {"T": 40, "n_features": 30, "d_model": 8, "d_mlp": 16, "plant_private": 3, "seed": 2}
     model = b.build(spec)
-    model.save(tmp_path / "m.pt", recipes=[spec])
+    memlens.save(model, tmp_path / "m.pt", recipes=[spec])
     _, specs = memlens.load_with_recipes(tmp_path / "m.pt")
     again, _ = b.data(specs[0])
     first, _ = b.data(spec)
