@@ -41,6 +41,7 @@ from memlens.data import mix_seed as _mix
 from memlens.sampling.config import SGLDConfig
 from memlens.sampling.diagnostics import analyse_run, effective_sample_size
 from memlens.sampling.results import Calibration
+from memlens.sampling.precondition import preconditioned_curvature
 from memlens.sampling.sgld import Plan, Setup, eval_schedule, sample
 
 __all__ = ["top_curvature", "auto_step"]
@@ -86,7 +87,7 @@ def top_curvature(setup: Setup, iters: int = 30, max_points: int = 4096, seed: i
     return lam.abs()
 
 
-def _measure(setup, cfg, temps, rungs, grids, curv, thin, progress) -> tuple[dict, dict]:
+def _measure(setup, cfg, temps, rungs, grids, curv, thin, progress, precond=None):
     """One batched run of every rung a in ``rungs`` x its grid ``grids[a]`` (descending s), the
     grid points of a rung coupled:
     they share their chains' noise and minibatches, and the step 3ε takes one update per three of
@@ -111,6 +112,7 @@ def _measure(setup, cfg, temps, rungs, grids, curv, thin, progress) -> tuple[dic
         eval_every=eval_schedule(setup, cfg.batch_size, thin, CAL_DRAWS, burnin),
         stride=strides,
         stream=[a for a, _ in arms],
+        precond=None if precond is None else torch.stack([precond[a] for a, _ in arms]),
     )
     run = sample(setup, plan, progress=progress, desc=f"calibrate ({CAL_DRAWS}x{thin} steps)")
     llc, diag = analyse_run(run, setup, cfg, nbeta=nbeta, burnin=burnin)
@@ -220,13 +222,23 @@ def _decide(rows: list[dict], pairs: list[tuple], tol: float) -> tuple:
 
 
 def auto_step(
-    setup: Setup, temps: Tensor, cfg: SGLDConfig, *, progress: bool = True
+    setup: Setup,
+    temps: Tensor,
+    cfg: SGLDConfig,
+    *,
+    precond: Tensor | None = None,
+    progress: bool = True,
 ) -> Calibration:
-    """Choose ε per temperature and instance (and the steps per draw); see the module docstring."""
+    """Choose ε per temperature and instance (and the steps per draw); see the module docstring.
+    With a preconditioner ``precond`` ``[temp, inst, P]``, ε is the step of the preconditioned
+    sampler and the curvature is that of the preconditioned posterior."""
     t0 = time.perf_counter()
     n_t, n_i = len(temps), setup.nbeta.numel()
-    h = top_curvature(setup, seed=cfg.seed)
-    curv = (setup.nbeta[None, :] / temps[:, None].double()) * h[None, :] + cfg.localization
+    nbeta = setup.nbeta[None, :] / temps[:, None].double()
+    if precond is None:
+        curv = nbeta * top_curvature(setup, seed=cfg.seed)[None, :] + cfg.localization
+    else:
+        curv = preconditioned_curvature(setup, precond, nbeta, cfg.localization, seed=cfg.seed)
     curv = curv.clamp_min(1e-12)
     grids = {a: list(GRID) for a in range(n_t)}
     max_thin = max(1, cfg.max_steps // (2 * CAL_DRAWS))  # a round costs ≤ half the run's budget
@@ -238,7 +250,8 @@ def auto_step(
     failed: dict[tuple[int, int], str] = {}  # (temp, inst) -> why the budget cannot decide it
     todo = list(range(n_t))
     for _ in range(ROUNDS):
-        rows_new, pairs_new = _measure(setup, cfg, temps, todo, grids, curv, thin, progress)
+        rows_new, pairs_new = _measure(setup, cfg, temps, todo, grids, curv, thin, progress,
+                                       precond)  # fmt: skip
         measured_thin = thin
         results.update(rows_new)
         paired.update(pairs_new)
@@ -336,6 +349,7 @@ def auto_step(
         calibration_thin=measured_thin,
         seconds=time.perf_counter() - t0,
         bias_tolerance=cfg.bias_tolerance,
+        precond=precond,
     )
 
 

@@ -148,7 +148,8 @@ def analyse(
     nb = nbeta.double()
     limit = init_d + blowup * (init_d.abs() + n_params / (2 * nb))  # [arm, inst]
     ok_trace = torch.isfinite(loss).all(2) & torch.isfinite(eval_loss).all(2) & finite
-    big = (loss.double().nan_to_num(float("inf")) > limit[:, None, None, :]).any(2)
+    # burn-in is excluded: chains may start dispersed, far up the loss, and relax during it
+    big = (post.nan_to_num(float("inf")) > limit[:, None, None, :]).any(2)
     diverged = ~ok_trace | big
     per_chain = nb[:, None, :] * (post.mean(2) - init_d[:, None, :])
     per_chain = per_chain.masked_fill(diverged, float("nan"))

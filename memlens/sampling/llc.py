@@ -11,6 +11,7 @@ training points (per instance), not the batch size. Everything is validated befo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -25,6 +26,7 @@ from memlens.hooked import HookedToyModel
 from memlens.sampling.calibration import auto_step
 from memlens.sampling.config import SGLDConfig, check_int
 from memlens.sampling.diagnostics import analyse_run, health, warn
+from memlens.sampling.precondition import hessian_diagonal, preconditioner
 from memlens.sampling.results import Calibration, Tempering
 from memlens.sampling.sgld import Plan, Setup, eval_schedule, sample
 from memlens.sampling.streaming import ProbeDriver, resolve_streaming
@@ -161,39 +163,21 @@ def temper(
         _steps(cfg, len(temps), model.n_instances)
     driver = ProbeDriver(resolve_streaming(probes))
     setup = prepare(model, data, cfg)
-    n_inst = setup.nbeta.numel()
-    cal: Calibration | None = None
-    if cfg.auto:
-        cal = auto_step(setup, temps, cfg, progress=progress)
-        step, thin = cal.step_size, cal.thin
-    else:
-        step, thin = _steps(cfg, len(temps), n_inst), cfg.thin or 1
-    burnin = cfg.n_burnin
-    nbeta = setup.nbeta[None, :] / temps[:, None].double()
+    base, cal = _base_plan(setup, temps, cfg, progress)
+    base.probe_every, base.keep_draws = probe_every, keep_draws
 
     def run_at(thin: int):
-        plan = Plan(
-            nbeta=nbeta,
-            step=step,
-            gamma=cfg.localization,
-            chains=cfg.chains,
-            draws=cfg.draws,
-            thin=thin,
-            burnin=burnin,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            eval_every=cfg.eval_every
-            or eval_schedule(setup, cfg.batch_size, thin, cfg.draws, burnin),
-            probe_every=probe_every,
-            keep_draws=keep_draws,
-        )
+        burnin = base.burnin
+        eval_every = cfg.eval_every or eval_schedule(setup, cfg.batch_size, thin, cfg.draws, burnin)
+        plan = dataclasses.replace(base, thin=thin, eval_every=eval_every)
         if driver:
             driver.begin(model, setup.data, temps, cfg.chains)
         on_draw = driver.on_draw if driver else None
         run = sample(setup, plan, on_draw=on_draw, progress=progress, desc="temper")
-        llc, diag = analyse_run(run, setup, cfg, nbeta=nbeta, burnin=burnin)
+        llc, diag = analyse_run(run, setup, cfg, nbeta=base.nbeta, burnin=burnin)
         return run, llc, diag
 
+    thin = base.thin
     run, llc, diag = run_at(thin)
     seconds = run.seconds
     if cal is not None and cfg.thin is None:  # adapt the steps per draw once if mixing needs it
@@ -204,15 +188,10 @@ def temper(
             seconds += run.seconds
             cal.thin = thin
     resolved = cfg.replace(
-        step_size=step.tolist(), thin=thin, burnin=burnin, nbeta=setup.nbeta.tolist()
+        step_size=base.step.tolist(), thin=thin, burnin=base.burnin, nbeta=setup.nbeta.tolist()
     )
-    hl = health(
-        llc,
-        diag,
-        max_rhat=cfg.max_rhat,
-        min_ess=cfg.min_ess,
-        bias_failed=None if cal is None else cal.bias_failed,
-    )
+    hl = health(llc, diag, max_rhat=cfg.max_rhat, min_ess=cfg.min_ess,
+                bias_failed=None if cal is None else cal.bias_failed)  # fmt: skip
     result = Tempering(
         temperatures=temps,
         nbeta=setup.nbeta.float(),
@@ -227,11 +206,51 @@ def temper(
         calibration=cal,
         kept_draws=run.kept,
         seconds=seconds + (0.0 if cal is None else cal.seconds),
+        swaps=run.swaps,
     )
     if driver:
         result.probes = driver.end(result)
     warn(diag, hl, [f"t={t:.3g}" for t in temps.tolist()])
     return result
+
+
+def _base_plan(setup: Setup, temps: Tensor, cfg: SGLDConfig, progress: bool):
+    """The run's plan (before its steps per draw are final) and, with "auto", the calibration:
+    the preconditioner and the dispersed starts come from the Hessian's diagonal at w*."""
+    nbeta = setup.nbeta[None, :] / temps[:, None].double()
+    n_inst = setup.nbeta.numel()
+    h = hessian_diagonal(setup, seed=cfg.seed) if cfg.preconditioned or cfg.disperse else None
+    scale = None if h is None else preconditioner(h, nbeta, cfg.localization)  # [temp, inst, P]
+    precond = scale if cfg.preconditioned else None
+    cal: Calibration | None = None
+    if cfg.auto:
+        cal = auto_step(setup, temps, cfg, precond=precond, progress=progress)
+        step, thin = cal.step_size, cal.thin
+    else:
+        step, thin = _steps(cfg, len(temps), n_inst), cfg.thin or 1
+    start = None
+    if cfg.disperse:  # even chains: own rung's posterior scale; odd chains: the hottest rung's
+        hot = int(torch.argmax(temps))
+        sd = scale.sqrt()
+        start = torch.stack([sd if c % 2 == 0 else sd[hot].expand_as(sd)
+                             for c in range(cfg.chains)], 1)  # fmt: skip
+    plan = Plan(
+        nbeta=nbeta,
+        step=step,
+        gamma=cfg.localization,
+        chains=cfg.chains,
+        draws=cfg.draws,
+        thin=thin,
+        burnin=cfg.n_burnin,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        eval_every=1,
+        precond=precond,
+        swap_every=cfg.swap_every if len(temps) > 1 else 0,
+        ladder=torch.argsort(temps).tolist(),
+        start=start,
+    )
+    return plan, cal
 
 
 def _more_steps(diag, cfg: SGLDConfig, thin: int) -> int:
@@ -286,4 +305,8 @@ def calibrate(
         )
     temps = _temperatures(temperatures)
     setup = prepare(model, data, cfg)
-    return auto_step(setup, temps, cfg, progress=progress)
+    precond = None
+    if cfg.preconditioned:
+        nbeta = setup.nbeta[None, :] / temps[:, None].double()
+        precond = preconditioner(hessian_diagonal(setup, seed=cfg.seed), nbeta, cfg.localization)
+    return auto_step(setup, temps, cfg, precond=precond, progress=progress)
