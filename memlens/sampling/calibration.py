@@ -47,12 +47,15 @@ from memlens.sampling.sgld import Plan, Setup, eval_schedule, sample
 __all__ = ["top_curvature", "auto_step"]
 
 GRID = (3.0, 1.0, 1 / 3)  # dimensionless steps s = ε · a_max
+#: with a preconditioner every direction has curvature near a_max, so each carries the Euler bias
+#: of s (about s/4): the grid starts lower
+GRID_PRECONDITIONED = (1.0, 1 / 3, 1 / 9)
 RATIO = 3.0
 ROUNDS = 6
 CAL_CHAINS, CAL_DRAWS = 4, 48
 MIN_ESS_CAL = 50.0
 Z = 2.0
-LLC_FLOOR = 1.0  # tolerances are relative to max(|λ̂|, LLC_FLOOR): two regular directions
+LLC_FLOOR = 0.5  # tolerances are relative to max(|λ̂|, LLC_FLOOR): one regular direction
 
 
 def top_curvature(setup: Setup, iters: int = 30, max_points: int = 4096, seed: int = 0) -> Tensor:
@@ -240,9 +243,10 @@ def auto_step(
     else:
         curv = preconditioned_curvature(setup, precond, nbeta, cfg.localization, seed=cfg.seed)
     curv = curv.clamp_min(1e-12)
-    grids = {a: list(GRID) for a in range(n_t)}
+    grid0 = GRID if precond is None else GRID_PRECONDITIONED
+    grids = {a: list(grid0) for a in range(n_t)}
     max_thin = max(1, cfg.max_steps // (2 * CAL_DRAWS))  # a round costs ≤ half the run's budget
-    thin = min(max_thin, math.ceil(1 / GRID[-1]))  # a stiff relaxation time per draw
+    thin = min(max_thin, math.ceil(1 / grid0[-1]))  # a stiff relaxation time per draw
     extended_up: set[int] = set()
     results: dict = {}
     paired: dict = {}
@@ -307,33 +311,7 @@ def auto_step(
             changed = True
         if not changed:
             break
-    choices, tau = [], []
-    for a in range(n_t):
-        for i in range(n_i):
-            rows = sorted(
-                (r for (b, j, _), r in results.items() if b == a and j == i),
-                key=lambda r: -r["s"],
-            )
-            if (a, i) in decided:
-                s_pick, why, test = decided[(a, i)]
-                pick = next(r for r in rows if r["s"] == s_pick)
-                tau.append(pick["tau_steps"])
-                choices.append({**_choice(pick, True, why), **test})
-            else:
-                mixed = [r for r in rows if r["mixed"]]
-                pick = mixed[-1] if mixed else rows[-1]
-                why = (
-                    f"ε = {pick['step_size']:.3g} (s = {pick['s']:.3g}) is a fallback: no pair "
-                    "of steps passed the bias test within the budget, so λ̂ here may be biased"
-                    + (
-                        f" ({failed[(a, i)]})"
-                        if (a, i) in failed
-                        else f" (still undecided after {ROUNDS} calibration rounds)"
-                    )
-                )
-                choices.append(_choice(pick, False, why))
-                if mixed:
-                    tau.append(pick["tau_steps"])
+    choices, tau = _choose(results, decided, failed, temps, curv, precond is not None)
     for r in results.values():
         r["verdict"] = r["verdict"] + (" (chosen)" if _is_chosen(r, choices) else "")
     post = cfg.chains * (cfg.draws - cfg.n_burnin)
@@ -351,6 +329,51 @@ def auto_step(
         bias_tolerance=cfg.bias_tolerance,
         precond=precond,
     )
+
+
+def _choose(results, decided, failed, temps, curv, preconditioned: bool):
+    """Per (temperature, instance): the decided step, or a fallback. With a preconditioner, the
+    dimensionless step s = ε·a has the same Euler bias in every direction whose preconditioned
+    curvature is a, so a cell left undecided only because its chains did not mix within the
+    calibration's budget (a transition, where replica exchange in the run does the mixing) takes
+    the smallest s the bias test accepted at another rung of its instance, and says so."""
+    n_t, n_i = curv.shape
+    choices, tau = [], []
+    for a in range(n_t):
+        for i in range(n_i):
+            rows = sorted((r for (b, j, _), r in results.items() if b == a and j == i),
+                          key=lambda r: -r["s"])  # fmt: skip
+            if (a, i) in decided:
+                s_pick, why, test = decided[(a, i)]
+                pick = next(r for r in rows if r["s"] == s_pick)
+                tau.append(pick["tau_steps"])
+                choices.append({**_choice(pick, True, why), **test})
+                continue
+            mixed = [r for r in rows if r["mixed"]]
+            pick = mixed[-1] if mixed else rows[-1]
+            reason = failed.get((a, i), "still undecided after the calibration rounds")
+            peers = [decided[(b, j)][0] for (b, j) in decided if j == i]
+            if preconditioned and peers and "still moves" not in reason:
+                s_ref = min(peers)
+                pick = next((r for r in rows if r["s"] == s_ref), None) or {
+                    **rows[-1], "s": s_ref, "step_size": s_ref / float(curv[a, i]),
+                    "llc": math.nan, "llc_se": math.nan, "rhat": math.nan, "ess": math.nan}  # fmt: skip
+                why = (
+                    f"ε = {pick['step_size']:.3g} (s = {s_ref:.3g}): the smallest dimensionless "
+                    "step the bias test accepted at another temperature of this instance (the "
+                    f"preconditioner makes s comparable); this cell's own test did not decide "
+                    f"({reason})"
+                )
+                choices.append(_choice(pick, True, why))
+                continue
+            why = (
+                f"ε = {pick['step_size']:.3g} (s = {pick['s']:.3g}) is a fallback: no pair of "
+                f"steps passed the bias test within the budget, so λ̂ here may be biased ({reason})"
+            )
+            choices.append(_choice(pick, False, why))
+            if mixed:
+                tau.append(pick["tau_steps"])
+    return choices, tau
 
 
 def _choice(row: dict, decided: bool, why: str) -> dict:

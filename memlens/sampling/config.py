@@ -81,7 +81,8 @@ class SGLDConfig:
             (default): with ``step_size="auto"`` only (an explicit step keeps M = 1); or True /
             False.
         disperse: start chains dispersed around w*: even chains with noise of their own rung's
-            posterior scale (√M), odd chains with the hottest rung's, so that chains which never
+            posterior scale (√M), odd chains with that of the rung two places hotter on the ladder
+            (the top rung: its own), so that chains which never
             cross between modes disagree and R-hat sees it. Burn-in draws are excluded from the
             blow-up test.
         max_steps: ``"auto"``'s budget: SGLD steps per chain of the run (draws x thin), and half

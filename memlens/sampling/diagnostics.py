@@ -204,8 +204,11 @@ def health(
     max_rhat: float,
     min_ess: float,
     bias_failed: Tensor | None = None,  # bool [temp, inst]
+    dispersed: bool = False,
 ) -> Health:
-    """Flag every cell that is not safe to read, with the reasons."""
+    """Flag every cell that is not safe to read, with the reasons. With ``dispersed`` starts,
+    chains that barely move disagree and R-hat flags them, so "barely moving" alone (which replica
+    exchange and transitions trip while the estimate is right) is no longer a health problem."""
     temps, chains, n_inst = diag.diverged.shape
     n_div = diag.diverged.sum(1)
     live = n_div < chains
@@ -213,7 +216,7 @@ def health(
         "diverged": n_div > 0,
         "rhat": ~(diag.rhat <= max_rhat) & live,
         "ess": ~(diag.ess >= min_ess) & live,
-        "barely_moving": diag.barely_moving & live,
+        "barely_moving": diag.barely_moving & live & (not dispersed),
         "negative": diag.negative & live,
         "bias": torch.zeros(temps, n_inst, dtype=torch.bool)
         if bias_failed is None

@@ -34,6 +34,10 @@ from memlens.training import evaluate
 
 __all__ = ["temper", "estimate_llc", "calibrate", "prepare"]
 
+#: odd chains start with the posterior scale of the rung this many places hotter on the ladder,
+#: so a rung just below a circuit's transition has chains started on both sides of it
+HOTTER = 2
+
 
 def _temperatures(temperatures: Any) -> Tensor:
     try:
@@ -191,7 +195,8 @@ def temper(
         step_size=base.step.tolist(), thin=thin, burnin=base.burnin, nbeta=setup.nbeta.tolist()
     )
     hl = health(llc, diag, max_rhat=cfg.max_rhat, min_ess=cfg.min_ess,
-                bias_failed=None if cal is None else cal.bias_failed)  # fmt: skip
+                bias_failed=None if cal is None else cal.bias_failed,
+                dispersed=base.start is not None)  # fmt: skip
     result = Tempering(
         temperatures=temps,
         nbeta=setup.nbeta.float(),
@@ -229,10 +234,11 @@ def _base_plan(setup: Setup, temps: Tensor, cfg: SGLDConfig, progress: bool):
     else:
         step, thin = _steps(cfg, len(temps), n_inst), cfg.thin or 1
     start = None
-    if cfg.disperse:  # even chains: own rung's posterior scale; odd chains: the hottest rung's
-        hot = int(torch.argmax(temps))
+    if cfg.disperse:  # even chains: own rung's posterior scale; odd chains: that of the rung
+        order = torch.argsort(temps).tolist()  # HOTTER rungs up the ladder (the top: its own)
+        hotter = [order[min(order.index(a) + HOTTER, len(order) - 1)] for a in range(len(temps))]
         sd = scale.sqrt()
-        start = torch.stack([sd if c % 2 == 0 else sd[hot].expand_as(sd)
+        start = torch.stack([sd if c % 2 == 0 else sd[hotter]
                              for c in range(cfg.chains)], 1)  # fmt: skip
     plan = Plan(
         nbeta=nbeta,
