@@ -102,6 +102,7 @@ def _measure(setup, cfg, temps, rungs, grids, curv, thin, progress, precond=None
     nbeta = torch.stack([setup.nbeta / temps[a].double() for a, _ in arms])
     step = torch.stack([grids[a][j] / curv[a] for a, j in arms])
     burnin = CAL_DRAWS // 4
+    pre = None if precond is None else torch.stack([precond[a] for a, _ in arms])
     plan = Plan(
         nbeta=nbeta,
         step=step,
@@ -115,7 +116,10 @@ def _measure(setup, cfg, temps, rungs, grids, curv, thin, progress, precond=None
         eval_every=eval_schedule(setup, cfg.batch_size, thin, CAL_DRAWS, burnin),
         stride=strides,
         stream=[a for a, _ in arms],
-        precond=None if precond is None else torch.stack([precond[a] for a, _ in arms]),
+        precond=None if pre is None else pre,
+        # with a preconditioner, chains start dispersed at their rung's posterior scale (coupled
+        # grid points share the start) and R-hat, not the displacement, judges whether they moved
+        start=None if pre is None else pre.sqrt()[:, None].expand(-1, CAL_CHAINS, -1, -1),
     )
     run = sample(setup, plan, progress=progress, desc=f"calibrate ({CAL_DRAWS}x{thin} steps)")
     llc, diag = analyse_run(run, setup, cfg, nbeta=nbeta, burnin=burnin)
@@ -125,7 +129,7 @@ def _measure(setup, cfg, temps, rungs, grids, curv, thin, progress, precond=None
         for i in range(setup.nbeta.numel()):
             div = float(diag.diverged[k, :, i].double().mean())
             rhat, ess = float(diag.rhat[k, i]), float(diag.ess[k, i])
-            moving = not bool(diag.barely_moving[k, i])
+            moving = pre is not None or not bool(diag.barely_moving[k, i])
             mixed = div == 0 and rhat <= cfg.max_rhat and ess >= MIN_ESS_CAL and moving
             steps_per_ess = thin * n_post / ess if ess == ess and ess > 0 else math.inf
             rows[(a, i, grids[a][j])] = {

@@ -26,7 +26,7 @@ from memlens.hooked import HookedToyModel
 from memlens.sampling.calibration import auto_step
 from memlens.sampling.config import SGLDConfig, check_int
 from memlens.sampling.diagnostics import analyse_run, health, warn
-from memlens.sampling.precondition import hessian_diagonal, preconditioner
+from memlens.sampling.precondition import posterior_preconditioner
 from memlens.sampling.results import Calibration, Tempering
 from memlens.sampling.sgld import Plan, Setup, eval_schedule, sample
 from memlens.sampling.streaming import ProbeDriver, resolve_streaming
@@ -224,8 +224,9 @@ def _base_plan(setup: Setup, temps: Tensor, cfg: SGLDConfig, progress: bool):
     the preconditioner and the dispersed starts come from the Hessian's diagonal at w*."""
     nbeta = setup.nbeta[None, :] / temps[:, None].double()
     n_inst = setup.nbeta.numel()
-    h = hessian_diagonal(setup, seed=cfg.seed) if cfg.preconditioned or cfg.disperse else None
-    scale = None if h is None else preconditioner(h, nbeta, cfg.localization)  # [temp, inst, P]
+    scale = None  # [temp, inst, P]: per-coordinate posterior variance, M
+    if cfg.preconditioned or cfg.disperse:
+        scale = posterior_preconditioner(setup, nbeta, cfg.localization, seed=cfg.seed)
     precond = scale if cfg.preconditioned else None
     cal: Calibration | None = None
     if cfg.auto:
@@ -314,5 +315,5 @@ def calibrate(
     precond = None
     if cfg.preconditioned:
         nbeta = setup.nbeta[None, :] / temps[:, None].double()
-        precond = preconditioner(hessian_diagonal(setup, seed=cfg.seed), nbeta, cfg.localization)
+        precond = posterior_preconditioner(setup, nbeta, cfg.localization, seed=cfg.seed)
     return auto_step(setup, temps, cfg, precond=precond, progress=progress)

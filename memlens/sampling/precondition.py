@@ -10,8 +10,10 @@ with diag H the Hessian's diagonal of L_n at w*, estimated with Hutchinson's est
 E_z[z ⊙ Hz] over Rademacher z (exactly, from unit vectors, when there are few parameters). Not
 from gradient noise: where the model fits its data exactly, per-example gradients vanish at w*
 while the curvature does not. M is computed once per rung and instance and frozen for the run, so
-the sampler keeps its stationary distribution exactly as ε → 0. The preconditioned posterior's
-top curvature (power iteration on M^{1/2} A M^{1/2}, A = (nβ/t) H + γ) seeds ``step_size="auto"``
+the sampler keeps its stationary distribution exactly as ε → 0. Where the curvature at w* understates the
+curvature a posterior's width away (a quartic direction, flat at w*), the diagonal is blended with
+its value at points drawn at that width (:func:`posterior_preconditioner`). The preconditioned
+posterior's top curvature (power iteration on M^{1/2} A M^{1/2}, A = (nβ/t) H + γ) seeds ``step_size="auto"``
 the way the plain top curvature does without preconditioning.
 """
 
@@ -23,7 +25,12 @@ from torch import Tensor
 from memlens.data import mix_seed as _mix
 from memlens.sampling.sgld import Setup, expand_batch
 
-__all__ = ["hessian_diagonal", "preconditioner", "preconditioned_curvature"]
+__all__ = [
+    "hessian_diagonal",
+    "preconditioner",
+    "preconditioned_curvature",
+    "posterior_preconditioner",
+]
 
 #: at most this many training points enter the curvature estimates
 MAX_POINTS = 4096
@@ -42,11 +49,15 @@ class _Hvp:
     """Hessian-vector products of L_n for every row of ``copies`` copies of the model at w*
     (row e = copy · n_inst + inst), with vectors as flat ``[E, P]`` tensors."""
 
-    def __init__(self, setup: Setup, copies: int, seed: int):
+    def __init__(self, setup: Setup, copies: int, seed: int, offset: Tensor | None = None):
         self.model = setup.model.expand(copies)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.sizes = [p[0].numel() for p in self.params]
         self.batch = expand_batch(_subset(setup, seed), copies)
+        if offset is not None:  # evaluate at w* + offset (rows as in the flat buffer)
+            with torch.no_grad():
+                for p, d in zip(self.params, offset.split(self.sizes, 1), strict=True):
+                    p.add_(d.reshape(p.shape).to(p))
 
     def __call__(self, v: Tensor) -> Tensor:
         vs = [x.reshape(p.shape) for x, p in zip(v.split(self.sizes, 1), self.params, strict=True)]
@@ -101,3 +112,34 @@ def preconditioned_curvature(setup: Setup, M: Tensor, nbeta: Tensor, gamma: floa
         lam = (u * v).sum(1).double().cpu()
         v = u / u.norm(dim=1, keepdim=True).clamp_min(1e-30)
     return lam.abs().view(arms, n_inst)
+
+
+def posterior_preconditioner(setup: Setup, nbeta: Tensor, gamma: float, *, iters: int = 4,
+                             repeats: int = 4, seed: int = 0) -> Tensor:  # fmt: skip
+    """M ``[arm, inst, P]`` from the larger of |diag H| at w* and its mean over points
+    w* + √M ⊙ ξ drawn at the current posterior scale of each rung (``repeats`` points per
+    coordinate, exact diagonals from unit vectors, or Rademacher probes for many parameters),
+    iterated ``iters`` times with geometric damping. Directions flat at w* but walled a posterior
+    width away (w⁴) get the step their walls allow; M never exceeds the w* value."""
+    h0 = hessian_diagonal(setup, seed=seed)  # [inst, P]
+    M = preconditioner(h0, nbeta, gamma)
+    arms, n_inst, P = M.shape
+    dev = setup.model.device
+    exact = P <= 32
+    width = P if exact else 32
+    copies = arms * repeats * width
+    g = torch.Generator().manual_seed(_mix(seed, 79))
+    if exact:
+        z = torch.eye(P).repeat_interleave(n_inst, 0).repeat(arms * repeats, 1)
+    for _ in range(iters):
+        xi = torch.randn(arms, repeats * width, n_inst, P, generator=g)
+        delta = (M.sqrt()[:, None] * xi).reshape(copies * n_inst, P)
+        if not exact:
+            z = (torch.randint(0, 2, (copies * n_inst, P), generator=g) * 2 - 1).float()
+        hvp = _Hvp(setup, copies, seed, offset=delta.to(dev))
+        zh = (z.to(dev) * hvp(z.to(dev))).double().cpu().view(arms, repeats, width, n_inst, P)
+        h = (zh.sum(2) if exact else zh.mean(2)).abs().mean(1)  # [arm, inst, P]
+        a = nbeta.double()[:, :, None] * torch.maximum(h, h0.abs()[None]) + gamma
+        M_new = (1.0 / torch.maximum(a, 1e-8 * a.amax(-1, keepdim=True) + 1e-30)).float()
+        M = (M * M_new).sqrt()
+    return M
