@@ -14,7 +14,14 @@ A cell's estimate is *right* when |λ̂ − λ| ≤ max(3 se, 10% |λ|) and, for
 circuit's survival is within max(3 se, 0.1) of the exact one (se over chains). False green: the
 share of healthy cells that are not right; false red: the share of unhealthy cells that are right.
 
-    python benchmarks/tempering_truth.py [--quick] [--models switches-1,dln-r1,...]
+    python benchmarks/tempering_truth.py [--models switches-1,dln-r1,...]
+    python benchmarks/tempering_truth.py --timing   # cost of swaps + preconditioner per step
+
+``--timing`` runs the torch sampler (:func:`memlens.sampling.sgld.sample`) on the workload of
+benchmarks/llc_vs_devinterp.py (bottleneck 20 -> 5, n = 10^4, minibatch 256, 8 temperatures x 8
+chains x 200 draws) with the plain step and with replica exchange every 10 steps plus a
+preconditioner, side by side, median of repeats, one thread; and the one-off set-up cost (the
+Hessian diagonal and its blend) of ``temper``.
 """
 
 from __future__ import annotations
@@ -137,10 +144,53 @@ def score_llc(model, data, exact, **settings) -> dict:
             "healthy": ok, "right": right, "seconds": res.seconds}  # fmt: skip
 
 
+def timing(repeats: int = 5) -> None:
+    import statistics
+
+    from memlens.data import SparseFeatures
+    from memlens.sampling.llc import prepare
+    from memlens.sampling.precondition import posterior_preconditioner
+    from memlens.sampling.sgld import Plan, sample
+    from toy_models import Bottleneck
+
+    n = 10_000
+    train = SparseFeatures(n_features=20, sparsity=0.9).sample(T=n, n_instances=1, seed=0)
+    model = Bottleneck(n_features=20, d_hidden=5, n_instances=1, seed=0)
+    memlens.train(model, train, steps=2000, lr=1e-2, batch_size=1024, progress=False)
+    cfg = memlens.SGLDConfig(batch_size=256)
+    setup = prepare(model, train, cfg)
+    temps = torch.logspace(0, 2, 8).double()
+    nbeta = setup.nbeta[None, :] / temps[:, None]
+    t0 = time.perf_counter()
+    M = posterior_preconditioner(setup, nbeta, 1.0)
+    setup_s = time.perf_counter() - t0
+    base = dict(nbeta=nbeta, step=torch.full((8, 1), 3e-3), gamma=1.0, chains=8, draws=200,
+                thin=1, burnin=0, batch_size=256, seed=0, eval_every=10)  # fmt: skip
+    plain = Plan(**base)
+    step_m = torch.full((8, 1), 3e-3) / M.amax(-1)  # the same largest per-coordinate step
+    fancy = Plan(**{**base, "step": step_m}, precond=M, swap_every=10, ladder=list(range(8)))
+    times: dict[str, list[float]] = {"plain": [], "swaps+precond": []}
+    sample(setup, plain, progress=False)  # warm-up
+    for _ in range(repeats):
+        for name, plan in (("plain", plain), ("swaps+precond", fancy)):
+            t0 = time.perf_counter()
+            run = sample(setup, plan, progress=False)
+            times[name].append(time.perf_counter() - t0)
+    a, b = statistics.median(times["plain"]), statistics.median(times["swaps+precond"])
+    print(f"torch sampler, 8 temps x 8 chains x 200 steps, minibatch 256, 1 thread: plain "
+          f"{a:.3f} s, with swaps every 10 steps + preconditioner {b:.3f} s ({b / a - 1:+.1%}); "
+          f"one-off preconditioner set-up {setup_s:.3f} s; swap acceptance "
+          f"{', '.join(f'{x:.2f}' for x in run.swaps.accept[:, 0].tolist())}")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="all")
+    ap.add_argument("--timing", action="store_true")
     args = ap.parse_args()
+    if args.timing:
+        timing()
+        return
     want = None if args.models == "all" else set(args.models.split(","))
     green = red = n_ok = n_bad = 0
     print(f"{'model':14s} {'healthy':>8s} {'max|λ̂-λ|/λ':>12s} {'median':>7s} {'tc factor':>9s} "

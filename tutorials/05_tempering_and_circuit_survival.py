@@ -15,11 +15,22 @@
 # measured on coupled chains, put its bias within 5%) and where the chains mix, and every
 # (temperature, instance) cell carries a health flag. Unhealthy cells are hatched in the figures
 # and left out of every characteristic temperature. `MEMLENS_FAST=1` shrinks every size.
+#
+# Three things keep the sampler honest where circuits die. **Replica exchange**: every 10 SGLD
+# steps neighbouring rungs of the ladder propose to swap states (Metropolis on their tempered
+# losses), so a chain can leave a circuit's well at a hot rung and come back down; the summary
+# reports each pair's swap acceptance and names the rung to add where a pair rarely swaps.
+# **A frozen diagonal preconditioner** from the Hessian's diagonal at w*, so one step serves
+# circuits whose curvatures differ by orders of magnitude. **Dispersed starts**: half the chains
+# start at the posterior scale of a hotter rung, so chains that never cross a transition disagree
+# and R-hat flags the cell. (benchmarks/tempering_truth.py scores all this against exactly
+# solvable models.) Figures are written to `tutorial-output/05_tempering_and_circuit_survival/`.
 
 # %%
 import math
 import os
 import warnings
+from pathlib import Path
 
 import matplotlib
 
@@ -38,6 +49,13 @@ CHAINS, DRAWS = 4, (100 if FAST else 150)
 # end hot (weights noised by ~0.3, enough to kill every circuit) and the cold end mixable.
 GAMMA = 10.0
 BUDGET = 3_000 if FAST else 6_000  # SGLD steps per chain "auto" may spend on one run
+OUT = Path("tutorial-output/05_tempering_and_circuit_survival")
+OUT.mkdir(parents=True, exist_ok=True)
+
+
+def without_calibration(summary: str) -> str:
+    """A tempering summary up to its step-size record (the λ̂ lines and the swap acceptance)."""
+    return summary.split("\nstep size auto (")[0]
 
 
 def temper_quietly(model, train, temps, gamma=GAMMA, **kw):
@@ -88,7 +106,7 @@ cal = ml.calibrate(model, train, [1.0], chains=8, draws=DRAWS, localization=GAMM
                    max_steps=BUDGET, progress=False)  # fmt: skip
 print(cal.table(inst=0))
 print(cal.summary())
-cal.plot().savefig("05_calibration.png", dpi=120)
+cal.plot().savefig(OUT / "05_calibration.png", dpi=120)
 
 # %% [markdown]
 # ## 3. The LLC at t = 1, with the automatic step
@@ -96,8 +114,8 @@ cal.plot().savefig("05_calibration.png", dpi=120)
 # %%
 llc = ml.estimate_llc(model, train, chains=8, draws=DRAWS, localization=GAMMA, seed=0,
                       max_steps=BUDGET, progress=False)  # fmt: skip
-print(llc.summary().split("step size auto")[0])
-llc.plot_trace().savefig("05_trace.png", dpi=120)
+print(without_calibration(llc.summary()))
+llc.plot_trace().savefig(OUT / "05_trace.png", dpi=120)
 
 # %% [markdown]
 # ## 4. A log-spaced temperature ladder, with the survival probe streaming over the draws
@@ -109,14 +127,14 @@ llc.plot_trace().savefig("05_trace.png", dpi=120)
 # %%
 temps = torch.logspace(-2, 1, 8 if FAST else 12).tolist()  # >= 8 log-spaced temperatures
 tempered = temper_quietly(model, train, temps, probes=["survival"])
-print(tempered.summary().split("step size auto")[0])
+print(without_calibration(tempered.summary()))
 health_report(tempered, "bottleneck")
 surv = tempered.probe("survival")
 print(surv.summary())
-surv.plot().savefig("05_survival.png", dpi=120)
+surv.plot().savefig(OUT / "05_survival.png", dpi=120)
 spec = tempered.spectrum()
 print(spec.summary())
-spec.plot().savefig("05_spectrum.png", dpi=120)
+spec.plot().savefig(OUT / "05_spectrum.png", dpi=120)
 
 
 # %% [markdown]
@@ -172,7 +190,7 @@ bucket = measure_bucket(model, train, surv, localization=GAMMA, chains=CHAINS, d
                         max_steps=BUDGET, progress=False)  # fmt: skip
 for i in range(SEEDS):
     print(bucket.summary(i))
-bucket.plot().savefig("05_bucket.png", dpi=120)
+bucket.plot().savefig(OUT / "05_bucket.png", dpi=120)
 
 # %% [markdown]
 # ## 7. The MLP block: neuron circuits and datum circuits
@@ -196,7 +214,7 @@ mlp_tempered = temper_quietly(mlp, mlp_train, mlp_temps, gamma=100.0, probes=["s
 health_report(mlp_tempered, "MLP block")
 mlp_surv = mlp_tempered.probe("survival")
 print(mlp_surv.summary())
-mlp_surv.plot().savefig("05_survival_mlp.png", dpi=120)
+mlp_surv.plot().savefig(OUT / "05_survival_mlp.png", dpi=120)
 print("median characteristic temperature neuron / datum, MLP block:")
 family_table(mlp_surv, ["neuron", "datum"])
 mlp_verdict = verdict(mlp_surv, "datum", "neuron")

@@ -261,12 +261,16 @@ def _base_plan(setup: Setup, temps: Tensor, cfg: SGLDConfig, progress: bool):
 
 
 def _more_steps(diag, cfg: SGLDConfig, thin: int) -> int:
-    """Steps per draw that would bring every live cell to ESS ≥ 1.5 x ``min_ess`` and R-hat below
-    threshold, within ``max_steps``; ``thin`` itself when nothing is needed or affordable."""
+    """When a live cell falls short of ``min_ess`` or R-hat: the steps per draw that would bring
+    every live cell to ESS ≥ 2 x ``min_ess`` (ESS estimates scatter by tens of percent) and R-hat
+    below threshold, within ``max_steps``; ``thin`` itself when nothing is needed or affordable."""
     live = ~diag.diverged.all(1)
     ess = diag.ess[live].double()
     rhat = diag.rhat[live].double()
-    factor = float((1.5 * cfg.min_ess / ess.clamp_min(1.0)).max()) if len(ess) else 1.0
+    short = bool((~(ess >= cfg.min_ess)).any()) or bool((~(rhat <= cfg.max_rhat)).any())
+    if not short:
+        return thin
+    factor = float((2.0 * cfg.min_ess / ess.clamp_min(1.0)).max()) if len(ess) else 1.0
     if bool((~(rhat <= cfg.max_rhat)).any()):
         factor = max(factor, 3.0)
     if not factor > 1.0:

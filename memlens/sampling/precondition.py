@@ -32,15 +32,16 @@ __all__ = [
     "posterior_preconditioner",
 ]
 
-#: at most this many training points enter the curvature estimates
+#: at most this many training points enter the curvature estimates (the blend: BLEND_POINTS)
 MAX_POINTS = 4096
+BLEND_POINTS = 512
 
 
-def _subset(setup: Setup, seed: int):
+def _subset(setup: Setup, seed: int, max_points: int = MAX_POINTS):
     data = setup.data
-    if len(data) > MAX_POINTS:
+    if len(data) > max_points:
         g = torch.Generator().manual_seed(_mix(seed, 53))
-        idx = torch.randperm(len(data), generator=g)[:MAX_POINTS].to(data.inputs.device)
+        idx = torch.randperm(len(data), generator=g)[:max_points].to(data.inputs.device)
         data = data.gather(idx[:, None].expand(-1, data.n_instances))
     return data
 
@@ -49,11 +50,12 @@ class _Hvp:
     """Hessian-vector products of L_n for every row of ``copies`` copies of the model at w*
     (row e = copy · n_inst + inst), with vectors as flat ``[E, P]`` tensors."""
 
-    def __init__(self, setup: Setup, copies: int, seed: int, offset: Tensor | None = None):
+    def __init__(self, setup: Setup, copies: int, seed: int, offset: Tensor | None = None,
+                 max_points: int = MAX_POINTS):  # fmt: skip
         self.model = setup.model.expand(copies)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.sizes = [p[0].numel() for p in self.params]
-        self.batch = expand_batch(_subset(setup, seed), copies)
+        self.batch = expand_batch(_subset(setup, seed, max_points), copies)
         if offset is not None:  # evaluate at w* + offset (rows as in the flat buffer)
             with torch.no_grad():
                 for p, d in zip(self.params, offset.split(self.sizes, 1), strict=True):
@@ -114,7 +116,7 @@ def preconditioned_curvature(setup: Setup, M: Tensor, nbeta: Tensor, gamma: floa
     return lam.abs().view(arms, n_inst)
 
 
-def posterior_preconditioner(setup: Setup, nbeta: Tensor, gamma: float, *, iters: int = 4,
+def posterior_preconditioner(setup: Setup, nbeta: Tensor, gamma: float, *, iters: int = 3,
                              repeats: int = 4, seed: int = 0) -> Tensor:  # fmt: skip
     """M ``[arm, inst, P]`` from the larger of |diag H| at w* and its mean over points
     w* + √M ⊙ ξ drawn at the current posterior scale of each rung (``repeats`` points per
@@ -126,17 +128,19 @@ def posterior_preconditioner(setup: Setup, nbeta: Tensor, gamma: float, *, iters
     arms, n_inst, P = M.shape
     dev = setup.model.device
     exact = P <= 32
-    width = P if exact else 32
+    width = P if exact else 8  # Rademacher probes per point when there are many parameters
+    repeats = repeats if exact else 1
     copies = arms * repeats * width
-    g = torch.Generator().manual_seed(_mix(seed, 79))
     if exact:
         z = torch.eye(P).repeat_interleave(n_inst, 0).repeat(arms * repeats, 1)
-    for _ in range(iters):
-        xi = torch.randn(arms, repeats * width, n_inst, P, generator=g)
+    for it in range(iters):  # each arm its own stream: a rung's M does not depend on the ladder
+        gens = [torch.Generator().manual_seed(_mix(seed, 79, it, k)) for k in range(arms)]
+        xi = torch.stack([torch.randn(repeats * width, n_inst, P, generator=g) for g in gens])
         delta = (M.sqrt()[:, None] * xi).reshape(copies * n_inst, P)
         if not exact:
-            z = (torch.randint(0, 2, (copies * n_inst, P), generator=g) * 2 - 1).float()
-        hvp = _Hvp(setup, copies, seed, offset=delta.to(dev))
+            z = torch.cat([torch.randint(0, 2, (repeats * width * n_inst, P), generator=g)
+                           for g in gens]).float() * 2 - 1  # fmt: skip
+        hvp = _Hvp(setup, copies, seed, offset=delta.to(dev), max_points=BLEND_POINTS)
         zh = (z.to(dev) * hvp(z.to(dev))).double().cpu().view(arms, repeats, width, n_inst, P)
         h = (zh.sum(2) if exact else zh.mean(2)).abs().mean(1)  # [arm, inst, P]
         a = nbeta.double()[:, :, None] * torch.maximum(h, h0.abs()[None]) + gamma
