@@ -206,7 +206,8 @@ def main() -> None:
         n_ok, n_bad = n_ok + int(ok.sum()), n_bad + int((~ok).sum())
         print(f"{name:14s} {sc['healthy']:8.0%} {sc['llc_err_healthy']:12.1%} "
               f"{sc['llc_err_median']:7.1%} {sc['tc_factor']:9.2f} {sc['spearman']:8.2f} "
-              f"{sc['false_green']:7.0%} {sc['false_red']:6.0%} {time.perf_counter() - t0:6.0f}")  # fmt: skip
+              f"{sc['false_green']:7.0%} {sc['false_red']:6.0%} "
+              f"{time.perf_counter() - t0:6.0f}")  # fmt: skip
         print("   char. temperature measured/exact per circuit: "
               + ", ".join(f"{r:.2f}" for r in sc["tc_ratio"]))  # fmt: skip
         res = sc["result"]
@@ -227,8 +228,10 @@ def main() -> None:
         print(f"{name:14s} {'yes' if ok else 'no':>8s} {abs(sc['err']):12.1%} "
               f"λ̂ {sc['llc']:.3f} ± {sc['se']:.3f} vs exact {sc['exact']:.3f} "
               f"{time.perf_counter() - t0:6.0f}s{why}")  # fmt: skip
-    print(f"suite: false-green {green}/{n_ok} healthy cells ({green / max(n_ok, 1):.0%}), "
-          f"false-red {red}/{n_bad} unhealthy cells ({red / max(n_bad, 1):.0%})")
+    print(
+        f"suite: false-green {green}/{n_ok} healthy cells ({green / max(n_ok, 1):.0%}), "
+        f"false-red {red}/{n_bad} unhealthy cells ({red / max(n_bad, 1):.0%})"
+    )
 
 
 if __name__ == "__main__":

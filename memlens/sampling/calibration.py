@@ -8,8 +8,9 @@ mixes fastest is the most biased one. Slow directions (a small) need ≫ 1/(εa)
 The procedure, per temperature t and instance:
 
 1. **Seed.** The top Hessian eigenvalue h of L_n at w* (power iteration on Hessian-vector
-   products, all instances at once) gives the stiffest curvature a = (nβ/t) h + γ of the posterior.
-2. **Grid.** ε = s/a for the dimensionless steps s = 3, 1, 1/3. The grid points of a rung are
+   products) gives the stiffest curvature a = (nβ/t) h + γ; with a diagonal preconditioner M
+   (:mod:`.precondition`), a is the top eigenvalue of M^{1/2} ((nβ/t) H + γ) M^{1/2}.
+2. **Grid.** ε = s/a for s = 3, 1, 1/3 (preconditioned: 1, 1/3, 1/9). The grid points of a rung are
    *coupled*: they share their chains' noise, and the step 3ε takes one update per three of ε with
    the summed noise (a coarser discretisation of the same Brownian path), so every point covers
    the same physical time and λ̂(3ε) − λ̂(ε) is measured with a small error. Every rung x grid
@@ -22,8 +23,9 @@ The procedure, per temperature t and instance:
    more SGLD steps per draw, as many as the measured errors say are needed. Bias still too large
    at the bottom of the grid: one more point, ε/3. The answer at the top: one larger point, once.
    A cell whose decision would need more than half of ``max_steps`` per chain in one round is
-   given up and fails the bias test: it keeps the smallest step that mixed and is flagged. At most
-   ``ROUNDS`` rounds; only undecided rungs are rerun.
+   given up and fails the bias test (it keeps the smallest step that mixed and is flagged), unless,
+   preconditioned, it failed for mixing alone: then it takes the smallest s decided at another
+   rung of its instance. At most ``ROUNDS`` rounds; only undecided rungs are rerun.
 5. **Steps per draw** for the run: enough that ESS ≥ 2 x ``min_ess`` is expected, from the
    autocorrelation time measured at the chosen step (within ``max_steps``); the run itself is
    redone once with more steps per draw if its own ESS or R-hat falls short.
@@ -40,8 +42,8 @@ from torch import Tensor
 from memlens.data import mix_seed as _mix
 from memlens.sampling.config import SGLDConfig
 from memlens.sampling.diagnostics import analyse_run, effective_sample_size
+from memlens.sampling.precondition import preconditioned_curvature, top_curvature
 from memlens.sampling.results import Calibration
-from memlens.sampling.precondition import preconditioned_curvature
 from memlens.sampling.sgld import Plan, Setup, eval_schedule, sample
 
 __all__ = ["top_curvature", "auto_step"]
@@ -56,38 +58,6 @@ CAL_CHAINS, CAL_DRAWS = 4, 48
 MIN_ESS_CAL = 50.0
 Z = 2.0
 LLC_FLOOR = 0.5  # tolerances are relative to max(|λ̂|, LLC_FLOOR): one regular direction
-
-
-def top_curvature(setup: Setup, iters: int = 30, max_points: int = 4096, seed: int = 0) -> Tensor:
-    """Largest |eigenvalue| of the Hessian of L_n at w*, per instance (``[inst]``, float64), by
-    power iteration on Hessian-vector products (double backprop) on at most ``max_points``
-    training points."""
-    model = setup.model.expand(1)
-    data = setup.data
-    if len(data) > max_points:
-        g = torch.Generator().manual_seed(_mix(seed, 53))
-        idx = torch.randperm(len(data), generator=g)[:max_points].to(data.inputs.device)
-        data = data.gather(idx[:, None].expand(-1, data.n_instances))
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_inst = model.n_instances
-    g = torch.Generator().manual_seed(_mix(seed, 59))
-    v = [torch.randn(p.shape, generator=g).to(p) for p in params]
-
-    def per_inst(xs: list[Tensor]) -> Tensor:  # sum over each instance's coordinates
-        return sum(x.reshape(n_inst, -1).sum(1) for x in xs)
-
-    norm = per_inst([x * x for x in v]).sqrt().clamp_min(1e-30)
-    v = [x / norm.view(-1, *([1] * (x.ndim - 1))) for x in v]
-    lam = torch.zeros(n_inst, dtype=torch.float64)
-    for _ in range(iters):
-        grads = torch.autograd.grad(model.loss(data).sum(), params, create_graph=True)
-        hv = torch.autograd.grad(
-            sum((gr * x).sum() for gr, x in zip(grads, v, strict=True)), params
-        )
-        lam = per_inst([h * x for h, x in zip(hv, v, strict=True)]).detach().double().cpu()
-        norm = per_inst([h.detach() ** 2 for h in hv]).sqrt().clamp_min(1e-30)
-        v = [h.detach() / norm.view(-1, *([1] * (h.ndim - 1))) for h in hv]
-    return lam.abs()
 
 
 def _measure(setup, cfg, temps, rungs, grids, curv, thin, progress, precond=None):
@@ -228,6 +198,48 @@ def _decide(rows: list[dict], pairs: list[tuple], tol: float) -> tuple:
     return "more_steps", None, why, factor, None
 
 
+def _judge(todo, grids, n_i, results, paired, decided, failed, extended_up, thin, max_thin, cfg):
+    """One round's verdict per undecided cell: record decisions in ``decided`` and cells beyond
+    the budget in ``failed``; return the steps per draw wished for and the rungs whose grid grows
+    up or down."""
+    wish, grow_up, grow_down = [thin], set(), set()
+    for a in todo:
+        grid = grids[a]
+        for i in range(n_i):
+            if (a, i) in failed:
+                continue
+            rows = [results[(a, i, s)] for s in grid]
+            pairs = [paired[(a, i, s)] for s in grid[:-1]]
+            status, k, why, factor, test = _decide(rows, pairs, cfg.bias_tolerance)
+            if status == "extend_up" and a in extended_up:
+                status = "decided"
+                why += "; at the top of the extended grid"
+            if status == "decided":
+                decided[(a, i)] = (grid[k], why, test)
+                continue
+            decided.pop((a, i), None)
+            if status == "more_steps":
+                f = factor if math.isfinite(factor) else RATIO
+                need = math.ceil(thin * min(max(f, 1.5), 27.0))
+            elif status == "extend_down":  # same physical time at a 3x smaller step
+                ess = rows[-1]["ess"]
+                need = math.ceil(thin * max(1.0, RATIO * 1.5 * MIN_ESS_CAL / max(ess, 1.0)))
+            else:
+                need = thin
+            if need > max_thin:
+                failed[(a, i)] = (
+                    f"{why}; deciding would need ~{need * CAL_DRAWS:.0f} SGLD steps per "
+                    f"chain, beyond the budget (max_steps = {cfg.max_steps})"
+                )
+                continue
+            wish.append(need)
+            if status == "extend_down":
+                grow_down.add(a)
+            elif status == "extend_up":
+                grow_up.add(a)
+    return wish, grow_up, grow_down
+
+
 def auto_step(
     setup: Setup,
     temps: Tensor,
@@ -263,41 +275,8 @@ def auto_step(
         measured_thin = thin
         results.update(rows_new)
         paired.update(pairs_new)
-        wish, grow_up, grow_down = [thin], set(), set()
-        for a in todo:
-            grid = grids[a]
-            for i in range(n_i):
-                if (a, i) in failed:
-                    continue
-                rows = [results[(a, i, s)] for s in grid]
-                pairs = [paired[(a, i, s)] for s in grid[:-1]]
-                status, k, why, factor, test = _decide(rows, pairs, cfg.bias_tolerance)
-                if status == "extend_up" and a in extended_up:
-                    status = "decided"
-                    why += "; at the top of the extended grid"
-                if status == "decided":
-                    decided[(a, i)] = (grid[k], why, test)
-                    continue
-                decided.pop((a, i), None)
-                if status == "more_steps":
-                    f = factor if math.isfinite(factor) else RATIO
-                    need = math.ceil(thin * min(max(f, 1.5), 27.0))
-                elif status == "extend_down":  # same physical time at a 3x smaller step
-                    ess = rows[-1]["ess"]
-                    need = math.ceil(thin * max(1.0, RATIO * 1.5 * MIN_ESS_CAL / max(ess, 1.0)))
-                else:
-                    need = thin
-                if need > max_thin:
-                    failed[(a, i)] = (
-                        f"{why}; deciding would need ~{need * CAL_DRAWS:.0f} SGLD steps per "
-                        f"chain, beyond the budget (max_steps = {cfg.max_steps})"
-                    )
-                    continue
-                wish.append(need)
-                if status == "extend_down":
-                    grow_down.add(a)
-                elif status == "extend_up":
-                    grow_up.add(a)
+        wish, grow_up, grow_down = _judge(todo, grids, n_i, results, paired, decided, failed,
+                                          extended_up, thin, max_thin, cfg)  # fmt: skip
         todo = [
             a for a in todo if any((a, i) not in decided and (a, i) not in failed
                                    for i in range(n_i))
@@ -361,7 +340,8 @@ def _choose(results, decided, failed, temps, curv, preconditioned: bool):
                 s_ref = min(peers)
                 pick = next((r for r in rows if r["s"] == s_ref), None) or {
                     **rows[-1], "s": s_ref, "step_size": s_ref / float(curv[a, i]),
-                    "llc": math.nan, "llc_se": math.nan, "rhat": math.nan, "ess": math.nan}  # fmt: skip
+                    "llc": math.nan, "llc_se": math.nan, "rhat": math.nan,
+                    "ess": math.nan}  # fmt: skip
                 why = (
                     f"ε = {pick['step_size']:.3g} (s = {s_ref:.3g}): the smallest dimensionless "
                     "step the bias test accepted at another temperature of this instance (the "

@@ -150,7 +150,9 @@ class SGLDConfig:
         check_int("max_steps", self.max_steps, 1)
         check_int("swap_every", self.swap_every, 0)
         if self.precondition not in (AUTO, True, False):
-            raise ValueError(f"precondition must be 'auto', True or False, got {self.precondition!r}")
+            raise ValueError(
+                f"precondition must be 'auto', True or False, got {self.precondition!r}"
+            )
         if not isinstance(self.disperse, bool):
             raise ValueError(f"disperse must be True or False, got {self.disperse!r}")
 

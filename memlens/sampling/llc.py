@@ -191,13 +191,21 @@ def temper(
             run, llc, diag = run_at(thin)
             seconds += run.seconds
             cal.thin = thin
+    result = _result(setup, temps, cfg, base, cal, run, llc, diag, thin, seconds)
+    if driver:
+        result.probes = driver.end(result)
+    warn(diag, result.health, [f"t={t:.3g}" for t in temps.tolist()])
+    return result
+
+
+def _result(setup, temps, cfg, base, cal, run, llc, diag, thin, seconds) -> Tempering:
     resolved = cfg.replace(
         step_size=base.step.tolist(), thin=thin, burnin=base.burnin, nbeta=setup.nbeta.tolist()
     )
     hl = health(llc, diag, max_rhat=cfg.max_rhat, min_ess=cfg.min_ess,
                 bias_failed=None if cal is None else cal.bias_failed,
                 dispersed=base.start is not None)  # fmt: skip
-    result = Tempering(
+    return Tempering(
         temperatures=temps,
         nbeta=setup.nbeta.float(),
         traces=run.loss,
@@ -213,10 +221,6 @@ def temper(
         seconds=seconds + (0.0 if cal is None else cal.seconds),
         swaps=run.swaps,
     )
-    if driver:
-        result.probes = driver.end(result)
-    warn(diag, hl, [f"t={t:.3g}" for t in temps.tolist()])
-    return result
 
 
 def _base_plan(setup: Setup, temps: Tensor, cfg: SGLDConfig, progress: bool):

@@ -10,11 +10,12 @@ with diag H the Hessian's diagonal of L_n at w*, estimated with Hutchinson's est
 E_z[z ⊙ Hz] over Rademacher z (exactly, from unit vectors, when there are few parameters). Not
 from gradient noise: where the model fits its data exactly, per-example gradients vanish at w*
 while the curvature does not. M is computed once per rung and instance and frozen for the run, so
-the sampler keeps its stationary distribution exactly as ε → 0. Where the curvature at w* understates the
-curvature a posterior's width away (a quartic direction, flat at w*), the diagonal is blended with
-its value at points drawn at that width (:func:`posterior_preconditioner`). The preconditioned
-posterior's top curvature (power iteration on M^{1/2} A M^{1/2}, A = (nβ/t) H + γ) seeds ``step_size="auto"``
-the way the plain top curvature does without preconditioning.
+the sampler keeps its stationary distribution exactly as ε → 0. Where the curvature at w*
+understates the curvature a posterior's width away (a quartic direction, flat at w*), the
+diagonal is blended with its value at points drawn at that width
+(:func:`posterior_preconditioner`). The preconditioned posterior's top curvature (power
+iteration on M^{1/2} A M^{1/2}, A = (nβ/t) H + γ) seeds ``step_size="auto"`` the way the plain
+top curvature (:func:`top_curvature`) does without it.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from memlens.data import mix_seed as _mix
 from memlens.sampling.sgld import Setup, expand_batch
 
 __all__ = [
+    "top_curvature",
     "hessian_diagonal",
     "preconditioner",
     "preconditioned_curvature",
@@ -147,3 +149,35 @@ def posterior_preconditioner(setup: Setup, nbeta: Tensor, gamma: float, *, iters
         M_new = (1.0 / torch.maximum(a, 1e-8 * a.amax(-1, keepdim=True) + 1e-30)).float()
         M = (M * M_new).sqrt()
     return M
+
+
+def top_curvature(setup: Setup, iters: int = 30, max_points: int = 4096, seed: int = 0) -> Tensor:
+    """Largest |eigenvalue| of the Hessian of L_n at w*, per instance (``[inst]``, float64), by
+    power iteration on Hessian-vector products (double backprop) on at most ``max_points``
+    training points."""
+    model = setup.model.expand(1)
+    data = setup.data
+    if len(data) > max_points:
+        g = torch.Generator().manual_seed(_mix(seed, 53))
+        idx = torch.randperm(len(data), generator=g)[:max_points].to(data.inputs.device)
+        data = data.gather(idx[:, None].expand(-1, data.n_instances))
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_inst = model.n_instances
+    g = torch.Generator().manual_seed(_mix(seed, 59))
+    v = [torch.randn(p.shape, generator=g).to(p) for p in params]
+
+    def per_inst(xs: list[Tensor]) -> Tensor:  # sum over each instance's coordinates
+        return sum(x.reshape(n_inst, -1).sum(1) for x in xs)
+
+    norm = per_inst([x * x for x in v]).sqrt().clamp_min(1e-30)
+    v = [x / norm.view(-1, *([1] * (x.ndim - 1))) for x in v]
+    lam = torch.zeros(n_inst, dtype=torch.float64)
+    for _ in range(iters):
+        grads = torch.autograd.grad(model.loss(data).sum(), params, create_graph=True)
+        hv = torch.autograd.grad(
+            sum((gr * x).sum() for gr, x in zip(grads, v, strict=True)), params
+        )
+        lam = per_inst([h * x for h, x in zip(hv, v, strict=True)]).detach().double().cpu()
+        norm = per_inst([h.detach() ** 2 for h in hv]).sqrt().clamp_min(1e-30)
+        v = [h.detach() / norm.view(-1, *([1] * (h.ndim - 1))) for h in hv]
+    return lam.abs()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from memlens.data import Batch
 from memlens.data import mix_seed as _mix
 
-__all__ = ["Streams", "BLOCK_ELEMENTS"]
+__all__ = ["Streams", "BLOCK_ELEMENTS", "minibatch_stream"]
 
 #: noise / index block per chain: at most this many floats, so blocks stay cache-sized
 BLOCK_ELEMENTS = 2**16
@@ -53,3 +54,32 @@ class Streams:
         out = self.block[self.pos]
         self.pos += 1
         return out
+
+
+def minibatch_stream(data: Batch, plan, groups, E: int, n_inst: int, steps: int):
+    """A callable returning this step's minibatch of every row (one index_select per step)."""
+    dev, b = data.inputs.device, plan.batch_size
+    col = (torch.arange(E, device=dev) % n_inst)[:, None]
+    n_pts = data.n_points().to(dev, torch.float32)[col[:, 0]][:, None]
+
+    def flat_rows(u: Tensor) -> Tensor:
+        """Uniforms [K, copies, batch, inst] -> rows of the flattened training set
+        [K, E * batch], instance-major (see expand_batch)."""
+        u = u.transpose(2, 3).reshape(u.shape[0], E, b)
+        idx = (u * n_pts).long().clamp_max(len(data) - 1) * n_inst + col
+        return idx.reshape(u.shape[0], E * b)
+
+    picks = Streams(plan.seed, 43, groups, plan.chains, (b, n_inst), dev, False, steps,
+                     post=flat_rows)  # fmt: skip
+    flat_x = data.inputs.reshape(-1, *data.inputs.shape[2:])
+    flat_y = None if data.targets is None else data.targets.reshape(-1, *data.targets.shape[2:])
+
+    def next_batch() -> Batch:
+        idx = picks.next()
+        x = flat_x.index_select(0, idx).view(E, b, *flat_x.shape[1:]).transpose(0, 1)
+        tg = None
+        if flat_y is not None:
+            tg = flat_y.index_select(0, idx).view(E, b, *flat_y.shape[1:]).transpose(0, 1)
+        return Batch(x, tg, None, None)
+
+    return next_batch

@@ -48,8 +48,10 @@ from memlens.data import Batch
 from memlens.data import mix_seed as _mix
 from memlens.hooked import HookedToyModel
 from memlens.sampling.random_streams import Streams as _Streams
+from memlens.sampling.random_streams import minibatch_stream
 
 __all__ = ["Setup", "Plan", "Run", "Engine", "sample", "advance", "expand_batch", "eval_schedule"]
+
 
 @dataclass
 class Setup:
@@ -190,35 +192,6 @@ def _rows(plan: Plan, n_inst: int, v: Tensor, dev) -> Tensor:
     return out.reshape(arms * chains * n_inst, *v.shape[2:])
 
 
-def _minibatches(setup: Setup, plan: Plan, groups, E: int, n_inst: int, steps: int):
-    """A callable returning this step's minibatch of every row (one index_select per step)."""
-    data, dev, b = setup.data, setup.model.device, plan.batch_size
-    col = (torch.arange(E, device=dev) % n_inst)[:, None]
-    n_pts = data.n_points().to(dev, torch.float32)[col[:, 0]][:, None]
-
-    def flat_rows(u: Tensor) -> Tensor:
-        """Uniforms [K, copies, batch, inst] -> rows of the flattened training set
-        [K, E * batch], instance-major (see expand_batch)."""
-        u = u.transpose(2, 3).reshape(u.shape[0], E, b)
-        idx = (u * n_pts).long().clamp_max(len(data) - 1) * n_inst + col
-        return idx.reshape(u.shape[0], E * b)
-
-    picks = _Streams(plan.seed, 43, groups, plan.chains, (b, n_inst), dev, False, steps,
-                     post=flat_rows)  # fmt: skip
-    flat_x = data.inputs.reshape(-1, *data.inputs.shape[2:])
-    flat_y = None if data.targets is None else data.targets.reshape(-1, *data.targets.shape[2:])
-
-    def next_batch() -> Batch:
-        idx = picks.next()
-        x = flat_x.index_select(0, idx).view(E, b, *flat_x.shape[1:]).transpose(0, 1)
-        tg = None
-        if flat_y is not None:
-            tg = flat_y.index_select(0, idx).view(E, b, *flat_y.shape[1:]).transpose(0, 1)
-        return Batch(x, tg, None, None)
-
-    return next_batch
-
-
 def build_engine(setup: Setup, plan: Plan) -> Engine:
     """Expand the model to every arm x chain x instance, flatten it, and precompute the step."""
     dev = setup.model.device
@@ -242,7 +215,7 @@ def build_engine(setup: Setup, plan: Plan) -> Engine:
     if plan.batch_size is None:
         batch = expand_batch(setup.data, copies)
     else:
-        batch = _minibatches(setup, plan, groups, E, n_inst, steps)
+        batch = minibatch_stream(setup.data, plan, groups, E, n_inst, steps)
     eng = Engine(expanded, params, W, W0, G, _rows(plan, n_inst, plan.nbeta, dev), plan.gamma,
                  half.contiguous(), root.contiguous(), noise, batch)  # fmt: skip
     if bool((stride > 1).any()):  # an arm of stride r updates on the steps where (step+1) % r == 0
@@ -350,7 +323,9 @@ def sample(
                     with torch.no_grad():
                         on_draw(eng.expanded, k)
                 if kept is not None:
-                    kept.append({n: v.detach().clone() for n, v in eng.expanded.state_dict().items()})
+                    kept.append(
+                        {n: v.detach().clone() for n, v in eng.expanded.state_dict().items()}
+                    )
             if swap is not None:
                 swap.maybe(eng.step)
             if k + 1 == plan.burnin:  # "barely moving" is judged after burn-in (starts disperse)

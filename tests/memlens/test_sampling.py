@@ -441,8 +441,9 @@ def test_calibration_grid_matches_the_euler_bias_in_closed_form():
     within the tolerance."""
     model, data = regression(3, n=1000)
     nb = nbeta_of(1000)
-    cal = memlens.calibrate(model, data, chains=8, draws=200, seed=7, precondition=False,
-                            progress=False)  # fmt: skip  (the closed form is plain SGLD's)
+    cal = memlens.calibrate(
+        model, data, chains=8, draws=200, seed=7, precondition=False, progress=False
+    )  # fmt: skip  (the closed form is plain SGLD's)
     for r in cal.rows:
         if r["mixed"]:
             exact = euler_llc(data, nb, 1.0, r["step_size"])
