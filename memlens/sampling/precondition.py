@@ -35,8 +35,8 @@ __all__ = [
 ]
 
 #: at most this many training points enter the curvature estimates (the blend: BLEND_POINTS)
-MAX_POINTS = 4096
-BLEND_POINTS = 512
+MAX_POINTS = 1024
+BLEND_POINTS = 256
 
 
 def _subset(setup: Setup, seed: int, max_points: int = MAX_POINTS):

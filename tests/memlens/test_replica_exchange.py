@@ -8,6 +8,7 @@ import math
 import warnings
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 import memlens
@@ -72,7 +73,7 @@ def temper_switch(**kw):
     data = switch_data(model, 100)
     nb = 100 / math.log(100)
     tc = float(switch_truth(model, nb, [1.0])["char_temp"][0, 0])
-    temps = [tc * f for f in (0.25, 0.5, 1.0, 2.0, 4.0)]
+    temps = [tc * 1.6**k for k in range(-3, 6)]  # the scorecard's ladder spacing
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = memlens.temper(model, data, temps, probes=["survival"], progress=False, **kw)
@@ -87,13 +88,13 @@ def right(res, truth):
     return ok_llc & ((surv - truth["survival"]).abs() <= 0.1).all(-1)
 
 
+@pytest.mark.slow
 def test_replica_exchange_crosses_the_transition_and_no_cell_is_falsely_green():
     res, truth, tc = temper_switch()
     good = right(res, truth)
-    # every estimate is right; the rungs up to the transition are healthy (the two hottest, where
-    # the frozen preconditioner still sees the well, may fall short of the ESS threshold)
+    # every estimate is right and ≥ 90% of cells are healthy (the target)
     assert bool(good.all()), (res.llc.mean[:, 0], truth["llc"][:, 0])
-    assert bool(res.health.ok[:3].all()), res.summary()
+    assert float(res.health.ok.double().mean()) >= 0.9, res.summary()
     ct = float(res.probe("survival").characteristic_temperature[0, 0])
     assert 1 / 1.5 < ct / tc < 1.5
     acc = res.swaps.accept[:, 0]
