@@ -252,7 +252,8 @@ class SurvivalResult(ProbeResult):
             ylabel="circuits (grouped by family; within a family\n"
             "ordered by characteristic temperature)",
             title=f"circuit survival, instance {inst}\n(grey: inactive or no healthy chain; "
-            f"red hatching: unhealthy sampler cell; red line: survival = {self.threshold:g})",
+            f"red hatching: unhealthy sampler cell;\nred line: survival = {self.threshold:g}, "
+            "where a circuit is noised out)",
         )
         if np.isfinite(s).any() and s.shape[1] > 1:  # where survival crosses the threshold
             ax.contour(np.ma.masked_invalid(s), levels=[self.threshold], colors="red",
@@ -261,8 +262,6 @@ class SurvivalResult(ProbeResult):
             im, ax=ax, label=f"survival 1 − RMS(a − a*)/|a*| (noised out below {self.threshold})"
         )
         bar.ax.axhline(self.threshold, color="red", lw=2)
-        bar.ax.text(1.05, self.threshold, f"{self.threshold:g}: noised out", color="red",
-                    transform=bar.ax.get_yaxis_transform(), va="center", fontsize=7)  # fmt: skip
         fig.tight_layout()
         return fig
 

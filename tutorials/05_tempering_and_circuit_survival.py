@@ -230,6 +230,21 @@ print(
 for name, c in (("bottleneck", bottleneck_verdict), ("MLP block", mlp_verdict)):
     ratio = c["geometric_mean"]
     print(f"{name}: {c['verdict']}" + ("" if math.isfinite(ratio) else " (no finite ratio)"))
+pred, meas, _ = bucket.pairs()
+print(
+    f"RESULT bucket Spearman {bucket.rank_correlation:.2f} over {len(pred)} circuits; median "
+    f"predicted / measured characteristic temperature {float((pred / meas).median()):.2f}"
+)
+for i in range(SEEDS):
+    print(
+        f"RESULT LLC t=1 seed {i}: {float(llc.llc.mean[0, i]):.3g} ± {float(llc.llc.se[0, i]):.2g}"
+    )
+for name, c in (("bottleneck", bottleneck_verdict), ("MLP block", mlp_verdict)):
+    print(f"RESULT verdict {name}: ratio {c['geometric_mean']:.3g}, {c['verdict']}")
+swap = tempered.swaps.accept
+print(
+    f"RESULT swap acceptance bottleneck: min {float(swap.min()):.2f}, max {float(swap.max()):.2f}"
+)
 
 # %% [markdown]
 # **What this run shows** (default mode: 3 seeds, 4 chains x 150 draws, a 6,000-step budget;
