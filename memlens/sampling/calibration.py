@@ -22,7 +22,7 @@ The procedure, per temperature t and instance:
 4. **Adapt.** Undecided because the chains do not mix or the test cannot resolve the tolerance:
    more SGLD steps per draw, as many as the measured errors say are needed. Bias still too large
    at the bottom of the grid: one more point, ε/3. The answer at the top: one larger point, once.
-   A cell whose decision would need more than half of ``max_steps`` per chain in one round is
+   A cell whose decision would need more than 3/4 of ``max_steps`` per chain in one round is
    given up and fails the bias test (it keeps the smallest step that mixed and is flagged), unless,
    preconditioned, it failed for mixing alone: then it takes the smallest s decided at another
    rung of its instance. At most ``ROUNDS`` rounds; only undecided rungs are rerun.
@@ -261,7 +261,7 @@ def auto_step(
     curv = curv.clamp_min(1e-12)
     grid0 = GRID if precond is None else GRID_PRECONDITIONED
     grids = {a: list(grid0) for a in range(n_t)}
-    max_thin = max(1, cfg.max_steps // (2 * CAL_DRAWS))  # a round costs ≤ half the run's budget
+    max_thin = max(1, 3 * cfg.max_steps // (4 * CAL_DRAWS))  # a round: ≤ 3/4 of the run budget
     thin = min(max_thin, math.ceil(1 / grid0[-1]))  # a stiff relaxation time per draw
     extended_up: set[int] = set()
     results: dict = {}

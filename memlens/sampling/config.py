@@ -85,7 +85,7 @@ class SGLDConfig:
             (the top rung: its own), so that chains which never
             cross between modes disagree and R-hat sees it. Burn-in draws are excluded from the
             blow-up test.
-        max_steps: ``"auto"``'s budget: SGLD steps per chain of the run (draws x thin), and half
+        max_steps: ``"auto"``'s budget: SGLD steps per chain of the run (draws x thin), and 3/4
             of it per calibration round.
     """
 

@@ -7,6 +7,9 @@ Tempering a trained model w* samples the localised, tempered posterior (backgrou
 with SGLD (:mod:`memlens.sampling.sgld`) and estimates the local learning coefficient at
 temperature t as λ̂ = (nβ/t) (E_w[L_n(w)] − L_n(w*)). nβ defaults to n / log n with n the number of
 training points (per instance), not the batch size. Everything is validated before any work.
+By default the sampler is preconditioned (a frozen diagonal M from the curvature at w*), chains
+start dispersed (half at a hotter rung's posterior scale, so R-hat sees chains that never cross
+between modes) and neighbouring rungs of a ladder swap states every 10 steps (replica exchange).
 """
 
 from __future__ import annotations
