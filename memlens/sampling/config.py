@@ -82,7 +82,7 @@ class SGLDConfig:
             False.
         disperse: start chains dispersed around w*: even chains with noise of their own rung's
             posterior scale (√M), odd chains with that of the rung two places hotter on the ladder
-            (the top rung: its own), so that chains which never
+            (extended past its top with the top's spacing), so that chains which never
             cross between modes disagree and R-hat sees it. Burn-in draws are excluded from the
             blow-up test.
         max_steps: ``"auto"``'s budget: SGLD steps per chain of the run (draws x thin), and 3/4

@@ -231,10 +231,17 @@ def _base_plan(setup: Setup, temps: Tensor, cfg: SGLDConfig, progress: bool):
     the preconditioner and the dispersed starts come from the Hessian's diagonal at w*."""
     nbeta = setup.nbeta[None, :] / temps[:, None].double()
     n_inst = setup.nbeta.numel()
+    order = torch.argsort(temps).tolist()
+    t_sorted = temps[order].double()
+    extra = torch.empty(0, dtype=torch.float64)  # rungs beyond the top, same spacing (starts only)
+    if cfg.disperse and len(temps) > 1:
+        r = float(t_sorted[-1] / t_sorted[-2])
+        extra = t_sorted[-1] * r ** torch.arange(1, HOTTER + 1, dtype=torch.float64)
     scale = None  # [temp, inst, P]: per-coordinate posterior variance, M
     if cfg.preconditioned or cfg.disperse:
-        scale = posterior_preconditioner(setup, nbeta, cfg.localization, seed=cfg.seed)
-    precond = scale if cfg.preconditioned else None
+        nb_all = torch.cat([nbeta, setup.nbeta[None, :] / extra[:, None]])
+        scale = posterior_preconditioner(setup, nb_all, cfg.localization, seed=cfg.seed)
+    precond = scale[: len(temps)] if cfg.preconditioned else None
     cal: Calibration | None = None
     if cfg.auto:
         cal = auto_step(setup, temps, cfg, precond=precond, progress=progress)
@@ -243,10 +250,11 @@ def _base_plan(setup: Setup, temps: Tensor, cfg: SGLDConfig, progress: bool):
         step, thin = _steps(cfg, len(temps), n_inst), cfg.thin or 1
     start = None
     if cfg.disperse:  # even chains: own rung's posterior scale; odd chains: that of the rung
-        order = torch.argsort(temps).tolist()  # HOTTER rungs up the ladder (the top: its own)
-        hotter = [order[min(order.index(a) + HOTTER, len(order) - 1)] for a in range(len(temps))]
+        # HOTTER places up the ladder, extended past its top with the top's spacing
+        up = order + list(range(len(temps), len(temps) + len(extra)))
+        hotter = [up[min(order.index(a) + HOTTER, len(up) - 1)] for a in range(len(temps))]
         sd = scale.sqrt()
-        start = torch.stack([sd if c % 2 == 0 else sd[hotter]
+        start = torch.stack([sd[: len(temps)] if c % 2 == 0 else sd[hotter]
                              for c in range(cfg.chains)], 1)  # fmt: skip
     plan = Plan(
         nbeta=nbeta,
