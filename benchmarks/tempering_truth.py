@@ -144,7 +144,7 @@ def score_llc(model, data, exact, **settings) -> dict:
             "healthy": ok, "right": right, "seconds": res.seconds}  # fmt: skip
 
 
-def timing(repeats: int = 5) -> None:
+def timing(repeats: int = 5, swap_every: int = 10) -> None:
     import statistics
 
     from memlens.data import SparseFeatures
@@ -168,28 +168,35 @@ def timing(repeats: int = 5) -> None:
                 thin=1, burnin=0, batch_size=256, seed=0, eval_every=10)  # fmt: skip
     plain = Plan(**base)
     step_m = torch.full((8, 1), 3e-3) / M.amax(-1)  # the same largest per-coordinate step
-    fancy = Plan(**{**base, "step": step_m}, precond=M, swap_every=10, ladder=list(range(8)))
-    times: dict[str, list[float]] = {"plain": [], "swaps+precond": []}
+    fancy = Plan(**{**base, "step": step_m}, precond=M, swap_every=swap_every,
+                 ladder=list(range(8)))  # fmt: skip
+    precond_only = Plan(**{**base, "step": step_m}, precond=M)
+    times: dict[str, list[float]] = {"plain": [], "swaps+precond": [], "precond": []}
     sample(setup, plain, progress=False)  # warm-up
+    swaps = None
     for _ in range(repeats):
-        for name, plan in (("plain", plain), ("swaps+precond", fancy)):
+        for name, plan in (("plain", plain), ("swaps+precond", fancy), ("precond", precond_only)):
             t0 = time.perf_counter()
             run = sample(setup, plan, progress=False)
             times[name].append(time.perf_counter() - t0)
+            swaps = run.swaps if run.swaps is not None else swaps
     a, b = statistics.median(times["plain"]), statistics.median(times["swaps+precond"])
+    c = statistics.median(times["precond"])
     print(f"torch sampler, 8 temps x 8 chains x 200 steps, minibatch 256, 1 thread: plain "
-          f"{a:.3f} s, with swaps every 10 steps + preconditioner {b:.3f} s ({b / a - 1:+.1%}); "
+          f"{a:.3f} s, preconditioner alone {c:.3f} s ({c / a - 1:+.1%}), with swaps every "
+          f"{swap_every} steps + preconditioner {b:.3f} s ({b / a - 1:+.1%}); "
           f"one-off preconditioner set-up {setup_s:.3f} s; swap acceptance "
-          f"{', '.join(f'{x:.2f}' for x in run.swaps.accept[:, 0].tolist())}")  # fmt: skip
+          f"{', '.join(f'{x:.2f}' for x in swaps.accept[:, 0].tolist())}")  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="all")
     ap.add_argument("--timing", action="store_true")
+    ap.add_argument("--swap-every", type=int, default=10)
     args = ap.parse_args()
     if args.timing:
-        timing()
+        timing(swap_every=args.swap_every)
         return
     want = None if args.models == "all" else set(args.models.split(","))
     green = red = n_ok = n_bad = 0
