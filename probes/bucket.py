@@ -226,6 +226,8 @@ def measure_bucket(
         eval_every=1,
         stream=[0] * arms,  # coupled: every arm reads the same noise
         hooks=_ablation_hooks(circuits.ablations, arms, cfg.chains),
+        # the calibrated step is that of the preconditioned sampler (when it is one)
+        precond=None if cal.precond is None else cal.precond[0][None].expand(arms, -1, -1),
     )
     run = sample(setup, plan, progress=progress, desc="bucket")
     llc, diag = analyse(run.loss, run.eval_loss, run.eval_draws, run.finite, run.diffusion,

@@ -252,11 +252,16 @@ class SurvivalResult(ProbeResult):
             ylabel="circuits (grouped by family; within a family\n"
             "ordered by characteristic temperature)",
             title=f"circuit survival, instance {inst}\n(grey: inactive or no healthy chain; "
-            "red hatching: unhealthy sampler cell)",
+            f"red hatching: unhealthy sampler cell;\nred line: survival = {self.threshold:g}, "
+            "where a circuit is noised out)",
         )
-        fig.colorbar(
+        if np.isfinite(s).any() and s.shape[1] > 1:  # where survival crosses the threshold
+            ax.contour(np.ma.masked_invalid(s), levels=[self.threshold], colors="red",
+                       linewidths=1.2)  # fmt: skip
+        bar = fig.colorbar(
             im, ax=ax, label=f"survival 1 − RMS(a − a*)/|a*| (noised out below {self.threshold})"
         )
+        bar.ax.axhline(self.threshold, color="red", lw=2)
         fig.tight_layout()
         return fig
 

@@ -2,7 +2,11 @@
 
 * :func:`temper` / :func:`estimate_llc` / :func:`calibrate` (:mod:`.llc`): the public calls;
 * :class:`SGLDConfig` (:mod:`.config`): the sampler's settings, stored resolved with every result;
-* :mod:`.sgld`: the batched engine (one flat parameter buffer, one noise draw per step);
+* :mod:`.sgld`: the batched engine (one flat parameter buffer, one noise draw per step;
+  :func:`~memlens.sampling.sgld.advance` is the K-step block a fused kernel may replace);
+* :mod:`.exchange`: replica exchange between neighbouring temperatures (on by default);
+* :mod:`.precondition`: the frozen diagonal preconditioner and the curvature estimates;
+* :mod:`.random_streams`: per-chain noise and minibatch streams;
 * :mod:`.calibration`: ``step_size="auto"``, a step where λ̂ no longer depends on ε;
 * :mod:`.diagnostics`: R-hat and ESS on the evaluation-set loss, per-cell health and warnings;
 * :mod:`.spectrum`: λ̂(t) read as flat stretches and jumps;

@@ -8,8 +8,9 @@ mixes fastest is the most biased one. Slow directions (a small) need ≫ 1/(εa)
 The procedure, per temperature t and instance:
 
 1. **Seed.** The top Hessian eigenvalue h of L_n at w* (power iteration on Hessian-vector
-   products, all instances at once) gives the stiffest curvature a = (nβ/t) h + γ of the posterior.
-2. **Grid.** ε = s/a for the dimensionless steps s = 3, 1, 1/3. The grid points of a rung are
+   products) gives the stiffest curvature a = (nβ/t) h + γ; with a diagonal preconditioner M
+   (:mod:`.precondition`), a is the top eigenvalue of M^{1/2} ((nβ/t) H + γ) M^{1/2}.
+2. **Grid.** ε = s/a for s = 3, 1, 1/3 (preconditioned: 1, 1/3, 1/9). The grid points of a rung are
    *coupled*: they share their chains' noise, and the step 3ε takes one update per three of ε with
    the summed noise (a coarser discretisation of the same Brownian path), so every point covers
    the same physical time and λ̂(3ε) − λ̂(ε) is measured with a small error. Every rung x grid
@@ -21,9 +22,10 @@ The procedure, per temperature t and instance:
 4. **Adapt.** Undecided because the chains do not mix or the test cannot resolve the tolerance:
    more SGLD steps per draw, as many as the measured errors say are needed. Bias still too large
    at the bottom of the grid: one more point, ε/3. The answer at the top: one larger point, once.
-   A cell whose decision would need more than half of ``max_steps`` per chain in one round is
-   given up and fails the bias test: it keeps the smallest step that mixed and is flagged. At most
-   ``ROUNDS`` rounds; only undecided rungs are rerun.
+   A cell whose decision would need more than 3/4 of ``max_steps`` per chain in one round is
+   given up and fails the bias test (it keeps the smallest step that mixed and is flagged), unless,
+   preconditioned, it failed for mixing alone: then it takes the smallest s decided at another
+   rung of its instance. At most ``ROUNDS`` rounds; only undecided rungs are rerun.
 5. **Steps per draw** for the run: enough that ESS ≥ 2 x ``min_ess`` is expected, from the
    autocorrelation time measured at the chosen step (within ``max_steps``); the run itself is
    redone once with more steps per draw if its own ESS or R-hat falls short.
@@ -40,53 +42,25 @@ from torch import Tensor
 from memlens.data import mix_seed as _mix
 from memlens.sampling.config import SGLDConfig
 from memlens.sampling.diagnostics import analyse_run, effective_sample_size
+from memlens.sampling.precondition import preconditioned_curvature, top_curvature
 from memlens.sampling.results import Calibration
 from memlens.sampling.sgld import Plan, Setup, eval_schedule, sample
 
 __all__ = ["top_curvature", "auto_step"]
 
 GRID = (3.0, 1.0, 1 / 3)  # dimensionless steps s = ε · a_max
+#: with a preconditioner every direction has curvature near a_max, so each carries the Euler bias
+#: of s (about s/4): the grid starts lower
+GRID_PRECONDITIONED = (1.0, 1 / 3, 1 / 9)
 RATIO = 3.0
 ROUNDS = 6
 CAL_CHAINS, CAL_DRAWS = 4, 48
 MIN_ESS_CAL = 50.0
 Z = 2.0
-LLC_FLOOR = 1.0  # tolerances are relative to max(|λ̂|, LLC_FLOOR): two regular directions
+LLC_FLOOR = 0.5  # tolerances are relative to max(|λ̂|, LLC_FLOOR): one regular direction
 
 
-def top_curvature(setup: Setup, iters: int = 30, max_points: int = 4096, seed: int = 0) -> Tensor:
-    """Largest |eigenvalue| of the Hessian of L_n at w*, per instance (``[inst]``, float64), by
-    power iteration on Hessian-vector products (double backprop) on at most ``max_points``
-    training points."""
-    model = setup.model.expand(1)
-    data = setup.data
-    if len(data) > max_points:
-        g = torch.Generator().manual_seed(_mix(seed, 53))
-        idx = torch.randperm(len(data), generator=g)[:max_points].to(data.inputs.device)
-        data = data.gather(idx[:, None].expand(-1, data.n_instances))
-    params = [p for p in model.parameters() if p.requires_grad]
-    n_inst = model.n_instances
-    g = torch.Generator().manual_seed(_mix(seed, 59))
-    v = [torch.randn(p.shape, generator=g).to(p) for p in params]
-
-    def per_inst(xs: list[Tensor]) -> Tensor:  # sum over each instance's coordinates
-        return sum(x.reshape(n_inst, -1).sum(1) for x in xs)
-
-    norm = per_inst([x * x for x in v]).sqrt().clamp_min(1e-30)
-    v = [x / norm.view(-1, *([1] * (x.ndim - 1))) for x in v]
-    lam = torch.zeros(n_inst, dtype=torch.float64)
-    for _ in range(iters):
-        grads = torch.autograd.grad(model.loss(data).sum(), params, create_graph=True)
-        hv = torch.autograd.grad(
-            sum((gr * x).sum() for gr, x in zip(grads, v, strict=True)), params
-        )
-        lam = per_inst([h * x for h, x in zip(hv, v, strict=True)]).detach().double().cpu()
-        norm = per_inst([h.detach() ** 2 for h in hv]).sqrt().clamp_min(1e-30)
-        v = [h.detach() / norm.view(-1, *([1] * (h.ndim - 1))) for h in hv]
-    return lam.abs()
-
-
-def _measure(setup, cfg, temps, rungs, grids, curv, thin, progress) -> tuple[dict, dict]:
+def _measure(setup, cfg, temps, rungs, grids, curv, thin, progress, precond=None):
     """One batched run of every rung a in ``rungs`` x its grid ``grids[a]`` (descending s), the
     grid points of a rung coupled:
     they share their chains' noise and minibatches, and the step 3ε takes one update per three of
@@ -98,6 +72,7 @@ def _measure(setup, cfg, temps, rungs, grids, curv, thin, progress) -> tuple[dic
     nbeta = torch.stack([setup.nbeta / temps[a].double() for a, _ in arms])
     step = torch.stack([grids[a][j] / curv[a] for a, j in arms])
     burnin = CAL_DRAWS // 4
+    pre = None if precond is None else torch.stack([precond[a] for a, _ in arms])
     plan = Plan(
         nbeta=nbeta,
         step=step,
@@ -111,6 +86,10 @@ def _measure(setup, cfg, temps, rungs, grids, curv, thin, progress) -> tuple[dic
         eval_every=eval_schedule(setup, cfg.batch_size, thin, CAL_DRAWS, burnin),
         stride=strides,
         stream=[a for a, _ in arms],
+        precond=None if pre is None else pre,
+        # with a preconditioner, chains start dispersed at their rung's posterior scale (coupled
+        # grid points share the start) and R-hat, not the displacement, judges whether they moved
+        start=None if pre is None else pre.sqrt()[:, None].expand(-1, CAL_CHAINS, -1, -1),
     )
     run = sample(setup, plan, progress=progress, desc=f"calibrate ({CAL_DRAWS}x{thin} steps)")
     llc, diag = analyse_run(run, setup, cfg, nbeta=nbeta, burnin=burnin)
@@ -120,7 +99,7 @@ def _measure(setup, cfg, temps, rungs, grids, curv, thin, progress) -> tuple[dic
         for i in range(setup.nbeta.numel()):
             div = float(diag.diverged[k, :, i].double().mean())
             rhat, ess = float(diag.rhat[k, i]), float(diag.ess[k, i])
-            moving = not bool(diag.barely_moving[k, i])
+            moving = pre is not None or not bool(diag.barely_moving[k, i])
             mixed = div == 0 and rhat <= cfg.max_rhat and ess >= MIN_ESS_CAL and moving
             steps_per_ess = thin * n_post / ess if ess == ess and ess > 0 else math.inf
             rows[(a, i, grids[a][j])] = {
@@ -219,18 +198,71 @@ def _decide(rows: list[dict], pairs: list[tuple], tol: float) -> tuple:
     return "more_steps", None, why, factor, None
 
 
+def _judge(todo, grids, n_i, results, paired, decided, failed, extended_up, thin, max_thin, cfg):
+    """One round's verdict per undecided cell: record decisions in ``decided`` and cells beyond
+    the budget in ``failed``; return the steps per draw wished for and the rungs whose grid grows
+    up or down."""
+    wish, grow_up, grow_down = [thin], set(), set()
+    for a in todo:
+        grid = grids[a]
+        for i in range(n_i):
+            if (a, i) in failed:
+                continue
+            rows = [results[(a, i, s)] for s in grid]
+            pairs = [paired[(a, i, s)] for s in grid[:-1]]
+            status, k, why, factor, test = _decide(rows, pairs, cfg.bias_tolerance)
+            if status == "extend_up" and a in extended_up:
+                status = "decided"
+                why += "; at the top of the extended grid"
+            if status == "decided":
+                decided[(a, i)] = (grid[k], why, test)
+                continue
+            decided.pop((a, i), None)
+            if status == "more_steps":
+                f = factor if math.isfinite(factor) else RATIO
+                need = math.ceil(thin * min(max(f, 1.5), 27.0))
+            elif status == "extend_down":  # same physical time at a 3x smaller step
+                ess = rows[-1]["ess"]
+                need = math.ceil(thin * max(1.0, RATIO * 1.5 * MIN_ESS_CAL / max(ess, 1.0)))
+            else:
+                need = thin
+            if need > max_thin:
+                failed[(a, i)] = (
+                    f"{why}; deciding would need ~{need * CAL_DRAWS:.0f} SGLD steps per "
+                    f"chain, beyond the budget (max_steps = {cfg.max_steps})"
+                )
+                continue
+            wish.append(need)
+            if status == "extend_down":
+                grow_down.add(a)
+            elif status == "extend_up":
+                grow_up.add(a)
+    return wish, grow_up, grow_down
+
+
 def auto_step(
-    setup: Setup, temps: Tensor, cfg: SGLDConfig, *, progress: bool = True
+    setup: Setup,
+    temps: Tensor,
+    cfg: SGLDConfig,
+    *,
+    precond: Tensor | None = None,
+    progress: bool = True,
 ) -> Calibration:
-    """Choose ε per temperature and instance (and the steps per draw); see the module docstring."""
+    """Choose ε per temperature and instance (and the steps per draw); see the module docstring.
+    With a preconditioner ``precond`` ``[temp, inst, P]``, ε is the step of the preconditioned
+    sampler and the curvature is that of the preconditioned posterior."""
     t0 = time.perf_counter()
     n_t, n_i = len(temps), setup.nbeta.numel()
-    h = top_curvature(setup, seed=cfg.seed)
-    curv = (setup.nbeta[None, :] / temps[:, None].double()) * h[None, :] + cfg.localization
+    nbeta = setup.nbeta[None, :] / temps[:, None].double()
+    if precond is None:
+        curv = nbeta * top_curvature(setup, seed=cfg.seed)[None, :] + cfg.localization
+    else:
+        curv = preconditioned_curvature(setup, precond, nbeta, cfg.localization, seed=cfg.seed)
     curv = curv.clamp_min(1e-12)
-    grids = {a: list(GRID) for a in range(n_t)}
-    max_thin = max(1, cfg.max_steps // (2 * CAL_DRAWS))  # a round costs ≤ half the run's budget
-    thin = min(max_thin, math.ceil(1 / GRID[-1]))  # a stiff relaxation time per draw
+    grid0 = GRID if precond is None else GRID_PRECONDITIONED
+    grids = {a: list(grid0) for a in range(n_t)}
+    max_thin = max(1, 3 * cfg.max_steps // (4 * CAL_DRAWS))  # a round: ≤ 3/4 of the run budget
+    thin = min(max_thin, math.ceil(1 / grid0[-1]))  # a stiff relaxation time per draw
     extended_up: set[int] = set()
     results: dict = {}
     paired: dict = {}
@@ -238,45 +270,13 @@ def auto_step(
     failed: dict[tuple[int, int], str] = {}  # (temp, inst) -> why the budget cannot decide it
     todo = list(range(n_t))
     for _ in range(ROUNDS):
-        rows_new, pairs_new = _measure(setup, cfg, temps, todo, grids, curv, thin, progress)
+        rows_new, pairs_new = _measure(setup, cfg, temps, todo, grids, curv, thin, progress,
+                                       precond)  # fmt: skip
         measured_thin = thin
         results.update(rows_new)
         paired.update(pairs_new)
-        wish, grow_up, grow_down = [thin], set(), set()
-        for a in todo:
-            grid = grids[a]
-            for i in range(n_i):
-                if (a, i) in failed:
-                    continue
-                rows = [results[(a, i, s)] for s in grid]
-                pairs = [paired[(a, i, s)] for s in grid[:-1]]
-                status, k, why, factor, test = _decide(rows, pairs, cfg.bias_tolerance)
-                if status == "extend_up" and a in extended_up:
-                    status = "decided"
-                    why += "; at the top of the extended grid"
-                if status == "decided":
-                    decided[(a, i)] = (grid[k], why, test)
-                    continue
-                decided.pop((a, i), None)
-                if status == "more_steps":
-                    f = factor if math.isfinite(factor) else RATIO
-                    need = math.ceil(thin * min(max(f, 1.5), 27.0))
-                elif status == "extend_down":  # same physical time at a 3x smaller step
-                    ess = rows[-1]["ess"]
-                    need = math.ceil(thin * max(1.0, RATIO * 1.5 * MIN_ESS_CAL / max(ess, 1.0)))
-                else:
-                    need = thin
-                if need > max_thin:
-                    failed[(a, i)] = (
-                        f"{why}; deciding would need ~{need * CAL_DRAWS:.0f} SGLD steps per "
-                        f"chain, beyond the budget (max_steps = {cfg.max_steps})"
-                    )
-                    continue
-                wish.append(need)
-                if status == "extend_down":
-                    grow_down.add(a)
-                elif status == "extend_up":
-                    grow_up.add(a)
+        wish, grow_up, grow_down = _judge(todo, grids, n_i, results, paired, decided, failed,
+                                          extended_up, thin, max_thin, cfg)  # fmt: skip
         todo = [
             a for a in todo if any((a, i) not in decided and (a, i) not in failed
                                    for i in range(n_i))
@@ -294,33 +294,7 @@ def auto_step(
             changed = True
         if not changed:
             break
-    choices, tau = [], []
-    for a in range(n_t):
-        for i in range(n_i):
-            rows = sorted(
-                (r for (b, j, _), r in results.items() if b == a and j == i),
-                key=lambda r: -r["s"],
-            )
-            if (a, i) in decided:
-                s_pick, why, test = decided[(a, i)]
-                pick = next(r for r in rows if r["s"] == s_pick)
-                tau.append(pick["tau_steps"])
-                choices.append({**_choice(pick, True, why), **test})
-            else:
-                mixed = [r for r in rows if r["mixed"]]
-                pick = mixed[-1] if mixed else rows[-1]
-                why = (
-                    f"ε = {pick['step_size']:.3g} (s = {pick['s']:.3g}) is a fallback: no pair "
-                    "of steps passed the bias test within the budget, so λ̂ here may be biased"
-                    + (
-                        f" ({failed[(a, i)]})"
-                        if (a, i) in failed
-                        else f" (still undecided after {ROUNDS} calibration rounds)"
-                    )
-                )
-                choices.append(_choice(pick, False, why))
-                if mixed:
-                    tau.append(pick["tau_steps"])
+    choices, tau = _choose(results, decided, failed, temps, curv, precond is not None)
     for r in results.values():
         r["verdict"] = r["verdict"] + (" (chosen)" if _is_chosen(r, choices) else "")
     post = cfg.chains * (cfg.draws - cfg.n_burnin)
@@ -336,7 +310,54 @@ def auto_step(
         calibration_thin=measured_thin,
         seconds=time.perf_counter() - t0,
         bias_tolerance=cfg.bias_tolerance,
+        precond=precond,
     )
+
+
+def _choose(results, decided, failed, temps, curv, preconditioned: bool):
+    """Per (temperature, instance): the decided step, or a fallback. With a preconditioner, the
+    dimensionless step s = ε·a has the same Euler bias in every direction whose preconditioned
+    curvature is a, so a cell left undecided only because its chains did not mix within the
+    calibration's budget (a transition, where replica exchange in the run does the mixing) takes
+    the smallest s the bias test accepted at another rung of its instance, and says so."""
+    n_t, n_i = curv.shape
+    choices, tau = [], []
+    for a in range(n_t):
+        for i in range(n_i):
+            rows = sorted((r for (b, j, _), r in results.items() if b == a and j == i),
+                          key=lambda r: -r["s"])  # fmt: skip
+            if (a, i) in decided:
+                s_pick, why, test = decided[(a, i)]
+                pick = next(r for r in rows if r["s"] == s_pick)
+                tau.append(pick["tau_steps"])
+                choices.append({**_choice(pick, True, why), **test})
+                continue
+            mixed = [r for r in rows if r["mixed"]]
+            pick = mixed[-1] if mixed else rows[-1]
+            reason = failed.get((a, i), "still undecided after the calibration rounds")
+            peers = [decided[(b, j)][0] for (b, j) in decided if j == i]
+            if preconditioned and peers and "still moves" not in reason:
+                s_ref = min(peers)
+                pick = next((r for r in rows if r["s"] == s_ref), None) or {
+                    **rows[-1], "s": s_ref, "step_size": s_ref / float(curv[a, i]),
+                    "llc": math.nan, "llc_se": math.nan, "rhat": math.nan,
+                    "ess": math.nan}  # fmt: skip
+                why = (
+                    f"ε = {pick['step_size']:.3g} (s = {s_ref:.3g}): the smallest dimensionless "
+                    "step the bias test accepted at another temperature of this instance (the "
+                    f"preconditioner makes s comparable); this cell's own test did not decide "
+                    f"({reason})"
+                )
+                choices.append(_choice(pick, True, why))
+                continue
+            why = (
+                f"ε = {pick['step_size']:.3g} (s = {pick['s']:.3g}) is a fallback: no pair of "
+                f"steps passed the bias test within the budget, so λ̂ here may be biased ({reason})"
+            )
+            choices.append(_choice(pick, False, why))
+            if mixed:
+                tau.append(pick["tau_steps"])
+    return choices, tau
 
 
 def _choice(row: dict, decided: bool, why: str) -> dict:

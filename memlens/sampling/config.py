@@ -73,7 +73,19 @@ class SGLDConfig:
             split R-hat exceeds ``max_rhat`` or its ESS falls below ``min_ess``.
         bias_tolerance: ``"auto"`` accepts ε when λ̂(ε) and λ̂(3ε) agree within their errors
             *and* the test could resolve a relative change of this size.
-        max_steps: ``"auto"``'s budget: SGLD steps per chain of the run (draws x thin), and half
+        swap_every: replica exchange: every this many SGLD steps, propose swapping the states of
+            neighbouring temperatures (Metropolis on their tempered losses); 0: never. Only
+            ladders with more than one rung swap.
+        precondition: a frozen diagonal preconditioner M = 1/((nβ/t)|diag H| + γ) from the
+            Hessian's diagonal at w* (:mod:`memlens.sampling.precondition`). ``"auto"``
+            (default): with ``step_size="auto"`` only (an explicit step keeps M = 1); or True /
+            False.
+        disperse: start chains dispersed around w*: even chains with noise of their own rung's
+            posterior scale (√M), odd chains with that of the rung two places hotter on the ladder
+            (extended past its top with the top's spacing), so that chains which never
+            cross between modes disagree and R-hat sees it. Burn-in draws are excluded from the
+            blow-up test.
+        max_steps: ``"auto"``'s budget: SGLD steps per chain of the run (draws x thin), and 3/4
             of it per calibration round.
     """
 
@@ -94,6 +106,9 @@ class SGLDConfig:
     min_ess: float = 100.0
     bias_tolerance: float = 0.05
     max_steps: int = 6_000
+    swap_every: int = 10
+    precondition: Any = AUTO
+    disperse: bool = True
 
     def __post_init__(self) -> None:
         check_int("chains", self.chains, 1)
@@ -133,12 +148,24 @@ class SGLDConfig:
         if not 0 < check_positive("bias_tolerance", self.bias_tolerance) < 1:
             raise ValueError(f"bias_tolerance must be in (0, 1), got {self.bias_tolerance!r}")
         check_int("max_steps", self.max_steps, 1)
+        check_int("swap_every", self.swap_every, 0)
+        if self.precondition not in (AUTO, True, False):
+            raise ValueError(
+                f"precondition must be 'auto', True or False, got {self.precondition!r}"
+            )
+        if not isinstance(self.disperse, bool):
+            raise ValueError(f"disperse must be True or False, got {self.disperse!r}")
 
     # ------------------------------------------------------------------ derived
     @property
     def auto(self) -> bool:
         """Whether the step size (and steps per draw) are chosen by the calibration."""
         return self.step_size == AUTO
+
+    @property
+    def preconditioned(self) -> bool:
+        """Whether the run uses the diagonal preconditioner."""
+        return self.auto if self.precondition == AUTO else bool(self.precondition)
 
     @property
     def n_burnin(self) -> int:

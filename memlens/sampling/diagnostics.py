@@ -148,7 +148,8 @@ def analyse(
     nb = nbeta.double()
     limit = init_d + blowup * (init_d.abs() + n_params / (2 * nb))  # [arm, inst]
     ok_trace = torch.isfinite(loss).all(2) & torch.isfinite(eval_loss).all(2) & finite
-    big = (loss.double().nan_to_num(float("inf")) > limit[:, None, None, :]).any(2)
+    # burn-in is excluded: chains may start dispersed, far up the loss, and relax during it
+    big = (post.nan_to_num(float("inf")) > limit[:, None, None, :]).any(2)
     diverged = ~ok_trace | big
     per_chain = nb[:, None, :] * (post.mean(2) - init_d[:, None, :])
     per_chain = per_chain.masked_fill(diverged, float("nan"))
@@ -203,8 +204,11 @@ def health(
     max_rhat: float,
     min_ess: float,
     bias_failed: Tensor | None = None,  # bool [temp, inst]
+    dispersed: bool = False,
 ) -> Health:
-    """Flag every cell that is not safe to read, with the reasons."""
+    """Flag every cell that is not safe to read, with the reasons. With ``dispersed`` starts,
+    chains that barely move disagree and R-hat flags them, so "barely moving" alone (which replica
+    exchange and transitions trip while the estimate is right) is no longer a health problem."""
     temps, chains, n_inst = diag.diverged.shape
     n_div = diag.diverged.sum(1)
     live = n_div < chains
@@ -212,7 +216,7 @@ def health(
         "diverged": n_div > 0,
         "rhat": ~(diag.rhat <= max_rhat) & live,
         "ess": ~(diag.ess >= min_ess) & live,
-        "barely_moving": diag.barely_moving & live,
+        "barely_moving": diag.barely_moving & live & (not dispersed),
         "negative": diag.negative & live,
         "bias": torch.zeros(temps, n_inst, dtype=torch.bool)
         if bias_failed is None

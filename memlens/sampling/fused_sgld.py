@@ -39,8 +39,9 @@ from torch import Tensor
 from memlens.data import Batch
 from memlens.fused import hooks_attached
 from memlens.native import compile_enabled
+from memlens.sampling.random_streams import Streams
 
-__all__ = ["METHOD", "SGLDKernel", "Stepper", "stepper"]
+__all__ = ["METHOD", "SGLDKernel", "Stepper", "stepper", "attach", "advance", "eval_loss"]
 
 METHOD = "sgld_kernel"
 
@@ -118,3 +119,33 @@ def stepper(model: torch.nn.Module, expanded: torch.nn.Module, data: Batch,
     if kernel is None:
         return None
     return Stepper(kernel, W, W0, eps, nbeta, gamma, M)
+
+
+def attach(setup, plan, eng, eps: Tensor, M: Tensor | None, groups: list[int], steps: int):
+    """``(stepper, uniforms)`` for the sampler's engine ``eng`` (see ``sgld.build_engine``):
+    the fused stepper, or None (take the torch step), and with minibatches the stream of raw
+    uniforms the kernel turns into rows (the same generators as the torch step's minibatches,
+    so both paths draw the same points)."""
+    fused = stepper(setup.model, eng.expanded, setup.data, plan.batch_size, eng.W, eng.W0, eps,
+                    eng.nb, plan.gamma, hooks=plan.hooks, stride=plan.stride, M=M)  # fmt: skip
+    if fused is None or plan.batch_size is None:
+        return fused, None
+    n_inst = plan.nbeta.shape[1]
+    shape = (plan.batch_size, n_inst)
+    return fused, Streams(plan.seed, 43, groups, plan.chains, shape, eng.W.device, False, steps)
+
+
+def advance(eng, K: int, losses: Tensor) -> None:
+    """K fused steps of every row of ``eng.W`` (``sgld.advance``'s contract): the noise and
+    minibatch blocks are read from the engine's streams, exactly as the torch step reads them."""
+    E, P = eng.W.shape
+    noise = torch.stack([eng.noise.next() for _ in range(K)]).reshape(K, E, P)
+    idx = None if eng.uniforms is None else torch.stack([eng.uniforms.next() for _ in range(K)])
+    losses[:K] = eng.fused.advance(noise, idx)
+    eng.step += K
+
+
+def eval_loss(eng, eval_set: Batch, eval_x: Batch) -> Tensor:
+    """Every row's loss on the fixed evaluation set: the kernel's where it can, else eager."""
+    out = None if eng.fused is None else eng.fused.loss(eval_set)
+    return eng.expanded.loss(eval_x) if out is None else out

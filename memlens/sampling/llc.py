@@ -7,10 +7,14 @@ Tempering a trained model w* samples the localised, tempered posterior (backgrou
 with SGLD (:mod:`memlens.sampling.sgld`) and estimates the local learning coefficient at
 temperature t as λ̂ = (nβ/t) (E_w[L_n(w)] − L_n(w*)). nβ defaults to n / log n with n the number of
 training points (per instance), not the batch size. Everything is validated before any work.
+By default the sampler is preconditioned (a frozen diagonal M from the curvature at w*), chains
+start dispersed (half at a hotter rung's posterior scale, so R-hat sees chains that never cross
+between modes) and neighbouring rungs of a ladder swap states every 10 steps (replica exchange).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -25,12 +29,17 @@ from memlens.hooked import HookedToyModel
 from memlens.sampling.calibration import auto_step
 from memlens.sampling.config import SGLDConfig, check_int
 from memlens.sampling.diagnostics import analyse_run, health, warn
+from memlens.sampling.precondition import posterior_preconditioner
 from memlens.sampling.results import Calibration, Tempering
 from memlens.sampling.sgld import Plan, Setup, eval_schedule, sample
 from memlens.sampling.streaming import ProbeDriver, resolve_streaming
 from memlens.training import evaluate
 
 __all__ = ["temper", "estimate_llc", "calibrate", "prepare"]
+
+#: odd chains start with the posterior scale of the rung this many places hotter on the ladder,
+#: so a rung just below a circuit's transition has chains started on both sides of it
+HOTTER = 2
 
 
 def _temperatures(temperatures: Any) -> Tensor:
@@ -161,39 +170,21 @@ def temper(
         _steps(cfg, len(temps), model.n_instances)
     driver = ProbeDriver(resolve_streaming(probes))
     setup = prepare(model, data, cfg)
-    n_inst = setup.nbeta.numel()
-    cal: Calibration | None = None
-    if cfg.auto:
-        cal = auto_step(setup, temps, cfg, progress=progress)
-        step, thin = cal.step_size, cal.thin
-    else:
-        step, thin = _steps(cfg, len(temps), n_inst), cfg.thin or 1
-    burnin = cfg.n_burnin
-    nbeta = setup.nbeta[None, :] / temps[:, None].double()
+    base, cal = _base_plan(setup, temps, cfg, progress)
+    base.probe_every, base.keep_draws = probe_every, keep_draws
 
     def run_at(thin: int):
-        plan = Plan(
-            nbeta=nbeta,
-            step=step,
-            gamma=cfg.localization,
-            chains=cfg.chains,
-            draws=cfg.draws,
-            thin=thin,
-            burnin=burnin,
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            eval_every=cfg.eval_every
-            or eval_schedule(setup, cfg.batch_size, thin, cfg.draws, burnin),
-            probe_every=probe_every,
-            keep_draws=keep_draws,
-        )
+        burnin = base.burnin
+        eval_every = cfg.eval_every or eval_schedule(setup, cfg.batch_size, thin, cfg.draws, burnin)
+        plan = dataclasses.replace(base, thin=thin, eval_every=eval_every)
         if driver:
             driver.begin(model, setup.data, temps, cfg.chains)
         on_draw = driver.on_draw if driver else None
         run = sample(setup, plan, on_draw=on_draw, progress=progress, desc="temper")
-        llc, diag = analyse_run(run, setup, cfg, nbeta=nbeta, burnin=burnin)
+        llc, diag = analyse_run(run, setup, cfg, nbeta=base.nbeta, burnin=burnin)
         return run, llc, diag
 
+    thin = base.thin
     run, llc, diag = run_at(thin)
     seconds = run.seconds
     if cal is not None and cfg.thin is None:  # adapt the steps per draw once if mixing needs it
@@ -203,17 +194,21 @@ def temper(
             run, llc, diag = run_at(thin)
             seconds += run.seconds
             cal.thin = thin
+    result = _result(setup, temps, cfg, base, cal, run, llc, diag, thin, seconds)
+    if driver:
+        result.probes = driver.end(result)
+    warn(diag, result.health, [f"t={t:.3g}" for t in temps.tolist()])
+    return result
+
+
+def _result(setup, temps, cfg, base, cal, run, llc, diag, thin, seconds) -> Tempering:
     resolved = cfg.replace(
-        step_size=step.tolist(), thin=thin, burnin=burnin, nbeta=setup.nbeta.tolist()
+        step_size=base.step.tolist(), thin=thin, burnin=base.burnin, nbeta=setup.nbeta.tolist()
     )
-    hl = health(
-        llc,
-        diag,
-        max_rhat=cfg.max_rhat,
-        min_ess=cfg.min_ess,
-        bias_failed=None if cal is None else cal.bias_failed,
-    )
-    result = Tempering(
+    hl = health(llc, diag, max_rhat=cfg.max_rhat, min_ess=cfg.min_ess,
+                bias_failed=None if cal is None else cal.bias_failed,
+                dispersed=base.start is not None)  # fmt: skip
+    return Tempering(
         temperatures=temps,
         nbeta=setup.nbeta.float(),
         traces=run.loss,
@@ -227,20 +222,70 @@ def temper(
         calibration=cal,
         kept_draws=run.kept,
         seconds=seconds + (0.0 if cal is None else cal.seconds),
+        swaps=run.swaps,
     )
-    if driver:
-        result.probes = driver.end(result)
-    warn(diag, hl, [f"t={t:.3g}" for t in temps.tolist()])
-    return result
+
+
+def _base_plan(setup: Setup, temps: Tensor, cfg: SGLDConfig, progress: bool):
+    """The run's plan (before its steps per draw are final) and, with "auto", the calibration:
+    the preconditioner and the dispersed starts come from the Hessian's diagonal at w*."""
+    nbeta = setup.nbeta[None, :] / temps[:, None].double()
+    n_inst = setup.nbeta.numel()
+    order = torch.argsort(temps).tolist()
+    t_sorted = temps[order].double()
+    extra = torch.empty(0, dtype=torch.float64)  # rungs beyond the top, same spacing (starts only)
+    if cfg.disperse and len(temps) > 1:
+        r = float(t_sorted[-1] / t_sorted[-2])
+        extra = t_sorted[-1] * r ** torch.arange(1, HOTTER + 1, dtype=torch.float64)
+    scale = None  # [temp, inst, P]: per-coordinate posterior variance, M
+    if cfg.preconditioned or cfg.disperse:
+        nb_all = torch.cat([nbeta, setup.nbeta[None, :] / extra[:, None]])
+        scale = posterior_preconditioner(setup, nb_all, cfg.localization, seed=cfg.seed)
+    precond = scale[: len(temps)] if cfg.preconditioned else None
+    cal: Calibration | None = None
+    if cfg.auto:
+        cal = auto_step(setup, temps, cfg, precond=precond, progress=progress)
+        step, thin = cal.step_size, cal.thin
+    else:
+        step, thin = _steps(cfg, len(temps), n_inst), cfg.thin or 1
+    start = None
+    if cfg.disperse:  # even chains: own rung's posterior scale; odd chains: that of the rung
+        # HOTTER places up the ladder, extended past its top with the top's spacing
+        up = order + list(range(len(temps), len(temps) + len(extra)))
+        hotter = [up[min(order.index(a) + HOTTER, len(up) - 1)] for a in range(len(temps))]
+        sd = scale.sqrt()
+        start = torch.stack([sd[: len(temps)] if c % 2 == 0 else sd[hotter]
+                             for c in range(cfg.chains)], 1)  # fmt: skip
+    plan = Plan(
+        nbeta=nbeta,
+        step=step,
+        gamma=cfg.localization,
+        chains=cfg.chains,
+        draws=cfg.draws,
+        thin=thin,
+        burnin=cfg.n_burnin,
+        batch_size=cfg.batch_size,
+        seed=cfg.seed,
+        eval_every=1,
+        precond=precond,
+        swap_every=cfg.swap_every if len(temps) > 1 else 0,
+        ladder=torch.argsort(temps).tolist(),
+        start=start,
+    )
+    return plan, cal
 
 
 def _more_steps(diag, cfg: SGLDConfig, thin: int) -> int:
-    """Steps per draw that would bring every live cell to ESS ≥ 1.5 x ``min_ess`` and R-hat below
-    threshold, within ``max_steps``; ``thin`` itself when nothing is needed or affordable."""
+    """When a live cell falls short of ``min_ess`` or R-hat: the steps per draw that would bring
+    every live cell to ESS ≥ 2 x ``min_ess`` (ESS estimates scatter by tens of percent) and R-hat
+    below threshold, within ``max_steps``; ``thin`` itself when nothing is needed or affordable."""
     live = ~diag.diverged.all(1)
     ess = diag.ess[live].double()
     rhat = diag.rhat[live].double()
-    factor = float((1.5 * cfg.min_ess / ess.clamp_min(1.0)).max()) if len(ess) else 1.0
+    short = bool((~(ess >= cfg.min_ess)).any()) or bool((~(rhat <= cfg.max_rhat)).any())
+    if not short:
+        return thin
+    factor = float((2.0 * cfg.min_ess / ess.clamp_min(1.0)).max()) if len(ess) else 1.0
     if bool((~(rhat <= cfg.max_rhat)).any()):
         factor = max(factor, 3.0)
     if not factor > 1.0:
@@ -286,4 +331,8 @@ def calibrate(
         )
     temps = _temperatures(temperatures)
     setup = prepare(model, data, cfg)
-    return auto_step(setup, temps, cfg, progress=progress)
+    precond = None
+    if cfg.preconditioned:
+        nbeta = setup.nbeta[None, :] / temps[:, None].double()
+        precond = posterior_preconditioner(setup, nbeta, cfg.localization, seed=cfg.seed)
+    return auto_step(setup, temps, cfg, precond=precond, progress=progress)

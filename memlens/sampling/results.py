@@ -33,6 +33,7 @@ class Calibration:
     calibration_thin: int
     seconds: float
     bias_tolerance: float
+    precond: Tensor | None = None  # [temp, inst, P] the frozen preconditioner M (not serialised)
 
     @property
     def step_size(self) -> Tensor:
@@ -155,6 +156,7 @@ class Tempering:
     probes: dict[str, Any] = field(default_factory=dict)
     kept_draws: list[dict[str, Tensor]] | None = None
     seconds: float = 0.0
+    swaps: Any = None  # exchange.SwapStats: swap acceptance per neighbour pair of the ladder
 
     @property
     def burnin(self) -> int:
@@ -194,6 +196,10 @@ class Tempering:
                     f"{d.frac_below_init[a, i]:.2f}, diverged {int(d.diverged[a, :, i].sum())}/"
                     f"{chains}: {self.health.describe(a, i)}"
                 )
+        if self.swaps is not None:
+            for i in range(n_inst):
+                lines.append(f"replica exchange, inst {i}:")
+                lines += ["  " + x for x in self.swaps.describe(self.temperatures, i)]
         if self.calibration is not None:
             lines.append(self.calibration.summary())
         return "\n".join(lines)
@@ -216,6 +222,7 @@ class Tempering:
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
             "seconds": self.seconds,
             "probes": {k: p.result().to_dict() for k, p in self.probes.items()},
+            "swaps": None if self.swaps is None else self.swaps.to_dict(),
         }
         return jsonable(out)
 

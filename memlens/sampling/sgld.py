@@ -1,15 +1,20 @@
 """The batched SGLD engine: every arm (temperature, or calibration setting) x chain x instance in
 one forward and one backward pass per step.
 
-One step of localised, tempered SGLD on the copy in row ``e``,
+One step of localised, tempered SGLD on the copy in row ``e``, with a frozen diagonal
+preconditioner ``M_e`` (a ``[P]`` vector; all ones without preconditioning),
 
-    w ← w − (ε_e/2) ((nβ/t)_e ∇L(w) + γ (w − w*)) + √ε_e ξ,   ξ ~ N(0, I),
+    w ← w − (ε_e/2) M_e ⊙ ((nβ/t)_e ∇L(w) + γ (w − w*)) + √ε_e √M_e ⊙ ξ,   ξ ~ N(0, I),
 
 is a handful of whole-buffer operations: every parameter of every copy lives in one flat buffer
 ``W [E, P]`` (row ``e = copy * n_inst + inst``, ``copy = arm * chains + chain``), the expanded
 model's parameters are views into it, the gradient is gathered into one buffer ``G [E, P]``, and
 the update is three in-place ops on ``W``. There is no per-parameter or per-chain Python loop in the
-step.
+step. :func:`advance` runs ``K`` such steps of every row and returns the per-step losses: it is the
+boundary a fused kernel replaces. Between blocks, :func:`sample` records draws, runs the probes and
+proposes replica exchanges (:mod:`memlens.sampling.exchange`) by swapping rows of ``W``. Chains may
+start dispersed around w* (``Plan.start``), so that chains which never cross between modes
+disagree and R-hat sees it.
 
 Randomness. Each (arm, chain) pair owns two generators seeded from ``(seed, arm, chain)``, one for
 its Langevin noise and one for its minibatch indices, so a chain's trace does not depend on how many
@@ -43,11 +48,10 @@ from memlens.data import Batch
 from memlens.data import mix_seed as _mix
 from memlens.hooked import HookedToyModel
 from memlens.sampling import fused_sgld
+from memlens.sampling.random_streams import Streams as _Streams
+from memlens.sampling.random_streams import minibatch_stream
 
-__all__ = ["Setup", "Plan", "Run", "sample", "expand_batch", "eval_schedule"]
-
-#: noise / index block per chain: at most this many floats, so blocks stay cache-sized
-BLOCK_ELEMENTS = 2**16
+__all__ = ["Setup", "Plan", "Run", "Engine", "sample", "advance", "expand_batch", "eval_schedule"]
 
 
 @dataclass
@@ -89,6 +93,14 @@ class Plan:
     #: forward hooks ``(hook name, fn)`` active on the expanded model during sampling (e.g. an
     #: ablation per arm); removed when sampling ends
     hooks: list | None = None
+    #: [arm, inst, P] frozen diagonal preconditioner M; None: all ones
+    precond: Tensor | None = None
+    #: SGLD steps between replica-exchange proposals along ``ladder`` (0: never)
+    swap_every: int = 0
+    #: arm indices in order of increasing temperature (swaps are between neighbours here)
+    ladder: list[int] | None = None
+    #: [arm, chain, inst, P] standard deviation of each chain's start around w*; None: w*
+    start: Tensor | None = None
 
     @property
     def arms(self) -> int:
@@ -103,9 +115,11 @@ class Run:
     eval_loss: Tensor  # [arm, chain, n_eval, inst] loss on the fixed evaluation set
     eval_draws: Tensor  # [n_eval] the draws at which it was evaluated
     finite: Tensor  # bool [arm, chain, inst]: final weights finite
-    diffusion: Tensor  # [arm, chain, inst]: ‖w_end − w*‖² / (ε · steps · P)
+    diffusion: Tensor  # [arm, chain, inst]: ‖w_end − w_burnin‖²_{M⁻¹} / (ε · steps · P), over
+    # the steps after burn-in (pure diffusion: 1; an equilibrated chain: far below)
     kept: list[dict[str, Tensor]] | None
     seconds: float
+    swaps: object = None  # exchange.SwapStats or None
 
 
 def expand_batch(data: Batch, copies: int) -> Batch:
@@ -120,48 +134,6 @@ def expand_batch(data: Batch, copies: int) -> Batch:
 
     lengths = None if data.lengths is None else data.lengths.repeat(copies)
     return Batch(rep(data.inputs), rep(data.targets), None, lengths)
-
-
-class _Streams:
-    """Per-(group, chain) generators read in blocks of ``K`` steps (see the module docstring).
-    ``next()`` returns this step's draw for every copy (arm x chain), ``[copies, *shape]``, passed
-    through ``post`` (applied once per block, to the whole block ``[K, copies, *shape]``)."""
-
-    def __init__(self, seed: int, salt: int, groups: list[int], chains: int, shape: tuple, dev,
-                 normal: bool, steps: int, post=None):  # fmt: skip
-        per_step = 1
-        for s in shape:
-            per_step *= s
-        self.K = max(1, min(steps, BLOCK_ELEMENTS // per_step))
-        self.shape, self.normal, self.post = shape, normal, post
-        keys = sorted(set(groups))
-        self.gens = []
-        for a in keys:
-            for c in range(chains):
-                g = torch.Generator(device=dev)
-                g.manual_seed(_mix(seed, salt, a, c))
-                self.gens.append(g)
-        rank = {a: k for k, a in enumerate(keys)}
-        idx = [rank[a] * chains + c for a in groups for c in range(chains)]
-        shared = len(keys) < len(groups)
-        self.index = torch.tensor(idx, device=dev) if shared else None
-        self.device = dev
-        self.block: Tensor | None = None
-        self.pos = self.K
-
-    def next(self) -> Tensor:
-        if self.pos == self.K:
-            draw = torch.randn if self.normal else torch.rand
-            block = torch.stack(
-                [draw(self.K, *self.shape, generator=g, device=self.device) for g in self.gens], 1
-            )
-            if self.index is not None:
-                block = block.index_select(1, self.index)
-            self.block = block if self.post is None else self.post(block)
-            self.pos = 0
-        out = self.block[self.pos]
-        self.pos += 1
-        return out
 
 
 def _flatten_parameters(expanded: HookedToyModel) -> tuple[Tensor, Tensor, list[Tensor]]:
@@ -188,6 +160,127 @@ def _grads_in_place(params: list[Tensor], G: Tensor) -> bool:
     return all(p.grad is not None and lo <= p.grad.data_ptr() < hi for p in params)
 
 
+@dataclass
+class Engine:
+    """The state of one batched run: the flat buffers and the per-row constants of the step.
+
+    ``W [E, P]`` the weights (the expanded model's parameters are views into it), ``W0`` w*,
+    ``G`` the gradient buffer; ``half_eps_m = (ε/2)·M`` and ``sqrt_eps_m = √(ε/stride)·√M`` are
+    ``[E, P]`` with a preconditioner, ``[E, 1]`` without; ``nb`` is nβ/t per row ``[E]``."""
+
+    expanded: HookedToyModel
+    params: list[Tensor]
+    W: Tensor
+    W0: Tensor
+    G: Tensor
+    nb: Tensor
+    gamma: float
+    half_eps_m: Tensor
+    sqrt_eps_m: Tensor
+    noise: _Streams
+    batch: object  # a fixed Batch (full batch) or a callable () -> this step's minibatch
+    due_table: Tensor | None = None  # [period, E, 1] coarse arms: whether each step updates
+    acc_xi: Tensor | None = None
+    step: int = 0
+    in_place: bool = True
+    fused: object = None  # a fused_sgld.Stepper: the model's kernel takes the steps
+    uniforms: object = None  # its raw minibatch uniforms (fused, minibatch runs only)
+
+
+def _rows(plan: Plan, n_inst: int, v: Tensor, dev) -> Tensor:
+    """[arm, inst, *rest] -> [E, *rest] (row e = (arm · chains + chain) · n_inst + inst)."""
+    v = v.to(dev, torch.float32)
+    arms, chains = v.shape[0], plan.chains
+    out = v[:, None].expand(arms, chains, *v.shape[1:])
+    return out.reshape(arms * chains * n_inst, *v.shape[2:])
+
+
+def build_engine(setup: Setup, plan: Plan) -> Engine:
+    """Expand the model to every arm x chain x instance, flatten it, and precompute the step."""
+    dev = setup.model.device
+    arms, n_inst = plan.nbeta.shape
+    copies = arms * plan.chains
+    E = copies * n_inst
+    expanded = setup.model.expand(copies)
+    W, G, params = _flatten_parameters(expanded)
+    W0 = W.detach().clone()
+    P = W.shape[1]
+    stride = torch.tensor(plan.stride or [1] * arms, dtype=torch.float64)
+    r_e = _rows(plan, n_inst, stride[:, None].expand(arms, n_inst), dev)[:, None]
+    eps = _rows(plan, n_inst, plan.step, dev)[:, None]
+    half, root = eps / 2, (eps / r_e).sqrt()
+    m = None if plan.precond is None else _rows(plan, n_inst, plan.precond, dev)
+    if m is not None:
+        half, root = half * m, root * m.sqrt()
+    groups = plan.stream or list(range(arms))
+    steps = plan.draws * plan.thin
+    noise = _Streams(plan.seed, 41, groups, plan.chains, (n_inst, P), dev, True, steps)
+    if plan.batch_size is None:
+        batch = expand_batch(setup.data, copies)
+    else:
+        batch = minibatch_stream(setup.data, plan, groups, E, n_inst, steps)
+    eng = Engine(expanded, params, W, W0, G, _rows(plan, n_inst, plan.nbeta, dev), plan.gamma,
+                 half.contiguous(), root.contiguous(), noise, batch)  # fmt: skip
+    if bool((stride > 1).any()):  # an arm of stride r updates on the steps where (step+1) % r == 0
+        period = int(stride.max())
+        phase = torch.arange(1, period + 1, device=dev, dtype=torch.float32)[:, None, None]
+        eng.due_table = (phase % r_e[None] == 0).float()
+        eng.acc_xi = torch.zeros(E, P, device=dev)
+    if plan.start is not None:
+        _disperse(eng, plan, groups)
+    eng.fused, eng.uniforms = fused_sgld.attach(setup, plan, eng, eps, m, groups, steps)
+    return eng
+
+
+def _disperse(eng: Engine, plan: Plan, groups: list[int]) -> None:
+    """Start each chain at w* + ``plan.start`` ⊙ ξ (ξ from the chain's own stream)."""
+    arms, chains, n_inst, P = plan.start.shape
+    dev = eng.W.device
+    xi = torch.empty(arms, chains, n_inst, P)
+    for a in range(arms):
+        for c in range(chains):
+            g = torch.Generator().manual_seed(_mix(plan.seed, 67, groups[a], c))
+            xi[a, c] = torch.randn(n_inst, P, generator=g)
+    with torch.no_grad():
+        eng.W.add_((plan.start * xi).reshape(-1, P).to(dev, eng.W.dtype))
+
+
+def advance(eng: Engine, K: int, losses: Tensor) -> None:
+    """K SGLD steps of every row of ``eng.W`` (the step of the module docstring); ``losses[k]``
+    ``[E]`` receives step k's loss, at the weights before its update. This is the boundary a
+    fused kernel may replace: it reads ``W, W0, M, ε, nβ, γ``, the noise block and the
+    minibatch indices, and writes ``W`` and the per-step losses."""
+    if eng.fused is not None:
+        return fused_sgld.advance(eng, K, losses)
+    W, G = eng.W, eng.G
+    for k in range(K):
+        batch = eng.batch if isinstance(eng.batch, Batch) else eng.batch()
+        loss = eng.expanded.loss(batch)  # [E]
+        G.zero_()
+        if eng.in_place:
+            loss.backward(eng.nb)  # d(Σ_e nβ_e L_e)/dW, accumulated into G
+            if eng.step == 0 and not _grads_in_place(eng.params, G):  # pragma: no cover
+                eng.in_place = False
+                torch.cat([p.grad.reshape(W.shape[0], -1) for p in eng.params], 1, out=G)
+        else:  # pragma: no cover (a torch change)
+            grads = torch.autograd.grad((eng.nb * loss).sum(), eng.params)
+            torch.cat([g.reshape(W.shape[0], -1) for g in grads], 1, out=G)
+        xi = eng.noise.next().reshape(W.shape)
+        with torch.no_grad():
+            losses[k] = loss.detach()
+            G.add_(W - eng.W0, alpha=eng.gamma)
+            if eng.due_table is not None:
+                due = eng.due_table[eng.step % eng.due_table.shape[0]]
+                eng.acc_xi += xi
+                W.addcmul_(eng.half_eps_m * due, G, value=-1.0)
+                W.addcmul_(eng.sqrt_eps_m * due, eng.acc_xi)
+                eng.acc_xi.mul_(1 - due)
+            else:
+                W.addcmul_(eng.half_eps_m, G, value=-1.0)
+                W.addcmul_(eng.sqrt_eps_m, xi)
+        eng.step += 1
+
+
 def sample(
     setup: Setup,
     plan: Plan,
@@ -201,142 +294,66 @@ def sample(
     ``on_draw(expanded, draw)`` is called under ``torch.no_grad()`` at every kept draw (after
     burn-in, every ``plan.probe_every`` draws) with the expanded model at the current weights.
     """
+    from memlens.sampling.exchange import Exchange
+
     t0 = time.perf_counter()
-    model, data = setup.model, setup.data
-    dev = model.device
+    eng = build_engine(setup, plan)
     arms, n_inst = plan.nbeta.shape
+    E, P = eng.W.shape
+    dev = eng.W.device
+    W_start = eng.W.detach().clone()
     copies = arms * plan.chains
-    E = copies * n_inst
-    expanded = model.expand(copies)
-    W, G, params = _flatten_parameters(expanded)
-    W0 = W.detach().clone()
-    P = W.shape[1]
-    in_place = True
-
-    def rows(v: Tensor) -> Tensor:  # [arm, inst] -> [E, 1]
-        v = v.to(dev, torch.float32)
-        return v[:, None, :].expand(arms, plan.chains, n_inst).reshape(E, 1)
-
-    nb_e = rows(plan.nbeta).view(E)
-    stride = torch.tensor(plan.stride or [1] * arms, dtype=torch.float64)
-    coarse = bool((stride > 1).any())
-    half_eps = rows(plan.step) / 2
-    sqrt_eps = (rows(plan.step) / rows(stride[:, None].expand(arms, n_inst))).sqrt()
-    gamma = float(plan.gamma)
-    if coarse:  # an arm of stride r updates on the steps where (step + 1) % r == 0
-        r_e = rows(stride[:, None].expand(arms, n_inst))
-        period = int(stride.max())
-        phase = torch.arange(1, period + 1, device=dev, dtype=torch.float32)[:, None, None]
-        due_table = (phase % r_e[None] == 0).float()  # [period, E, 1]
-        acc_xi = torch.zeros(E, P, device=dev)
-
-    # fused SGLD (memlens.sampling.fused_sgld): the model's kernel takes the step; None: torch
-    fused = fused_sgld.stepper(model, expanded, data, plan.batch_size, W, W0, 2 * half_eps, nb_e,
-                               gamma, hooks=plan.hooks, stride=plan.stride)  # fmt: skip
-    groups = plan.stream or list(range(arms))
-    steps = plan.draws * plan.thin
-    noise = _Streams(plan.seed, 41, groups, plan.chains, (n_inst, P), dev, True, steps)
-    full = plan.batch_size is None
-    if full:
-        fixed = expand_batch(data, copies)
-    else:
-        b = plan.batch_size
-        col = (torch.arange(E, device=dev) % n_inst)[:, None]
-        n_pts = data.n_points().to(dev, torch.float32)[col[:, 0]][:, None]
-
-        def flat_rows(u: Tensor) -> Tensor:
-            """Uniforms [K, copies, batch, inst] -> rows of the flattened training set
-            [K, E * batch], instance-major (see expand_batch), for one index_select per step."""
-            u = u.transpose(2, 3).reshape(u.shape[0], E, b)
-            idx = (u * n_pts).long().clamp_max(len(data) - 1) * n_inst + col
-            return idx.reshape(u.shape[0], E * b)
-
-        post = flat_rows if fused is None else None  # fused SGLD: its kernel reads the uniforms
-        picks = _Streams(plan.seed, 43, groups, plan.chains, (b, n_inst), dev, False, steps,
-                         post=post)  # fmt: skip
-        flat_x = data.inputs.reshape(-1, *data.inputs.shape[2:])
-        flat_y = None if data.targets is None else data.targets.reshape(-1, *data.targets.shape[2:])
-    reuse_eval = full and setup.eval_is_full and plan.eval_every == 1
+    reuse_eval = plan.batch_size is None and setup.eval_is_full and plan.eval_every == 1
     eval_x = None if reuse_eval else expand_batch(setup.eval_set, copies)
-
+    swap = Exchange.make(plan, eng, setup, eval_x) if plan.swap_every and arms > 1 else None
     eval_draws = [k for k in range(plan.draws) if k % plan.eval_every == plan.eval_every - 1]
     traces = torch.empty(plan.draws, E, device=dev)
     evals = torch.empty(len(eval_draws), E, device=dev)
-    acc = torch.zeros(E, device=dev)
+    block = torch.empty(plan.thin, E, device=dev)
     kept: list[dict[str, Tensor]] | None = [] if plan.keep_draws else None
     n_eval = 0
-    bar = tqdm(range(steps), desc=desc, disable=not progress, leave=False)
-    with warnings.catch_warnings(), expanded.hooks(fwd_hooks=plan.hooks or []):
+    bar = tqdm(range(plan.draws), desc=desc, disable=not progress, leave=False)
+    with warnings.catch_warnings(), eng.expanded.hooks(fwd_hooks=plan.hooks or []):
         # the parameters are row slices of W, so their .grad views cannot be dense; PyTorch
         # warns (once) that this "may impair performance", and accumulates into them in place
         warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
-        for step in bar:
-            if fused is not None:  # fused SGLD: same noise and minibatch streams as the torch step
-                loss = fused.step(noise.next().reshape(E, P), None if full else picks.next())
-                if plan.thin > 1:
-                    acc += loss
-            else:  # the torch step
-                if full:
-                    batch = fixed
-                else:
-                    idx = picks.next()
-                    x = flat_x.index_select(0, idx).view(E, b, *flat_x.shape[1:]).transpose(0, 1)
-                    tg = None
-                    if flat_y is not None:
-                        tg = flat_y.index_select(0, idx).view(E, b, *flat_y.shape[1:])
-                        tg = tg.transpose(0, 1)
-                    batch = Batch(x, tg, None, None)
-                loss = expanded.loss(batch)  # [E], at the weights before this step's update
-                G.zero_()
-                if in_place:
-                    loss.backward(nb_e)  # d(Σ_e nβ_e L_e)/dW, accumulated into G
-                    if step == 0 and not _grads_in_place(params, G):  # pragma: no cover
-                        in_place = False
-                        torch.cat([p.grad.reshape(E, -1) for p in params], 1, out=G)
-                else:  # pragma: no cover
-                    grads = torch.autograd.grad((nb_e * loss).sum(), params)
-                    torch.cat([g.reshape(E, -1) for g in grads], 1, out=G)
-                xi = noise.next().reshape(E, P)
-                with torch.no_grad():
-                    if plan.thin > 1:
-                        acc += loss
-                    G.add_(W - W0, alpha=gamma)
-                    if coarse:
-                        due = due_table[step % period]
-                        acc_xi += xi
-                        W.addcmul_(half_eps * due, G, value=-1.0)
-                        W.addcmul_(sqrt_eps * due, acc_xi)
-                        acc_xi.mul_(1 - due)
-                    else:
-                        W.addcmul_(half_eps, G, value=-1.0)
-                        W.addcmul_(sqrt_eps, xi)
-            if step % plan.thin != plan.thin - 1:
-                continue
-            k = step // plan.thin
-            if plan.thin > 1:
-                torch.div(acc, plan.thin, out=traces[k])
-                acc.zero_()
-            else:
-                traces[k] = loss.detach()
+        for k in bar:
+            advance(eng, plan.thin, block)
+            torch.mean(block, 0, out=traces[k]) if plan.thin > 1 else traces[k].copy_(block[0])
             if n_eval < len(eval_draws) and eval_draws[n_eval] == k:
-                if reuse_eval:
-                    evals[n_eval] = loss.detach()
-                else:
-                    with torch.no_grad():  # fused SGLD: the kernel's loss where it can
-                        out = None if fused is None else fused.loss(setup.eval_set)
-                        evals[n_eval] = expanded.loss(eval_x) if out is None else out
+                with torch.no_grad():
+                    evals[n_eval] = (
+                        block[-1]
+                        if reuse_eval
+                        else fused_sgld.eval_loss(eng, setup.eval_set, eval_x)
+                    )
                 n_eval += 1
             if k >= plan.burnin and (k - plan.burnin) % plan.probe_every == 0:
                 if on_draw is not None:
                     with torch.no_grad():
-                        on_draw(expanded, k)
+                        on_draw(eng.expanded, k)
                 if kept is not None:
-                    kept.append({n: v.detach().clone() for n, v in expanded.state_dict().items()})
+                    kept.append(
+                        {n: v.detach().clone() for n, v in eng.expanded.state_dict().items()}
+                    )
+            if swap is not None:
+                swap.maybe(eng.step)
+            if k + 1 == plan.burnin:  # "barely moving" is judged after burn-in (starts disperse)
+                W_start.copy_(eng.W)
     bar.close()
+    return _finish(eng, plan, W_start, traces, evals, eval_draws, kept, swap, t0)
+
+
+def _finish(eng, plan, W_start, traces, evals, eval_draws, kept, swap, t0) -> Run:
+    arms, n_inst = plan.nbeta.shape
+    E, P = eng.W.shape
+    steps = (plan.draws - plan.burnin) * plan.thin
     with torch.no_grad():
-        finite = torch.isfinite(W).all(1)
-        msd = ((W - W0) ** 2).sum(1) / P
-        diffusion = (msd / (sqrt_eps.view(E) ** 2 * steps)).nan_to_num(float("inf"))
+        finite = torch.isfinite(eng.W).all(1)
+        # squared distance travelled in the metric of the step's own noise (ε M per step)
+        var_step = (eng.sqrt_eps_m**2).expand(E, P)
+        msd = ((eng.W - W_start) ** 2 / var_step).sum(1) / P
+        diffusion = (msd / steps).nan_to_num(float("inf"))
 
     def shaped(x: Tensor) -> Tensor:  # [draw, E] -> [arm, chain, draw, inst]
         x = x.detach().cpu().view(x.shape[0], arms, plan.chains, n_inst)
@@ -350,6 +367,7 @@ def sample(
         diffusion=diffusion.cpu().view(arms, plan.chains, n_inst),
         kept=kept,
         seconds=time.perf_counter() - t0,
+        swaps=None if swap is None else swap.stats(),
     )
 
 

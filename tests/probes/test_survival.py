@@ -87,6 +87,7 @@ def test_a_temperature_whose_chains_all_diverged_has_no_survival(trained):
             chains=2,
             draws=40,
             step_size=[1e-8, 1e3],  # the second rung blows up
+            disperse=False,  # the cold rung's tiny step cannot relax a dispersed start
             seed=0,
             probes=[("survival", {"threshold": 0.4})],
             progress=False,
@@ -130,6 +131,10 @@ def _temper_extremes(model, train):
         min_ess=1.0,
         max_rhat=100.0,
         max_diffusion=1e9,
+        # chains start at w* and stay on their rung: at ε = 1e-8 a dispersed start (or a state
+        # swapped in from the hot rung) would never relax, and the extremes are under test
+        disperse=False,
+        swap_every=0,
         seed=0,
         probes=["survival"],
         progress=False,

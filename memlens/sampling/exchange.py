@@ -1,0 +1,112 @@
+"""Replica exchange (parallel tempering) across the temperature ladder.
+
+Every ``swap_every`` SGLD steps, between blocks of :func:`memlens.sampling.sgld.advance`, the
+states of neighbouring rungs a, b (same chain, same instance) are proposed for a swap, accepted
+with the Metropolis rule on their tempered losses
+
+    min(1, exp((β_a − β_b) (L(w_a) − L(w_b)))),   β = nβ/t,
+
+(the localisation term is the same on every rung and cancels). The losses are those of the whole
+training set, or of the fixed evaluation set when gradients use minibatches, so minibatch noise
+does not bias the test. Even and odd neighbour pairs alternate (a deterministic even-odd sweep).
+An accepted swap exchanges two rows of the flat buffer ``W``; everything downstream stays per rung.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from memlens.data import mix_seed as _mix
+
+__all__ = ["Exchange", "SwapStats", "RARE_SWAP"]
+
+#: a neighbour pair accepting fewer swaps than this is reported as a gap in the ladder
+RARE_SWAP = 0.1
+
+
+@dataclass
+class SwapStats:
+    """Swap acceptance per neighbour pair of the ladder: ``pairs[j] = (arm a, arm b)`` (a the
+    colder), ``accept [pair, inst]`` the accepted share of ``tries [pair]`` proposals."""
+
+    pairs: list[tuple[int, int]]
+    accept: Tensor
+    tries: Tensor
+
+    def describe(self, temperatures: Tensor, inst: int = 0) -> list[str]:
+        """One line per pair; rarely swapping pairs say which rung to add."""
+        out = []
+        t = temperatures.tolist()
+        for j, (a, b) in enumerate(self.pairs):
+            acc = float(self.accept[j, inst])
+            line = f"t={t[a]:.3g} <-> t={t[b]:.3g}: swap acceptance {acc:.2f}"
+            if acc < RARE_SWAP:
+                mid = math.sqrt(t[a] * t[b])
+                line += (
+                    f" -- rarely swaps: the ladder is too coarse here; add a rung at t ≈ {mid:.3g}"
+                )
+            out.append(line)
+        return out
+
+    def to_dict(self) -> dict:
+        return {"pairs": self.pairs, "accept": self.accept.tolist(), "tries": self.tries.tolist()}
+
+
+class Exchange:
+    """Proposes swaps on an :class:`~memlens.sampling.sgld.Engine` (see the module docstring)."""
+
+    def __init__(self, eng, nbeta: Tensor, ladder: list[int], chains: int, every: int, batch,
+                 seed: int):  # fmt: skip
+        self.eng, self.ladder, self.every, self.batch = eng, ladder, every, batch
+        self.arms, n_inst = nbeta.shape
+        self.chains, self.n_inst = chains, n_inst
+        self.nb = nbeta.to(eng.W.device, torch.float64)
+        self.gen = torch.Generator().manual_seed(_mix(seed, 71))
+        n_pairs = len(ladder) - 1
+        self.acc = torch.zeros(n_pairs, n_inst, dtype=torch.float64)
+        self.tries = torch.zeros(n_pairs, dtype=torch.float64)
+        self.last = 0
+        self.sweep = 0
+
+    @classmethod
+    def make(cls, plan, eng, setup, eval_x) -> Exchange:
+        """From a :class:`~memlens.sampling.sgld.Plan`; the swap losses use the fixed batch of
+        the run (full batch) or the evaluation set."""
+        ladder = plan.ladder
+        if ladder is None:  # coldest first: largest nβ/t
+            ladder = torch.argsort(plan.nbeta[:, 0].double(), descending=True).tolist()
+        batch = eval_x if eval_x is not None else eng.batch
+        return cls(eng, plan.nbeta, list(ladder), plan.chains, plan.swap_every, batch, plan.seed)
+
+    def maybe(self, step: int) -> None:
+        if step - self.last >= self.every:
+            self.last = step
+            self.propose()
+
+    def propose(self) -> None:
+        eng, A, C, I = self.eng, self.arms, self.chains, self.n_inst
+        with torch.no_grad():
+            loss = eng.expanded.loss(self.batch).double().view(A, C, I)
+            perm = torch.arange(A, device=loss.device)[:, None, None].expand(A, C, I).clone()
+            u = torch.rand(len(self.ladder), C, I, generator=self.gen, dtype=torch.float64)
+            for j in range(self.sweep % 2, len(self.ladder) - 1, 2):
+                a, b = self.ladder[j], self.ladder[j + 1]
+                logr = (self.nb[a] - self.nb[b]) * (loss[a] - loss[b])  # [C, I]
+                finite = torch.isfinite(loss[a]) & torch.isfinite(loss[b])
+                ok = (torch.log(u[j].to(loss.device)) < logr) & finite
+                perm[a] = torch.where(ok, b, perm[a])
+                perm[b] = torch.where(ok, a, perm[b])
+                self.acc[j] += ok.double().mean(0).cpu()
+                self.tries[j] += 1
+            self.sweep += 1
+            P = eng.W.shape[1]
+            W = eng.W.view(A, C * I, P)
+            W.copy_(W.gather(0, perm.view(A, C * I, 1).expand(A, C * I, P)))
+
+    def stats(self) -> SwapStats:
+        pairs = [(self.ladder[j], self.ladder[j + 1]) for j in range(len(self.ladder) - 1)]
+        return SwapStats(pairs, self.acc / self.tries.clamp_min(1)[:, None], self.tries.clone())
