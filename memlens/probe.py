@@ -296,6 +296,12 @@ def probing(
         raise ValueError("probing() needs at least one probe (a name or a Probe instance)")
     kw = {} if train is None else {"train": train}
     resolved = [resolve_probe(p, **kw) for p in probes]
+    for p in resolved:
+        if isinstance(p, StreamingProbe):
+            raise TypeError(
+                f"probe {type(p).__name__} streams over tempered draws: run it with "
+                "memlens.temper(model, data, temperatures, probes=[...]), not memlens.probing"
+            )
     fwd_hooks = []
     for p in resolved:
         names = p.hook_names(model)  # raises before anything is attached
