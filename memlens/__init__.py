@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 _LAZY = {
     "data": ("memlens.data", None),
     "io": ("memlens.io", None),
+    "registry": ("memlens.registry", None),
     "ModelBundle": ("memlens.bundle", "ModelBundle"),
     "Preset": ("memlens.bundle", "Preset"),
     "Batch": ("memlens.data", "Batch"),

@@ -172,8 +172,11 @@ fig.savefig(OUT / "07_dstar.png", dpi=110)
 
 # %%
 temps = [1.0, 10.0, 100.0] if FAST else [1.0, 3.0, 10.0, 30.0, 100.0]
+# chains start at w* (disperse=False): the default dispersed start draws from each rung's
+# posterior scale, which in the transformer's flat directions is the localisation's 1/sqrt(γ),
+# far more than 60 draws at this step can bring back
 tp = ml.temper(model, train, temps, probes=["survival"], chains=2 if FAST else 4, draws=60,
-               step_size=1e-4, seed=0, progress=False)  # fmt: skip
+               step_size=1e-4, disperse=False, seed=0, progress=False)  # fmt: skip
 print(
     f"{int(tp.health.ok.sum())} of {tp.health.ok.numel()} (temperature, instance) cells "
     "healthy (short chains at a fixed step: read the fractions as a ranking, not as equilibrium)"
