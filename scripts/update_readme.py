@@ -20,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- quickstart:begin -->", "<!-- quickstart:end -->"
-FIGURES = ["dictionary", "max_data_dim", "survival", "llc", "training"]
+FIGURES = ["dictionary", "memorised_roc", "survival", "llc", "training"]
 
 
 def replace_block(text: str, block: str) -> str:
