@@ -71,6 +71,7 @@ class Exchange:
         self.tries = torch.zeros(n_pairs, dtype=torch.float64)
         self.last = 0
         self.sweep = 0
+        self.own = None  # the batch on the model's own instances, for a fused loss (see make)
 
     @classmethod
     def make(cls, plan, eng, setup, eval_x) -> Exchange:
@@ -80,7 +81,9 @@ class Exchange:
         if ladder is None:  # coldest first: largest nβ/t
             ladder = torch.argsort(plan.nbeta[:, 0].double(), descending=True).tolist()
         batch = eval_x if eval_x is not None else eng.batch
-        return cls(eng, plan.nbeta, list(ladder), plan.chains, plan.swap_every, batch, plan.seed)
+        ex = cls(eng, plan.nbeta, list(ladder), plan.chains, plan.swap_every, batch, plan.seed)
+        ex.own = setup.eval_set if eval_x is not None else setup.data  # the model's own instances
+        return ex
 
     def maybe(self, step: int) -> None:
         if step - self.last >= self.every:
@@ -90,7 +93,9 @@ class Exchange:
     def propose(self) -> None:
         eng, A, C, I = self.eng, self.arms, self.chains, self.n_inst
         with torch.no_grad():
-            loss = eng.expanded.loss(self.batch).double().view(A, C, I)
+            fused = None if eng.fused is None else eng.fused.loss(self.own)  # the kernel's, or
+            loss = (eng.expanded.loss(self.batch) if fused is None else fused).double()  # eager
+            loss = loss.view(A, C, I)
             perm = torch.arange(A, device=loss.device)[:, None, None].expand(A, C, I).clone()
             u = torch.rand(len(self.ladder), C, I, generator=self.gen, dtype=torch.float64)
             for j in range(self.sweep % 2, len(self.ladder) - 1, 2):
