@@ -93,7 +93,8 @@ class Exchange:
     def propose(self) -> None:
         eng, A, C, I = self.eng, self.arms, self.chains, self.n_inst
         with torch.no_grad():
-            fused = None if eng.fused is None else eng.fused.loss(self.own)  # the kernel's, or
+            stepper = getattr(eng, "fused", None)  # a fused_sgld.Stepper: the kernel's loss, or
+            fused = None if stepper is None or self.own is None else stepper.loss(self.own)
             loss = (eng.expanded.loss(self.batch) if fused is None else fused).double()  # eager
             loss = loss.view(A, C, I)
             perm = torch.arange(A, device=loss.device)[:, None, None].expand(A, C, I).clone()
