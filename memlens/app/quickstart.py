@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -118,30 +119,21 @@ def _print_table(rows: list[dict]) -> None:
     )
 
 
-def run(
-    out: str | Path = "memlens-quickstart",
-    seed: int = 0,
-    progress: bool = True,
-    cfg: StoryConfig | None = None,
-) -> dict:
-    """Run the quickstart and write the report folder ``out``; returns the numbers it printed."""
-    cfg = cfg or StoryConfig()
-    out = check_output_dir("--out", out)  # before any work
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an int, got {seed!r}")
-    t0 = time.perf_counter()
-    torch.manual_seed(seed)
-    bar = tqdm(total=6 + 5, desc="quickstart", disable=not progress, leave=False)
+def _story_bundle():
+    """The bundle whose ``story`` preset the quickstart follows, or a clear error."""
+    found = _bundles_with(STORY_PRESET)
+    if not found:
+        raise ValueError(
+            f"the quickstart needs a registered model with a {STORY_PRESET!r} preset; none has one "
+            "(memlens list shows each model's presets)"
+        )
+    return found[0]
 
-    # 1. the three settings, both regimes
-    rows = loss_table(seed, progress, bar)
-    caveats = table_caveats(rows)
-    bar.clear()
-    print("\n== 1. Three toy settings, small T (memorising) vs large T (generalising) ==")
-    _print_table(rows)
 
-    # 2. the story model twice, and once more without its L1 penalty (the first caveat)
-    bundle = _bundles_with(STORY_PRESET)[0]
+def _story(bundle, seed: int, bar) -> tuple[dict, dict, dict, dict, dict, dict, Any, list]:
+    """Step 2: the story model in both regimes (the generalising one with planted memories),
+    their dictionaries, and the plain-AdamW caveat. Returns (story preset, models, data, runs,
+    specs, dictionaries, plain-AdamW dictionary or None, caveats)."""
     story = bundle.preset(STORY_PRESET)
     models, data, runs, specs = {}, {}, {}, {}
     for regime, T in zip(("memorising", "generalising"), story["grid"]["T"], strict=True):
@@ -154,12 +146,11 @@ def run(
         bar.update(1)
     dics = {r: get_probe("dictionary")(train=data[r]).run(models[r], data[r]) for r in models}
     l1 = story["train"].get("l1", 0.0)
-    plain = None
+    plain, caveats = None, []
     if l1:
         m0, tr0, _, r0 = _fit(bundle, specs["memorising"], {**story["train"], "l1": 0.0}, seed)
         plain = get_probe("dictionary")(train=tr0).run(m0, tr0)
-        caveats.insert(
-            0,
+        caveats.append(
             f"without its L1 penalty on the activations (l1 = {l1}) the memorising "
             f"{bundle.title} still memorises (train loss {float(r0.train_loss[0]):.2g}) but with a "
             f"mostly distributed code: dictionary coverage {plain.coverage:.0%} (with the "
@@ -168,8 +159,11 @@ def run(
         )
     bar.update(1)
     bar.clear()
-    task = story["task"]
-    shape = ", ".join(f"{k}={v}" for k, v in task.items())
+    return story, models, data, runs, specs, dics, plain, caveats
+
+
+def _print_story(bundle, story, models, data, runs, dics) -> None:
+    shape = ", ".join(f"{k}={v}" for k, v in story["task"].items())
     print(f"\n== 2. {bundle.title} ({shape}): the memorised dictionary ==")
     for r in models:
         print(
@@ -181,14 +175,9 @@ def run(
     print(dics["memorising"].to_table(max_rows=8))
     print(f"\nThe generalising model: {dics['generalising'].summary().splitlines()[-1].strip()}")
 
-    # 3. which points are memorised? (the planted points are the ground truth)
-    step3 = memorised_step(
-        bundle, models["generalising"], data["generalising"], specs["generalising"], seed
-    )
-    bar.update(1)
-    bar.clear()
 
-    # 4. temper the memorising model (step size "auto": a step where λ̂ no longer moves with ε)
+def _temper_step(cfg: StoryConfig, model, data, seed: int):
+    """Step 4: temper the memorising model (step size "auto"); prints what it shows."""
     import warnings
 
     from memlens.sampling import temper
@@ -196,21 +185,11 @@ def run(
     with warnings.catch_warnings(record=True) as caught:  # reported below, in words
         warnings.simplefilter("always")
         tempering = temper(
-            models["memorising"],
-            data["memorising"],
-            cfg.temperatures,
-            chains=cfg.chains,
-            draws=cfg.draws,
-            step_size=cfg.step_size,
-            localization=cfg.localization,
-            max_steps=cfg.max_steps,
-            seed=seed,
-            probes=["survival"],
-            progress=False,
-        )
-    bar.update(1)
+            model, data, cfg.temperatures, chains=cfg.chains, draws=cfg.draws,
+            step_size=cfg.step_size, localization=cfg.localization, max_steps=cfg.max_steps,
+            seed=seed, probes=["survival"], progress=False,
+        )  # fmt: skip
     surv = tempering.probe("survival")
-    bar.clear()
     print(
         f"\n== 4. Tempering the memorising model ({len(cfg.temperatures)} temperatures x "
         f"{cfg.chains} chains x {cfg.draws} draws, batched) =="
@@ -232,33 +211,23 @@ def run(
     for w in caught:
         print(f"sampler warning: {w.message}")
     print(surv.summary())
+    return tempering, surv
 
-    # 5. the report
-    if not bool(tempering.health.ok[:, 0].all()):
-        caveats.append(
-            f"{int((~tempering.health.ok[:, 0]).sum())} of {len(cfg.temperatures)} tempering "
-            "temperature(s) are unhealthy (listed above): they are hatched in survival.png, "
-            "marked in llc.png and left out of characteristic temperatures"
-        )
-    print("\nCaveats:" if caveats else "\nCaveats: none.")
-    for c in caveats:
-        print(f"  - {c}")
-    figs = {
-        "dictionary.png": dics["memorising"].plot(),
-        "memorised_roc.png": step3["result"].plot(),
-        "survival.png": surv.plot(),
-        "llc.png": tempering.spectrum().plot(),
-        "training.png": training_figure(runs, bundle),
-    }
-    out.mkdir(parents=True, exist_ok=True)
+
+def _save_figures(out: Path, figs: dict) -> None:
     import matplotlib.pyplot as plt
 
+    out.mkdir(parents=True, exist_ok=True)
     for name, fig in figs.items():
         fig = getattr(fig, "figure", fig)
         fig.savefig(out / name, dpi=110, bbox_inches="tight")
         plt.close(fig)
-    bar.update(1)
-    numbers = {
+
+
+def _numbers(seed, rows, bundle, models, data, runs, dics, plain, step3, cfg, tempering, surv,
+             caveats) -> dict:  # fmt: skip
+    """What the quickstart printed, as ``results.json`` holds it."""
+    return {
         "seed": seed,
         "loss_table": rows,
         "story": {
@@ -283,6 +252,9 @@ def run(
         "survival": survival_numbers(surv),
         "caveats": caveats,
     }
+
+
+def _write_files(out, cfg, bundle, story, seed, numbers, dics, models, specs) -> None:
     write_json(
         out / "config.json",
         {
@@ -298,6 +270,69 @@ def run(
     write_json(out / "dictionary.json", dics["memorising"].to_dict())
     for r, m in models.items():  # with their data recipes: `memlens probe/temper` read them
         save(m, out / f"{bundle.name}-{r}.pt", recipes=[specs[r]])
+
+
+def run(
+    out: str | Path = "memlens-quickstart",
+    seed: int = 0,
+    progress: bool = True,
+    cfg: StoryConfig | None = None,
+) -> dict:
+    """Run the quickstart and write the report folder ``out``; returns the numbers it printed."""
+    cfg = cfg or StoryConfig()
+    out = check_output_dir("--out", out)  # before any work
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be an int, got {seed!r}")
+    bundle = _story_bundle()  # before any work, too
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    bar = tqdm(total=6 + 5, desc="quickstart", disable=not progress, leave=False)
+
+    # 1. the three settings, both regimes
+    rows = loss_table(seed, progress, bar)
+    caveats = table_caveats(rows)
+    bar.clear()
+    print("\n== 1. Three toy settings, small T (memorising) vs large T (generalising) ==")
+    _print_table(rows)
+
+    # 2. the story model twice, and once more without its L1 penalty (the first caveat)
+    story, models, data, runs, specs, dics, plain, first = _story(bundle, seed, bar)
+    caveats = first + caveats
+    _print_story(bundle, story, models, data, runs, dics)
+
+    # 3. which points are memorised? (the planted points are the ground truth)
+    step3 = memorised_step(
+        bundle, models["generalising"], data["generalising"], specs["generalising"], seed
+    )
+    bar.update(1)
+    bar.clear()
+
+    # 4. temper the memorising model (step size "auto": a step where λ̂ no longer moves with ε)
+    tempering, surv = _temper_step(cfg, models["memorising"], data["memorising"], seed)
+    bar.update(1)
+    bar.clear()
+
+    # 5. the report
+    if not bool(tempering.health.ok[:, 0].all()):
+        caveats.append(
+            f"{int((~tempering.health.ok[:, 0]).sum())} of {len(cfg.temperatures)} tempering "
+            "temperature(s) are unhealthy (listed above): they are hatched in survival.png, "
+            "marked in llc.png and left out of characteristic temperatures"
+        )
+    print("\nCaveats:" if caveats else "\nCaveats: none.")
+    for c in caveats:
+        print(f"  - {c}")
+    _save_figures(out, {
+        "dictionary.png": dics["memorising"].plot(),
+        "memorised_roc.png": step3["result"].plot(),
+        "survival.png": surv.plot(),
+        "llc.png": tempering.spectrum().plot(),
+        "training.png": training_figure(runs, bundle),
+    })  # fmt: skip
+    bar.update(1)
+    numbers = _numbers(seed, rows, bundle, models, data, runs, dics, plain, step3, cfg,
+                       tempering, surv, caveats)  # fmt: skip
+    _write_files(out, cfg, bundle, story, seed, numbers, dics, models, specs)
     atomic_write_text(out / "summary.md", summary_md(bundle, numbers, dics, surv, tempering))
     bar.close()
     print(f"\n== 5. Report written to {out.resolve()} ({time.perf_counter() - t0:.0f} s) ==")

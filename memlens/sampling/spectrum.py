@@ -142,6 +142,27 @@ def _segment(y: Tensor, w: Tensor, lt: Tensor, alpha: float, z: float) -> tuple[
     return True, chi2
 
 
+def _segments(yy: Tensor, ww: Tensor, lt: Tensor, alpha: float, z: float) -> list[tuple[int, int]]:
+    """The fewest flat segments ``[(i, j), ...]`` (then the least χ²) covering the K points, by
+    dynamic programming over segment ends."""
+    K = len(yy)
+    best: list[tuple[int, float, int]] = [(0, 0.0, -1)] + [(10**9, math.inf, -1)] * K
+    for j in range(1, K + 1):  # best[j]: fewest segments (then least χ²) covering points < j
+        for i in range(j):
+            good, chi2 = _segment(yy[i:j], ww[i:j], lt[i:j], alpha, z)
+            if good:
+                cand = (best[i][0] + 1, best[i][1] + chi2, i)
+                if cand[:2] < best[j][:2]:
+                    best[j] = cand
+    segs, j = [], K
+    while j > 0:
+        i = best[j][2]
+        segs.append((i, j))
+        j = i
+    segs.reverse()
+    return segs
+
+
 def fit_spectrum(
     temperatures: Tensor,
     llc: Tensor,
@@ -162,20 +183,7 @@ def fit_spectrum(
     idx = used.nonzero().flatten().tolist()
     yy, ww, lt = y[idx], 1 / e[idx] ** 2, t[idx].log()
     K = len(idx)
-    best: list[tuple[int, float, int]] = [(0, 0.0, -1)] + [(10**9, math.inf, -1)] * K
-    for j in range(1, K + 1):  # best[j]: fewest segments (then least χ²) covering points < j
-        for i in range(j):
-            good, chi2 = _segment(yy[i:j], ww[i:j], lt[i:j], alpha, z)
-            if good:
-                cand = (best[i][0] + 1, best[i][1] + chi2, i)
-                if cand[:2] < best[j][:2]:
-                    best[j] = cand
-    segs, j = [], K
-    while j > 0:
-        i = best[j][2]
-        segs.append((i, j))
-        j = i
-    segs.reverse()
+    segs = _segments(yy, ww, lt, alpha, z)
 
     def tval(k: int) -> float:
         return float(t[idx[k]])
