@@ -268,6 +268,11 @@ class MemorisedProbe(Probe):
 
     Arguments are :func:`find_memorised`'s (``detectors``, ``hooks``, ``temperature``, ...)."""
 
+    #: every detector name, and the Python entry point, for code that finds this probe through
+    #: the registry (``memlens.get_probe("memorised")``) instead of importing this module
+    DETECTORS = DETECTORS
+    find = staticmethod(find_memorised)
+
     hooks = ()
 
     def __init__(self, train: Tensor | Batch | None = None, **kw: Any):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from probes.memorised import find_memorised
+from memlens.registry import get_probe
 
 __all__ = ["PLANTED", "planted_spec", "memorised_step"]
 
@@ -31,7 +31,7 @@ def memorised_step(bundle, model, train, spec: dict, seed: int) -> dict[str, Any
     print and return the numbers (AUROC per detector, the best, the planted points' ranks)."""
     from memlens.planted import fit_check
 
-    res = find_memorised(
+    res = get_probe("memorised").find(
         model, train, detectors=DETECTORS, temperature=10.0, seed=seed, progress=False, **SGLD
     )
     fc = fit_check(model, bundle.task(spec), len(train), seed)

@@ -6,37 +6,14 @@ a ROC figure."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from memlens.cli import command
+from memlens.cli.models import _check_checkpoint, _load_instance
 from memlens.cli.values import check_output_file, positive
 
 
 def _names(text: str) -> list[str]:
     return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _check_checkpoint(path: str) -> Path:
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if p.is_dir():
-        raise IsADirectoryError(f"checkpoint {path} is a folder; give a .pt file")
-    return p
-
-
-def _load_instance(path: str, instance: int):
-    """The model of one instance of a checkpoint, its training set and its spec."""
-    from memlens.persistence import load_with_recipes
-    from memlens.registry import bundle_of
-
-    model, specs = load_with_recipes(path)
-    if not 0 <= instance < model.n_instances:
-        raise ValueError(f"--instance must be in [0, {model.n_instances}), got {instance}")
-    if not specs:
-        raise ValueError(f"{path} has no data recipe; write it with `memlens train` or a sweep")
-    train_set, _ = bundle_of(model).data(specs[instance])
-    return model.select_instances([instance]), train_set, specs[instance]
 
 
 def _args(p: argparse.ArgumentParser) -> None:
@@ -68,8 +45,10 @@ def _memorised(ns: argparse.Namespace) -> int:
     _check_checkpoint(ns.checkpoint)
     json_out = ns.json and check_output_file("--json", ns.json, force=ns.force)
     fig_out = ns.figure and check_output_file("--figure", ns.figure, force=ns.force)
-    from probes.memorised import DETECTORS, find_memorised
+    from memlens.registry import get_probe
 
+    probe = get_probe("memorised")  # found through the registry, like any plugin probe
+    DETECTORS, find_memorised = probe.DETECTORS, probe.find
     bad = sorted(set(ns.detectors or ()) - set(DETECTORS))
     if bad:
         raise ValueError(f"--detectors: unknown {bad}; known: {', '.join(DETECTORS)}")
