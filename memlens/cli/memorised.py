@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from memlens.cli import command
-from memlens.cli.models import _check_checkpoint, _load_instance
+from memlens.cli.models import check_checkpoint, load_instance
 from memlens.cli.values import check_output_file, positive
 
 
@@ -42,7 +42,7 @@ def _args(p: argparse.ArgumentParser) -> None:
     "memorised", "rank training points by every memorisation detector (AUROC if planted)", _args
 )
 def _memorised(ns: argparse.Namespace) -> int:
-    _check_checkpoint(ns.checkpoint)
+    check_checkpoint(ns.checkpoint)
     json_out = ns.json and check_output_file("--json", ns.json, force=ns.force)
     fig_out = ns.figure and check_output_file("--figure", ns.figure, force=ns.force)
     from memlens.registry import get_probe
@@ -52,7 +52,7 @@ def _memorised(ns: argparse.Namespace) -> int:
     bad = sorted(set(ns.detectors or ()) - set(DETECTORS))
     if bad:
         raise ValueError(f"--detectors: unknown {bad}; known: {', '.join(DETECTORS)}")
-    model, train_set, cell = _load_instance(ns.checkpoint, ns.instance)
+    model, train_set, cell = load_instance(ns.checkpoint, ns.instance)
     if fig_out and train_set.planted is None:
         raise ValueError("--figure draws ROC curves against planted points; this recipe has none")
     res = find_memorised(

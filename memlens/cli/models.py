@@ -99,7 +99,7 @@ def _checkpoint_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _check_checkpoint(path: str) -> None:
+def check_checkpoint(path: str) -> None:
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
@@ -107,7 +107,7 @@ def _check_checkpoint(path: str) -> None:
         raise IsADirectoryError(f"checkpoint {path} is a folder; give a .pt file")
 
 
-def _load_instance(path: str, instance: int):
+def load_instance(path: str, instance: int):
     """The model of one instance of a checkpoint, its training set and its spec."""
     from memlens.persistence import load_with_recipes
     from memlens.registry import bundle_of
@@ -154,7 +154,7 @@ def _probe_args(p: argparse.ArgumentParser) -> None:
     "probe", "run a probe on one saved model and its training set; print the summary", _probe_args
 )
 def _probe(ns: argparse.Namespace) -> int:
-    _check_checkpoint(ns.checkpoint)
+    check_checkpoint(ns.checkpoint)
     json_out = ns.json and check_output_file("--json", ns.json, force=ns.force)
     fig_out = ns.figure and check_output_file("--figure", ns.figure, force=ns.force)
     from memlens.probe import resolve_probe
@@ -162,7 +162,7 @@ def _probe(ns: argparse.Namespace) -> int:
 
     (spec,) = probe_specs([ns.probe], ns.probe_arg)
     get_probe(ns.probe)  # an unknown probe fails before loading anything
-    model, train_set, cell = _load_instance(ns.checkpoint, ns.instance)
+    model, train_set, cell = load_instance(ns.checkpoint, ns.instance)
     probe = resolve_probe(spec, train=train_set)
     result = probe.run(model, train_set)
     where = f"instance {ns.instance}, T={cell['T']}, seed={cell['seed']}"
@@ -269,7 +269,7 @@ def _check_temperatures(temps: list[float]) -> None:
     _temper_args,
 )
 def _temper(ns: argparse.Namespace) -> int:
-    _check_checkpoint(ns.checkpoint)
+    check_checkpoint(ns.checkpoint)
     _check_temperatures(ns.temperatures)
     json_out = ns.json and check_output_file("--json", ns.json, force=ns.force)
     figs = ns.figures and check_output_dir("--figures", ns.figures)
@@ -278,7 +278,7 @@ def _temper(ns: argparse.Namespace) -> int:
     from memlens.sampling import SGLDConfig, temper
 
     cfg = SGLDConfig.make(None, step_size=ns.step_size, **_sampler_settings(ns))  # validates
-    model, train_set, _ = _load_instance(ns.checkpoint, ns.instance)
+    model, train_set, _ = load_instance(ns.checkpoint, ns.instance)
     res = temper(
         model, train_set, ns.temperatures, probes=probes, config=cfg, progress=not ns.no_progress
     )
@@ -309,14 +309,14 @@ def _calibrate_args(p: argparse.ArgumentParser) -> None:
     _calibrate_args,
 )
 def _calibrate(ns: argparse.Namespace) -> int:
-    _check_checkpoint(ns.checkpoint)
+    check_checkpoint(ns.checkpoint)
     _check_temperatures(ns.temperatures)
     json_out = ns.json and check_output_file("--json", ns.json, force=ns.force)
     fig_out = ns.figure and check_output_file("--figure", ns.figure, force=ns.force)
     from memlens.sampling import SGLDConfig, calibrate
 
     cfg = SGLDConfig.make(None, **_sampler_settings(ns))
-    model, train_set, _ = _load_instance(ns.checkpoint, ns.instance)
+    model, train_set, _ = load_instance(ns.checkpoint, ns.instance)
     cal = calibrate(model, train_set, ns.temperatures, config=cfg, progress=not ns.no_progress)
     print(cal.table())
     print(cal.summary())
