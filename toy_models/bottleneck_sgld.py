@@ -100,10 +100,10 @@ class BottleneckSGLD:
         u = u.to(torch.float32).contiguous()
         K, copies, b, inst = u.shape
         out = torch.empty(K, copies * inst, b, dtype=torch.long)
-        for k in range(K):
-            self.lib.ml_rows_from_uniforms(
-                _ptr(u[k]), copies, b, inst, _ptr(self.n_points), self.T, _ptr(out[k])
-            )
+        # [K, copies, ...] is [K · copies, ...]: one call reads every step
+        self.lib.ml_rows_from_uniforms(
+            _ptr(u), K * copies, b, inst, _ptr(self.n_points), self.T, _ptr(out)
+        )
         return out
 
     def _fixed_args(self, W, W0, M, eps, nbeta) -> tuple[tuple, tuple]:

@@ -85,16 +85,21 @@ class Exchange:
         ex.own = setup.eval_set if eval_x is not None else setup.data  # the model's own instances
         return ex
 
-    def maybe(self, step: int) -> None:
+    def maybe(self, step: int, eval_loss: Tensor | None = None) -> None:
+        """Propose swaps once ``every`` steps have passed since the last proposal.
+        ``eval_loss`` ``[E]``: every row's loss on this exchange's batch at the current weights,
+        where the sampler has just evaluated it (then it is not evaluated again)."""
         if step - self.last >= self.every:
             self.last = step
-            self.propose()
+            self.propose(eval_loss)
 
-    def propose(self) -> None:
+    def propose(self, known: Tensor | None = None) -> None:
         eng, A, C, I = self.eng, self.arms, self.chains, self.n_inst
         with torch.no_grad():
             stepper = getattr(eng, "fused", None)  # a fused_sgld.Stepper: the kernel's loss, or
-            fused = None if stepper is None or self.own is None else stepper.loss(self.own)
+            fused = known
+            if fused is None and stepper is not None and self.own is not None:
+                fused = stepper.loss(self.own)
             loss = (eng.expanded.loss(self.batch) if fused is None else fused).double()  # eager
             loss = loss.view(A, C, I)
             perm = torch.arange(A, device=loss.device)[:, None, None].expand(A, C, I).clone()

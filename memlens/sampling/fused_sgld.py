@@ -139,8 +139,8 @@ def advance(eng, K: int, losses: Tensor) -> None:
     """K fused steps of every row of ``eng.W`` (``sgld.advance``'s contract): the noise and
     minibatch blocks are read from the engine's streams, exactly as the torch step reads them."""
     E, P = eng.W.shape
-    noise = torch.stack([eng.noise.next() for _ in range(K)]).reshape(K, E, P)
-    idx = None if eng.uniforms is None else torch.stack([eng.uniforms.next() for _ in range(K)])
+    noise = eng.noise.take(K).reshape(K, E, P)
+    idx = None if eng.uniforms is None else eng.uniforms.take(K)
     losses[:K] = eng.fused.advance(noise, idx)
     eng.step += K
 

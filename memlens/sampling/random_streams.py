@@ -41,16 +41,30 @@ class Streams:
         self.block: Tensor | None = None
         self.pos = self.K
 
+    def take(self, K: int) -> Tensor:
+        """The next ``K`` steps' draws ``[K, copies, *shape]`` (what ``K`` calls of ``next``
+        return, stacked): a view of the current block where it holds them all."""
+        if self.pos == self.K:
+            self._refill()
+        if self.pos + K <= self.K:
+            out = self.block[self.pos : self.pos + K]
+            self.pos += K
+            return out
+        return torch.stack([self.next() for _ in range(K)])
+
+    def _refill(self) -> None:
+        draw = torch.randn if self.normal else torch.rand
+        block = torch.stack(
+            [draw(self.K, *self.shape, generator=g, device=self.device) for g in self.gens], 1
+        )
+        if self.index is not None:
+            block = block.index_select(1, self.index)
+        self.block = block if self.post is None else self.post(block)
+        self.pos = 0
+
     def next(self) -> Tensor:
         if self.pos == self.K:
-            draw = torch.randn if self.normal else torch.rand
-            block = torch.stack(
-                [draw(self.K, *self.shape, generator=g, device=self.device) for g in self.gens], 1
-            )
-            if self.index is not None:
-                block = block.index_select(1, self.index)
-            self.block = block if self.post is None else self.post(block)
-            self.pos = 0
+            self._refill()
         out = self.block[self.pos]
         self.pos += 1
         return out

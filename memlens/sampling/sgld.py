@@ -51,6 +51,10 @@ from memlens.sampling import fused_sgld
 from memlens.sampling.random_streams import Streams as _Streams
 from memlens.sampling.random_streams import minibatch_stream
 
+#: the sampler advances between draws where nothing happens in blocks of at most this many
+#: per-row losses (one kernel call per block where the model has a fused step)
+CHUNK_ELEMENTS = 2**18
+
 __all__ = ["Setup", "Plan", "Run", "Engine", "sample", "advance", "expand_batch", "eval_schedule"]
 
 
@@ -309,24 +313,36 @@ def sample(
     eval_draws = [k for k in range(plan.draws) if k % plan.eval_every == plan.eval_every - 1]
     traces = torch.empty(plan.draws, E, device=dev)
     evals = torch.empty(len(eval_draws), E, device=dev)
-    block = torch.empty(plan.thin, E, device=dev)
+    probing = on_draw is not None or plan.keep_draws
+    span = max(1, CHUNK_ELEMENTS // (E * plan.thin))  # draws per block of steps, at most
+    block = torch.empty(min(span, plan.draws) * plan.thin, E, device=dev)
     kept: list[dict[str, Tensor]] | None = [] if plan.keep_draws else None
     n_eval = 0
-    bar = tqdm(range(plan.draws), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=plan.draws, desc=desc, disable=not progress, leave=False)
+    k = 0
     with warnings.catch_warnings(), eng.expanded.hooks(fwd_hooks=plan.hooks or []):
         # the parameters are row slices of W, so their .grad views cannot be dense; PyTorch
         # warns (once) that this "may impair performance", and accumulates into them in place
         warnings.filterwarnings("ignore", message="grad and param do not obey the gradient layout")
-        for k in bar:
-            advance(eng, plan.thin, block)
-            torch.mean(block, 0, out=traces[k]) if plan.thin > 1 else traces[k].copy_(block[0])
+        while k < plan.draws:
+            # draws k..e in one block of steps: e is the next draw where anything happens
+            nxt = eval_draws[n_eval] if n_eval < len(eval_draws) else plan.draws - 1
+            e = _next_event(plan, k, nxt, probing, swap, span)
+            n = e - k + 1
+            steps = block[: n * plan.thin]
+            advance(eng, n * plan.thin, steps)
+            torch.mean(steps.view(n, plan.thin, E), 1, out=traces[k : e + 1])
+            bar.update(n)
+            k = e
+            fresh = None  # the loss on the evaluation set at the current weights, if read
             if n_eval < len(eval_draws) and eval_draws[n_eval] == k:
                 with torch.no_grad():
                     evals[n_eval] = (
-                        block[-1]
+                        steps[-1]
                         if reuse_eval
                         else fused_sgld.eval_loss(eng, setup.eval_set, eval_x)
                     )
+                fresh = None if reuse_eval else evals[n_eval]
                 n_eval += 1
             if k >= plan.burnin and (k - plan.burnin) % plan.probe_every == 0:
                 if on_draw is not None:
@@ -336,12 +352,28 @@ def sample(
                     kept.append(
                         {n: v.detach().clone() for n, v in eng.expanded.state_dict().items()}
                     )
-            if swap is not None:
-                swap.maybe(eng.step)
+            if swap is not None:  # its batch is the evaluation set where one is read (Exchange)
+                swap.maybe(eng.step, fresh)
             if k + 1 == plan.burnin:  # "barely moving" is judged after burn-in (starts disperse)
                 W_start.copy_(eng.W)
+            k += 1
     bar.close()
     return _finish(eng, plan, W_start, traces, evals, eval_draws, kept, swap, t0)
+
+
+def _next_event(plan: Plan, k: int, eval_draw: int, probing: bool, swap, span: int) -> int:
+    """The first draw from ``k`` on after which the loop must act: an evaluation, a probe or kept
+    draw, a swap proposal (``swap.maybe`` fires once ``step - last >= every``), the end of
+    burn-in or of the run; at most ``span`` draws on. The draws between are one block of steps."""
+    e = min(plan.draws - 1, eval_draw, k + span - 1)
+    if k < plan.burnin:
+        e = min(e, plan.burnin - 1)
+    if probing:
+        first = max(k, plan.burnin)
+        e = min(e, first + (-(first - plan.burnin)) % plan.probe_every)
+    if swap is not None:  # after draw j the step count is (j + 1) · thin
+        e = min(e, max(k, -(-(swap.last + swap.every) // plan.thin) - 1))
+    return e
 
 
 def _finish(eng, plan, W_start, traces, evals, eval_draws, kept, swap, t0) -> Run:
