@@ -240,7 +240,10 @@ def _base_plan(setup: Setup, temps: Tensor, cfg: SGLDConfig, progress: bool):
     scale = None  # [temp, inst, P]: per-coordinate posterior variance, M
     if cfg.preconditioned or cfg.disperse:
         nb_all = torch.cat([nbeta, setup.nbeta[None, :] / extra[:, None]])
-        scale = posterior_preconditioner(setup, nb_all, cfg.localization, seed=cfg.seed)
+        # the starts need only the scale's order of magnitude: one blend where no step uses it
+        iters = 3 if cfg.preconditioned else 1
+        scale = posterior_preconditioner(setup, nb_all, cfg.localization, iters=iters,
+                                         seed=cfg.seed)  # fmt: skip
     precond = scale[: len(temps)] if cfg.preconditioned else None
     cal: Calibration | None = None
     if cfg.auto:
