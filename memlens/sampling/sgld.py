@@ -35,7 +35,6 @@ blind. With full-batch gradients the step's own loss is that evaluation, at no c
 
 from __future__ import annotations
 
-import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from memlens.hooked import HookedToyModel
 from memlens.sampling import fused_sgld
 from memlens.sampling.random_streams import Streams as _Streams
 from memlens.sampling.random_streams import minibatch_stream
+from memlens.sampling.schedule import eval_schedule, next_event
 
 #: the sampler advances between draws where nothing happens in blocks of at most this many
 #: per-row losses (one kernel call per block where the model has a fused step)
@@ -327,7 +327,7 @@ def sample(
         while k < plan.draws:
             # draws k..e in one block of steps: e is the next draw where anything happens
             nxt = eval_draws[n_eval] if n_eval < len(eval_draws) else plan.draws - 1
-            e = _next_event(plan, k, nxt, probing, swap, span)
+            e = next_event(plan, k, nxt, probing, swap, span)
             n = e - k + 1
             steps = block[: n * plan.thin]
             advance(eng, n * plan.thin, steps)
@@ -361,21 +361,6 @@ def sample(
     return _finish(eng, plan, W_start, traces, evals, eval_draws, kept, swap, t0)
 
 
-def _next_event(plan: Plan, k: int, eval_draw: int, probing: bool, swap, span: int) -> int:
-    """The first draw from ``k`` on after which the loop must act: an evaluation, a probe or kept
-    draw, a swap proposal (``swap.maybe`` fires once ``step - last >= every``), the end of
-    burn-in or of the run; at most ``span`` draws on. The draws between are one block of steps."""
-    e = min(plan.draws - 1, eval_draw, k + span - 1)
-    if k < plan.burnin:
-        e = min(e, plan.burnin - 1)
-    if probing:
-        first = max(k, plan.burnin)
-        e = min(e, first + (-(first - plan.burnin)) % plan.probe_every)
-    if swap is not None:  # after draw j the step count is (j + 1) · thin
-        e = min(e, max(k, -(-(swap.last + swap.every) // plan.thin) - 1))
-    return e
-
-
 def _finish(eng, plan, W_start, traces, evals, eval_draws, kept, swap, t0) -> Run:
     arms, n_inst = plan.nbeta.shape
     E, P = eng.W.shape
@@ -401,16 +386,3 @@ def _finish(eng, plan, W_start, traces, evals, eval_draws, kept, swap, t0) -> Ru
         seconds=time.perf_counter() - t0,
         swaps=None if swap is None else swap.stats(),
     )
-
-
-def eval_schedule(setup: Setup, batch_size: int | None, thin: int, draws: int, burnin: int) -> int:
-    """Draws between evaluations of the diagnostic loss: every draw with full-batch gradients
-    (free); with minibatches, as rarely as keeps its cost near a tenth of sampling, but at least
-    40 evaluations per chain after burn-in."""
-    if batch_size is None and setup.eval_is_full:
-        return 1
-    m = len(setup.eval_set)
-    b = batch_size or len(setup.data)
-    cost = m / (3 * b * thin)  # one forward on m points vs one draw interval (forward + backward)
-    every = math.ceil(cost / 0.1)
-    return max(1, min(every, (draws - burnin) // 40))

@@ -187,3 +187,34 @@ def test_kernel_result_does_not_depend_on_the_thread_count():
         torch.set_num_threads(before)
     assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
     assert not torch.equal(out[0][0], W0)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_blocks_of_steps_give_the_run_of_one_draw_per_call(fused, monkeypatch):
+    """The sampler advances between draws where nothing happens in one block (one kernel call);
+    the blocks must end exactly where an evaluation, a kept draw, a swap proposal (every 4 steps
+    at 3 steps per draw: not on a draw boundary) or the end of burn-in falls. Checked against the
+    same run advanced one draw at a time: every trace, evaluation, swap and kept draw agrees."""
+    model, data = _workload()
+    if not fused:
+        _no_fused(monkeypatch)
+    kw = dict(chains=2, draws=23, burnin=7, thin=3, step_size=1e-3, batch_size=64, seed=3,
+              swap_every=4, eval_every=5, progress=False)  # fmt: skip
+    runs = []
+    for chunk in (sgld_module.CHUNK_ELEMENTS, 1):  # 1: every draw its own call
+        monkeypatch.setattr(sgld_module, "CHUNK_ELEMENTS", chunk)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            runs.append(memlens.temper(model, data, [1.0, 1.05, 1.1], keep_draws=True,
+                                       probe_every=3, **kw))  # fmt: skip
+    blocked, single = runs
+    torch.testing.assert_close(blocked.traces, single.traces)
+    torch.testing.assert_close(blocked.eval_traces, single.eval_traces)
+    torch.testing.assert_close(blocked.swaps.accept, single.swaps.accept)
+    # distance travelled since burn-in ended (draw 6, where nothing else happens)
+    torch.testing.assert_close(blocked.diagnostics.diffusion, single.diagnostics.diffusion)
+    assert float(single.swaps.accept.max()) > 0  # swaps happened, so their timing mattered
+    assert len(blocked.kept_draws) == len(single.kept_draws) == 6  # draws 7, 10, ..., 22
+    for a, b in zip(blocked.kept_draws, single.kept_draws, strict=True):
+        for name in a:
+            torch.testing.assert_close(a[name], b[name])
