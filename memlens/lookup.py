@@ -82,6 +82,8 @@ class DictEntry:
     value: the output it writes (a vector over output features, or a token id).
     value_features: the value decoded into output features (indices, strongest first).
     match: how specifically the slots store this key (see the module docstring), in [0, 1].
+    weights: (decompiled codes) each slot's activation on the key, the coefficient of its value
+        vector in the read-back; None for the weight-level readers.
     """
 
     instance: int
@@ -91,6 +93,7 @@ class DictEntry:
     value: list[float] | int
     value_features: list[int]
     match: float
+    weights: list[float] | None = None
 
 
 def features_above(v: Tensor, threshold: float) -> list[int]:
@@ -114,6 +117,13 @@ class DictionaryResult(ProbeResult):
         sparse_code: ``[inst, T]`` (MLP) the output is reproduced by at most ``max_code`` neurons,
             specific or not (a generalising model can have sparse codes but no entries).
         slot_keys: ``[inst, slots]`` the datum each slot responds to most (-1: dead slot).
+        method: ``"weights"`` (read off the weights by the model's reader) or ``"decompiled"``
+            (each point's code found by ablation through ``hook``: ``probes.decompile``).
+        hook: the hook a decompiled dictionary was read at (None for the weight-level readers).
+        read_back_error: ``[inst, T]`` (decompiled) relative error of each point's read-back
+            through its code alone against the model's own output (inf: no code found).
+        codes: ``[inst, T, slots]`` (decompiled) each point's code: its units' activations on
+            the point (the weights of their value vectors), 0 off the code.
     """
 
     model: str
@@ -124,6 +134,10 @@ class DictionaryResult(ProbeResult):
     code_size: Tensor | None = None
     slot_keys: Tensor | None = None
     sparse_code: Tensor | None = None
+    method: str = "weights"
+    hook: str | None = None
+    read_back_error: Tensor | None = None
+    codes: Tensor | None = None
 
     @property
     def n_instances(self) -> int:
@@ -197,14 +211,19 @@ class DictionaryResult(ProbeResult):
 
     def summary(self) -> str:
         n = self.covered.shape[0] if self.covered is not None else self.n_instances
-        lines = [f"{self.model} dictionary, {n} instance(s)"]
+        how = f" (decompiled at {self.hook})" if self.method == "decompiled" else ""
+        lines = [f"{self.model} dictionary{how}, {n} instance(s)"]
         if self.covered is None:
             lines.append(f"  {len(self.entries)} slots read from the weights (no training set)")
             return "\n".join(lines)
         for i in range(n):
             s = self.scalars(i)
             verdict = (
-                "a lookup table"
+                (
+                    "a lookup table"
+                    if self.method == "weights"
+                    else "a lookup table in distributed codes"
+                )
                 if s["coverage"] >= 0.5
                 else "no lookup table found (the model is not memorising point by point)"
             )
