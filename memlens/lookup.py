@@ -236,35 +236,44 @@ class DictionaryResult(ProbeResult):
             lines.append(line + f": {verdict}")
         return "\n".join(lines)
 
+    def _matrix(self, instance: int) -> tuple[Tensor, list[str], str]:
+        """``(M [slots, T], slot names, colour label)`` of :meth:`plot`."""
+        T = self.covered.shape[-1] if self.covered is not None else 0
+        if self.codes is not None:  # decompiled: every point's code, by its units' activations
+            C = self.codes[instance].T.abs()  # [units, T]
+            M = C / C.amax(0, keepdim=True).clamp_min(1e-30)
+            names = [f"neuron:{k}" for k in range(len(M))]
+            return M, names, "activation in the point's code (÷ its largest)"
+        rows = [e for e in self.entries if e.instance == instance and e.key is not None]
+        names = sorted({s for e in rows for s in e.slots}, key=lambda s: (len(s), s)) or ["(none)"]
+        col = {s: c for c, s in enumerate(names)}
+        M = torch.zeros(len(names), max(T, 1))
+        for e in rows:
+            for s in e.slots:
+                M[col[s], e.key] = e.match
+        return M, names, "match score (specificity)"
+
     def plot(self, ax=None, instance: int = 0):
-        """Per training point: its code (which slots store it) as a matrix, covered points marked.
-        Returns the figure."""
+        """Per training point: its code (which slots store it) as a matrix, points without an
+        entry marked. Returns the figure."""
         import matplotlib.pyplot as plt
 
         fig = ax.figure if ax is not None else plt.figure(figsize=(6.5, 4))
         ax = ax or fig.add_subplot()
-        rows = [e for e in self.entries if e.instance == instance and e.key is not None]
-        T = self.covered.shape[-1] if self.covered is not None else 0
-        slot_names = sorted({s for e in rows for s in e.slots}, key=lambda s: (len(s), s)) or [
-            "(none)"
-        ]
-        col = {s: c for c, s in enumerate(slot_names)}
-        M = torch.zeros(len(slot_names), max(T, 1))
-        for e in rows:
-            for s in e.slots:
-                M[col[s], e.key] = e.match
+        M, slot_names, label = self._matrix(instance)
         im = ax.imshow(M, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-        fig.colorbar(im, ax=ax, label="match score (specificity)")
+        fig.colorbar(im, ax=ax, label=label)
         if self.covered is not None:
             miss = (~self.covered[instance] & ~self.trivial[instance]).nonzero().flatten()
             ax.plot(miss, [-0.7] * len(miss), "rv", ms=4, label="no entry")
             if len(miss):
                 ax.legend(fontsize=7, loc="upper right")
         s = self.scalars(instance) if self.covered is not None else {}
+        how = f" decompiled at {self.hook}" if self.method == "decompiled" else ""
         ax.set(
             xlabel="training point (key)",
             ylabel="slot",
-            title=f"{self.model} dictionary, inst {instance}: coverage "
+            title=f"{self.model} dictionary{how}, inst {instance}: coverage "
             f"{s.get('coverage', float('nan')):.0%}, read-back "
             f"{s.get('read_back_accuracy', float('nan')):.0%}",
         )
