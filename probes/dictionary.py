@@ -13,6 +13,11 @@ model exactly as for the built-in ones:
 * **Bottleneck**: slot = the hidden direction of a training point; its value is the decoded
   pattern there, which must name its own datum uniquely.
 
+With ``decompile=True`` it reads a *distributed* code instead, on any model: each training point's
+code, the few units whose output alone (every other unit zeroed at a hook) returns the model's own
+output for that point and for no other, found and checked by running the model with hooks
+(:mod:`probes.decompile`).
+
 Given the training set, the probe names the datum each entry stores and reports ``coverage``, the
 fraction of (non-zero) training points with an entry of their own, and ``read_back_accuracy``, the
 fraction the table reads back without running the model. In the generalising regime slots serve
