@@ -40,6 +40,7 @@ the MLP block).
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -217,6 +218,27 @@ def decompile(
     units' activations, 0 off the code); one entry per covered point (its units, strongest first,
     their activations as ``weights``, the value read back through the code alone)."""
     train, hook = _check(model, train, hook, rtol, max_code)
+    with _others_silenced(model):
+        return _decompile(model, train, hook, rtol, max_code, value_threshold)
+
+
+@contextlib.contextmanager
+def _others_silenced(model):
+    """Hooks attached elsewhere (e.g. other probes in the same ``memlens.probing`` block) do not
+    see the decompiler's masked runs: each hook point's forward hooks are set aside for the
+    duration and put back, the same objects, on exit (also after an exception)."""
+    saved = [(hp, dict(hp._forward_hooks)) for hp in model.hook_dict.values()]
+    for hp, _ in saved:
+        hp._forward_hooks.clear()
+    try:
+        yield
+    finally:
+        for hp, hooks in saved:
+            hp._forward_hooks.clear()
+            hp._forward_hooks.update(hooks)
+
+
+def _decompile(model, train, hook, rtol, max_code, value_threshold) -> DictionaryResult:
     X = train.inputs.detach()
     Y, acts = _run(model, hook, X)  # [T, inst, out], [T, inst, K]
     Y0, _ = _run(model, hook, X, torch.zeros_like(acts))

@@ -89,6 +89,24 @@ def test_hand_built_codes_are_the_known_pairs(hand_built):
     assert capped.sparse_code.sum() == 0 and capped.coverage == 0
 
 
+def test_other_hooks_do_not_see_the_decompilers_runs(hand_built):
+    """A hook attached around the call (as another probe in the same probing block would be)
+    sees no forward pass of the decompiler's, and still works after it."""
+    model, train = hand_built
+    seen = []
+
+    def count(act, hook):
+        seen.append(act.shape[0])
+
+    with model.hooks(fwd_hooks=[("hook_post", count)]):
+        res = decompile(model, train)
+        assert seen == [] and res.coverage == pytest.approx(0.5)
+        model(train.inputs)
+        assert seen == [len(train)]
+    model(train.inputs)
+    assert seen == [len(train)]  # and it is gone after its block
+
+
 # ---------------------------------------------------------------- a memorising block, plain AdamW
 
 
