@@ -182,10 +182,11 @@ fig.savefig(FIGURES / "mlp_decompiled.png", dpi=120, bbox_inches="tight")
 # quickstart's story model over 5 seeds: 98% ± 4% decompiled against 22% from the weights, codes
 # of 9.6 neurons, and trying every subset of a point's active neurons finds a smaller code for
 # only 2 of 67 points (one neuron smaller). The codes are small tables, not single slots: a
-# distributed code needs about a third of the layer per point. A caveat: specificity alone is a weak test of memorisation. The
-# generalising story model (T = 2,048 ≫ d_mlp) also has a code for every point, and 25-42% of
-# them read back no other training point (its neurons are combinations of features, and most
-# points have a combination of their own), so the decompiled coverage is not a memorisation
+# distributed code needs about a third of the layer per point. A caveat: specificity alone is a
+# weak test of memorisation. The generalising story model (T = 2,048 ≫ d_mlp) also has a code
+# for every point, and 25-42% of them read back no other training point (its neurons are
+# combinations of features, and most points have a combination of their own), so the decompiled
+# coverage is not a memorisation
 # detector on its own: read it on models that can memorise (T ≤ d_mlp).
 
 # %% [markdown]
