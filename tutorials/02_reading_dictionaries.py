@@ -186,8 +186,8 @@ fig.savefig(FIGURES / "mlp_decompiled.png", dpi=120, bbox_inches="tight")
 # weak test of memorisation. The generalising story model (T = 2,048 ≫ d_mlp) also has a code
 # for every point, and 25-42% of them read back no other training point (its neurons are
 # combinations of features, and most points have a combination of their own), so the decompiled
-# coverage is not a memorisation
-# detector on its own: read it on models that can memorise (T ≤ d_mlp).
+# coverage is not a memorisation detector on its own: read it on models that can memorise
+# (T ≤ d_mlp).
 
 # %% [markdown]
 # ## 2 · The final layer
