@@ -82,6 +82,8 @@ class DictEntry:
     value: the output it writes (a vector over output features, or a token id).
     value_features: the value decoded into output features (indices, strongest first).
     match: how specifically the slots store this key (see the module docstring), in [0, 1].
+    weights: (decompiled codes) each slot's activation on the key, the coefficient of its value
+        vector in the read-back; None for the weight-level readers.
     """
 
     instance: int
@@ -91,6 +93,7 @@ class DictEntry:
     value: list[float] | int
     value_features: list[int]
     match: float
+    weights: list[float] | None = None
 
 
 def features_above(v: Tensor, threshold: float) -> list[int]:
@@ -114,6 +117,13 @@ class DictionaryResult(ProbeResult):
         sparse_code: ``[inst, T]`` (MLP) the output is reproduced by at most ``max_code`` neurons,
             specific or not (a generalising model can have sparse codes but no entries).
         slot_keys: ``[inst, slots]`` the datum each slot responds to most (-1: dead slot).
+        method: ``"weights"`` (read off the weights by the model's reader) or ``"decompiled"``
+            (each point's code found by ablation through ``hook``: ``probes.decompile``).
+        hook: the hook a decompiled dictionary was read at (None for the weight-level readers).
+        read_back_error: ``[inst, T]`` (decompiled) relative error of each point's read-back
+            through its code alone against the model's own output (inf: no code found).
+        codes: ``[inst, T, slots]`` (decompiled) each point's code: its units' activations on
+            the point (the weights of their value vectors), 0 off the code.
     """
 
     model: str
@@ -124,6 +134,10 @@ class DictionaryResult(ProbeResult):
     code_size: Tensor | None = None
     slot_keys: Tensor | None = None
     sparse_code: Tensor | None = None
+    method: str = "weights"
+    hook: str | None = None
+    read_back_error: Tensor | None = None
+    codes: Tensor | None = None
 
     @property
     def n_instances(self) -> int:
@@ -197,14 +211,19 @@ class DictionaryResult(ProbeResult):
 
     def summary(self) -> str:
         n = self.covered.shape[0] if self.covered is not None else self.n_instances
-        lines = [f"{self.model} dictionary, {n} instance(s)"]
+        how = f" (decompiled at {self.hook})" if self.method == "decompiled" else ""
+        lines = [f"{self.model} dictionary{how}, {n} instance(s)"]
         if self.covered is None:
             lines.append(f"  {len(self.entries)} slots read from the weights (no training set)")
             return "\n".join(lines)
         for i in range(n):
             s = self.scalars(i)
             verdict = (
-                "a lookup table"
+                (
+                    "a lookup table"
+                    if self.method == "weights"
+                    else "a lookup table in distributed codes"
+                )
                 if s["coverage"] >= 0.5
                 else "no lookup table found (the model is not memorising point by point)"
             )
@@ -217,35 +236,44 @@ class DictionaryResult(ProbeResult):
             lines.append(line + f": {verdict}")
         return "\n".join(lines)
 
+    def _matrix(self, instance: int) -> tuple[Tensor, list[str], str]:
+        """``(M [slots, T], slot names, colour label)`` of :meth:`plot`."""
+        T = self.covered.shape[-1] if self.covered is not None else 0
+        if self.codes is not None:  # decompiled: every point's code, by its units' activations
+            C = self.codes[instance].T.abs()  # [units, T]
+            M = C / C.amax(0, keepdim=True).clamp_min(1e-30)
+            names = [f"neuron:{k}" for k in range(len(M))]
+            return M, names, "activation in the point's code (÷ its largest)"
+        rows = [e for e in self.entries if e.instance == instance and e.key is not None]
+        names = sorted({s for e in rows for s in e.slots}, key=lambda s: (len(s), s)) or ["(none)"]
+        col = {s: c for c, s in enumerate(names)}
+        M = torch.zeros(len(names), max(T, 1))
+        for e in rows:
+            for s in e.slots:
+                M[col[s], e.key] = e.match
+        return M, names, "match score (specificity)"
+
     def plot(self, ax=None, instance: int = 0):
-        """Per training point: its code (which slots store it) as a matrix, covered points marked.
-        Returns the figure."""
+        """Per training point: its code (which slots store it) as a matrix, points without an
+        entry marked. Returns the figure."""
         import matplotlib.pyplot as plt
 
         fig = ax.figure if ax is not None else plt.figure(figsize=(6.5, 4))
         ax = ax or fig.add_subplot()
-        rows = [e for e in self.entries if e.instance == instance and e.key is not None]
-        T = self.covered.shape[-1] if self.covered is not None else 0
-        slot_names = sorted({s for e in rows for s in e.slots}, key=lambda s: (len(s), s)) or [
-            "(none)"
-        ]
-        col = {s: c for c, s in enumerate(slot_names)}
-        M = torch.zeros(len(slot_names), max(T, 1))
-        for e in rows:
-            for s in e.slots:
-                M[col[s], e.key] = e.match
+        M, slot_names, label = self._matrix(instance)
         im = ax.imshow(M, aspect="auto", cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-        fig.colorbar(im, ax=ax, label="match score (specificity)")
+        fig.colorbar(im, ax=ax, label=label)
         if self.covered is not None:
             miss = (~self.covered[instance] & ~self.trivial[instance]).nonzero().flatten()
             ax.plot(miss, [-0.7] * len(miss), "rv", ms=4, label="no entry")
             if len(miss):
                 ax.legend(fontsize=7, loc="upper right")
         s = self.scalars(instance) if self.covered is not None else {}
+        how = f" decompiled at {self.hook}" if self.method == "decompiled" else ""
         ax.set(
             xlabel="training point (key)",
             ylabel="slot",
-            title=f"{self.model} dictionary, inst {instance}: coverage "
+            title=f"{self.model} dictionary{how}, inst {instance}: coverage "
             f"{s.get('coverage', float('nan')):.0%}, read-back "
             f"{s.get('read_back_accuracy', float('nan')):.0%}",
         )

@@ -88,8 +88,7 @@ print(
 # many neurons: a *distributed* code, which the neuron-level table does not describe. The default
 # run prints: with the penalty, train loss 0.00062, a neuron fires on 8% of the points, coverage
 # 100%; plain AdamW, train loss 3e-07, a neuron fires on 47% of the points, coverage 22%.
-# (Reading a distributed code point by point needs a decompiler, not a neuron table: see the
-# memorised-point detectors of issue 18, `probes/memorised.py`.)
+# Section 1b decompiles that distributed code.
 
 # %%
 plain = MLPBlock(d_mlp=32, **task.model_kwargs())
@@ -118,6 +117,77 @@ for name, model, r, d in (
 # %%
 fig = mlp_dict.plot()
 fig.savefig(FIGURES / "mlp_dictionary.png", dpi=120, bbox_inches="tight")
+
+# %% [markdown]
+# ## 1b · Decompiling the distributed code
+#
+# A distributed code is still a lookup table if each point has a small set of neurons, its
+# **code**, that returns the point's output for that point and for no other.
+# `DictionaryProbe(train=..., decompile=True)` finds these codes by running the model with hooks
+# (`probes/decompile.py`): for each training point it greedily adds the neuron that brings the
+# output read through the code alone (every other neuron zeroed at `hook_post`) closest to the
+# model's **own** output, until it is within 25% (`rtol`) of what the neurons write; then it drops
+# neurons the code can do without, and finally checks that the code reads back no other training
+# point. A point is covered when its code is specific. Each entry gives the code's neurons,
+# strongest first, their activations on the point (`weights`) and the value read back through
+# the code alone.
+
+# %%
+decompiled = DictionaryProbe(train=train, decompile=True).run(plain)
+print(decompiled.summary())
+print(decompiled.to_table(max_rows=4))
+_, plain_cache = plain.run_with_cache(train.inputs)
+fires = (plain_cache["hook_post"] > 0).sum(-1).float().mean()  # neurons a point fires
+print(
+    f"plain AdamW, decompiled: coverage {decompiled.coverage:.0%} (the weights: "
+    f"{plain_dict.coverage:.0%}), codes of {decompiled.scalars()['mean_code_size']:.1f} of 32 "
+    f"neurons on average (a point fires {float(fires):.1f})"
+)
+
+# %% [markdown]
+# Check one entry by hand: zero every neuron of its instance but its code, run the model, and
+# compare with the model's own output on every training point.
+
+# %%
+e = decompiled.entries[0]
+keep = [int(s.split(":")[1]) for s in e.slots]
+
+
+def only_the_code(act, hook):
+    act = act.clone()
+    off = torch.ones(act.shape[-1], dtype=torch.bool)
+    off[keep] = False
+    act[:, e.instance, off] = 0
+    return act
+
+
+with torch.no_grad():
+    y = plain(train.inputs)[:, e.instance]
+    y_code = plain.run_with_hooks(train.inputs, fwd_hooks=[("hook_post", only_the_code)])
+    err = (y_code[:, e.instance] - y).norm(dim=-1) / (y - plain.b_out[e.instance]).norm(dim=-1)
+others = torch.arange(len(err)) != e.key
+print(
+    f"point {e.key}: its code, neurons {keep} with weights {[round(w, 2) for w in e.weights]}, "
+    f"reads back the model's output with error {float(err[e.key]):.3f}; on the other points the "
+    f"same neurons give errors of {float(err[others].min()):.2f} or more"
+)
+fig = decompiled.plot()
+fig.savefig(FIGURES / "mlp_decompiled.png", dpi=120, bbox_inches="tight")
+
+# %% [markdown]
+# In the default run the decompiled coverage is 97% (31 of 32 points; the weights gave 22%), with
+# codes of about 9.5 of the 32 neurons, about two thirds of the 15 a point fires. One entry checked
+# by hand: its code reads back the model's own output within 25%, and on every other point the
+# same neurons miss by far more. `python benchmarks/decompile_dictionary.py` repeats this for the
+# quickstart's story model over 5 seeds: 98% ± 4% decompiled against 22% from the weights, codes
+# of 9.6 neurons, and trying every subset of a point's active neurons finds a smaller code for
+# only 2 of 67 points (one neuron smaller). The codes are small tables, not single slots: a
+# distributed code needs about a third of the layer per point. A caveat: specificity alone is a
+# weak test of memorisation. The generalising story model (T = 2,048 ≫ d_mlp) also has a code
+# for every point, and 25-42% of them read back no other training point (its neurons are
+# combinations of features, and most points have a combination of their own), so the decompiled
+# coverage is not a memorisation detector on its own: read it on models that can memorise
+# (T ≤ d_mlp).
 
 # %% [markdown]
 # ## 2 · The final layer

@@ -1,7 +1,9 @@
 """Tutorial 02 runs top to bottom in fast mode and shows what its text says: a lookup table in
 each memorising model, a distributed code under plain AdamW (many more points per neuron, far
-less coverage than with the L1 penalty), no table in the generalising block, and a dictionary
-whose read-back falls as T passes d_mlp while most outputs keep a sparse code."""
+less coverage than with the L1 penalty) that the decompiler reads (coverage >= 90%, codes smaller
+than the neurons a point fires, one entry checked by ablation), no table in the generalising
+block, and a dictionary whose read-back falls as T passes d_mlp while most outputs keep a sparse
+code."""
 
 import re
 
@@ -30,6 +32,19 @@ def test_tutorial_02_runs(run_tutorial, tmp_path):
     plain_fire, plain_cov = map(pct, re.search(rx.format("plain AdamW"), out).groups())
     assert 0.35 <= plain_fire <= 0.65 and plain_fire > l1_fire, (plain_fire, l1_fire)
     assert plain_cov <= l1_cov - 0.5, (plain_cov, l1_cov)
+    # 1b. the decompiled distributed code: a table in both instances, >= 90% coverage
+    block = out.split("mlp dictionary (decompiled at hook_post), 2 instance(s)", 1)[1]
+    verdicts = re.findall(r"^\s*inst \d: .*coverage (\d+%).*: (.*)$", block, re.M)[:2]
+    assert [v for _, v in verdicts] == ["a lookup table in distributed codes"] * 2, block[:800]
+    rx = (r"plain AdamW, decompiled: coverage (\d+%) \(the weights: (\d+%)\), codes of ([\d.]+) "
+          r"of 32 neurons on average \(a point fires ([\d.]+)\)")  # fmt: skip
+    cov, weights, size, fires = re.search(rx, out).groups()
+    assert pct(cov) >= 0.9 and pct(weights) == plain_cov and float(size) < float(fires), out
+    rx = (r"point \d+: its code, neurons \[[\d, ]+\] with weights \[[\d., ]+\], reads back the "
+          r"model's output with error ([\d.]+); on the other points the same neurons give errors "
+          r"of ([\d.]+) or more")  # fmt: skip
+    own, other = map(float, re.search(rx, out).groups())
+    assert own <= 0.25 < other, (own, other)
     # 2.-3. the final layer reads back every label; the bottleneck covers most points
     assert all(c == 1 and r == 1 for c, r, _ in summaries(out, "unembed"))
     assert all(c >= 0.8 for c, _, _ in summaries(out, "bottleneck"))
@@ -45,6 +60,11 @@ def test_tutorial_02_runs(run_tutorial, tmp_path):
     assert pct(code1) >= 0.8 and pct(code2) >= 0.8
     assert float(loss2) > float(loss1)  # the penalised model memorises less as T grows
     figures = tmp_path / "tutorial-output" / "02_reading_dictionaries"
-    for png in ("mlp_dictionary.png", "bottleneck_polygon.png", "superposed_dictionary.png"):
+    for png in (
+        "mlp_dictionary.png",
+        "mlp_decompiled.png",
+        "bottleneck_polygon.png",
+        "superposed_dictionary.png",
+    ):
         assert (figures / png).stat().st_size > 0
     assert [p.name for p in tmp_path.iterdir()] == ["tutorial-output"]  # nothing else written
