@@ -248,23 +248,29 @@ print(
 
 # %% [markdown]
 # **What this run shows**, on the new sampler (replica exchange, preconditioned steps, dispersed
-# starts). Numbers from the fast mode (`MEMLENS_FAST=1`: 2 seeds, 4 chains x 100 draws, 8 rungs,
-# a 3,000-step budget), which the tutorial's test checks; the default mode was not rerun on the
-# new sampler yet (`python benchmarks/tutorial_times.py --only 05 --modes default --logs DIR`).
+# starts), from a default-mode run (3 seeds, 8 chains for the LLC, 4 chains x 150 draws on a
+# 12-rung ladder; 28 min 45 s on a 2-core machine kept busy by other jobs, load average ~9):
 #
-# * LLC at t = 1: λ̂ = 7.39 ± 0.19 and 6.39 ± 0.12 (seeds 0, 1), every cell healthy.
-# * Sampler health: 12 of 16 bottleneck cells and 15 of 16 MLP-block cells healthy. The cold
-#   bottleneck rungs (t ≤ 0.07) fall short of ESS or R-hat, and the summary says why: the fast
-#   ladder is too coarse there for replica exchange (swap acceptance 0.00-0.09 between the four
-#   coldest pairs; it names the rungs to add), while the hotter pairs swap at 0.17-0.57.
-# * Bottleneck: no detectable difference between datum and feature circuits (temperature ratio
-#   0.53, but only one seed gives a usable ratio).
-# * MLP block: datum circuits die *later* than the neuron circuits that store them, in both seeds
-#   (ratio 3.4, per chain 2.7 to 163): the output degrades gracefully while individual lookup
+# * LLC at t = 1: λ̂ = 8.58 ± 0.097, 8.01 ± 0.13 and 8.23 ± 0.11 (seeds 0-2), every cell healthy.
+# * Sampler health: 29 of 36 bottleneck cells and 36 of 36 MLP-block cells healthy. The seven
+#   unhealthy cells are the cold rungs (t ≤ 0.066), short of ESS (and at t = 0.01 of R-hat), and
+#   the summary says why: swap acceptance between the four coldest pairs is 0.00-0.08, so the
+#   ladder is too coarse there for replica exchange, and it names the rungs to add (t ≈ 0.0137,
+#   0.0257, 0.0481, 0.0901). The hotter pairs swap at 0.12-0.74.
+# * Bottleneck: datum circuits die *first* in every seed (median characteristic temperature
+#   0.234, 0.217, 0.15 against the features' 0.25, 0.458, 0.316), but the size is not
+#   established: ratio 0.59, 95% interval over seeds [0.22, 1.6], per chain 0.38 to 0.96.
+# * MLP block: datum circuits die *later* than the neuron circuits that store them, in every
+#   seed (ratio 26, per chain 2.1 to 292; many datum circuits survive the whole ladder, so the
+#   interval over seeds is unbounded): the output degrades gracefully while individual lookup
 #   neurons are noised out.
-# * Bucket of circuits: the predicted characteristic temperature t̂ = nβ·ΔL/Δλ still ranks the
-#   measured ones only weakly (Spearman ρ = 0.29 over 74 circuits), and the predictions still sit
-#   well above the measurements (median predicted / measured 4.3). On exactly solvable switch
-#   circuits the sampler now recovers every characteristic temperature within 11%
-#   (benchmarks/tempering_truth.py), so the weak correlation here is the picture's, not the
-#   sampler's.
+# * Bucket of circuits: the predicted characteristic temperature t̂ = nβ·ΔL/Δλ ranks the
+#   measured ones only weakly (Spearman ρ = 0.17 over 168 circuits; 0.21, 0.07, 0.15 per seed),
+#   and the predictions sit well above the measurements (median predicted / measured 5.9). On
+#   exactly solvable switch circuits the sampler recovers every characteristic temperature within
+#   11% (benchmarks/tempering_truth.py), so the weak correlation here is the picture's (or the
+#   ablation-based ΔL and Δλ's), not the sampler's.
+#
+# The fast mode (`MEMLENS_FAST=1`, which the tutorial's test runs: 2 seeds, 4 chains x 100 draws,
+# 8 rungs) gave λ̂ = 7.39 ± 0.19 and 6.39 ± 0.12, 12/16 and 15/16 healthy cells, bottleneck
+# ratio 0.53, MLP-block ratio 3.4 and Spearman ρ = 0.29 over 74 circuits.
