@@ -84,7 +84,9 @@ class SGLDConfig:
             posterior scale (√M), odd chains with that of the rung two places hotter on the ladder
             (extended past its top with the top's spacing), so that chains which never
             cross between modes disagree and R-hat sees it. Burn-in draws are excluded from the
-            blow-up test.
+            blow-up test. With ``burnin=0`` chains start at w* (nothing would forget the starts:
+            at t ≥ 27 on the LLC benchmark's TMS, dispersed starts without burn-in raised λ̂ from
+            11-12 to 16-17).
         max_steps: ``"auto"``'s budget: SGLD steps per chain of the run (draws x thin), and 3/4
             of it per calibration round.
     """
@@ -170,6 +172,11 @@ class SGLDConfig:
     @property
     def n_burnin(self) -> int:
         return self.draws // 4 if self.burnin is None else self.burnin
+
+    @property
+    def dispersed(self) -> bool:
+        """Whether chains start dispersed: ``disperse``, and a burn-in to forget the starts."""
+        return self.disperse and self.n_burnin > 0
 
     def replace(self, **changes: Any) -> SGLDConfig:
         """A validated copy with ``changes``."""

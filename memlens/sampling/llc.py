@@ -234,11 +234,11 @@ def _base_plan(setup: Setup, temps: Tensor, cfg: SGLDConfig, progress: bool):
     order = torch.argsort(temps).tolist()
     t_sorted = temps[order].double()
     extra = torch.empty(0, dtype=torch.float64)  # rungs beyond the top, same spacing (starts only)
-    if cfg.disperse and len(temps) > 1:
+    if cfg.dispersed and len(temps) > 1:
         r = float(t_sorted[-1] / t_sorted[-2])
         extra = t_sorted[-1] * r ** torch.arange(1, HOTTER + 1, dtype=torch.float64)
     scale = None  # [temp, inst, P]: per-coordinate posterior variance, M
-    if cfg.preconditioned or cfg.disperse:
+    if cfg.preconditioned or cfg.dispersed:
         nb_all = torch.cat([nbeta, setup.nbeta[None, :] / extra[:, None]])
         # the starts need only the scale's order of magnitude: one blend where no step uses it
         iters = 3 if cfg.preconditioned else 1
@@ -252,7 +252,7 @@ def _base_plan(setup: Setup, temps: Tensor, cfg: SGLDConfig, progress: bool):
     else:
         step, thin = _steps(cfg, len(temps), n_inst), cfg.thin or 1
     start = None
-    if cfg.disperse:  # even chains: own rung's posterior scale; odd chains: that of the rung
+    if cfg.dispersed:  # even chains: own rung's posterior scale; odd chains: that of the rung
         # HOTTER places up the ladder, extended past its top with the top's spacing
         up = order + list(range(len(temps), len(temps) + len(extra)))
         hotter = [up[min(order.index(a) + HOTTER, len(up) - 1)] for a in range(len(temps))]

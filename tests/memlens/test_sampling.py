@@ -283,6 +283,19 @@ def test_same_seed_same_traces_and_chains_independent():
                     assert abs(float((u * v).sum() / (u.norm() * v.norm()))) < 0.5
 
 
+def test_without_burn_in_chains_start_at_w_star():
+    """Dispersed starts need a burn-in to be forgotten: with burnin=0 every chain starts at w*
+    (the run equals disperse=False), with a burn-in the default starts differ from w*."""
+    model, data, args = small(burnin=0)
+    default = quiet(memlens.temper, model, data, [1.0, 4.0], **args)
+    at_w_star = quiet(memlens.temper, model, data, [1.0, 4.0], disperse=False, **args)
+    torch.testing.assert_close(default.traces, at_w_star.traces, rtol=0, atol=0)
+    args["burnin"] = 20
+    default = quiet(memlens.temper, model, data, [1.0, 4.0], **args)
+    at_w_star = quiet(memlens.temper, model, data, [1.0, 4.0], disperse=False, **args)
+    assert not torch.equal(default.traces[:, :, 0], at_w_star.traces[:, :, 0])
+
+
 def test_a_chains_trace_does_not_depend_on_how_many_chains_share_the_run():
     model, data, args = small()
     w_star = model.w.detach().clone()
