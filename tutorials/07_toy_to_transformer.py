@@ -182,7 +182,7 @@ print(
     "healthy (short chains at a fixed step: read the fractions as a ranking, not as equilibrium)"
 )
 surv = tp.probe("survival")
-fact_idx = torch.tensor([n.startswith("fact:") for n in surv.names])
+fact_idx = torch.tensor([n.startswith("datum:") for n in surv.names])  # fact margins
 dead = surv.noised_out[:, :, fact_idx]  # [temp, inst, T]
 pl = planted.T[None].expand_as(dead)
 frac_planted = [float(dead[a][pl[a]].float().mean()) for a in range(len(temps))]
