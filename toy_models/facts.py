@@ -232,12 +232,13 @@ class FactTask(Task):
             subj, rel = order // R, order % R
             obj = rule[rel, subj % C]
             shift = torch.randint(1, O, (self.n_pairs,), generator=g)  # a random *other* object
-            planted = torch.zeros(self.n_pairs, dtype=torch.bool)  # at random training positions
-            planted[torch.randperm(T, generator=g)[: s["n_planted"]]] = True  # all when T < it
+            planted = torch.zeros(self.n_pairs, dtype=torch.bool)
+            planted[: min(s["n_planted"], T)] = True  # every fact when T < n_planted
             obj = torch.where(planted, (obj + shift) % O, obj)
             tokens = torch.stack([subj, S + rel], -1)
             target = S + R + obj
-            for k, part in enumerate((tokens[:T], target[:T], planted[:T])):
+            rows = torch.randperm(T, generator=g)  # the planted facts at random positions
+            for k, part in enumerate((tokens[:T][rows], target[:T][rows], planted[:T][rows])):
                 parts[k].append(part)
             for k, part in enumerate((tokens[T : T + n_test], target[T : T + n_test])):
                 parts[3 + k].append(part)

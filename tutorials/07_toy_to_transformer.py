@@ -23,6 +23,7 @@
 # `MEMLENS_FAST=1` shrinks every size.
 
 # %%
+import dataclasses
 import json
 import math
 import os
@@ -37,7 +38,6 @@ import torch
 
 import memlens as ml
 from memlens.lookup import DictionaryOptions
-from probes.dimensionality import max_data_dimensionality
 from toy_models import facts_reader as fr
 from toy_models.facts import BUNDLE, FactTask, FactTransformer
 
@@ -46,14 +46,6 @@ OUT = Path("tutorial-output/07_toy_to_transformer")
 OUT.mkdir(parents=True, exist_ok=True)
 warnings.simplefilter("ignore", RuntimeWarning)  # short chains: the health table says it all
 results: dict = {}
-
-
-def auroc(score: torch.Tensor, positive: torch.Tensor) -> float:
-    """P(a planted fact scores above a rule fact), ties counted half."""
-    s, n = score[positive], score[~positive]
-    return float(
-        (s[:, None] > n[None]).float().mean() + 0.5 * (s[:, None] == n[None]).float().mean()
-    )
 
 
 # %% [markdown]
@@ -130,25 +122,47 @@ fig.tight_layout()
 fig.savefig(OUT / "07_attribution.png", dpi=110)
 
 # %% [markdown]
-# ## 2. D\*: do the planted facts get a direction of their own?
+# ## 2. Which facts look memorised? Every detector, and D\*
 #
-# D\* of each fact at `blocks.0.hook_resid_post` (last position), and, as a second detector, the
-# rise of each fact's loss under the tempered posterior. After the merge, `find_memorised`
-# (the `memorised` probe) computes these and more; here they are computed directly.
+# The `memorised` probe (`find_memorised`, found here through the registry like any plugin
+# probe; `memlens memorised CKPT` on the command line) scores every training fact by every
+# detector memlens has: the loss and gradient norm at w* (baselines), D\* at every hook (`dstar`
+# is D\* at the model's representation hook, `blocks.0.mlp.hook_post`), membership in the
+# dictionary the reader above reads, and four scores from one tempering run over t = 1, 10, 100
+# (the loss rise and variance under the tempered posterior at t = 10, the Bayesian influence
+# function, the characteristic temperature). The planted facts are the ground truth: each
+# detector's AUROC (0.5 = chance) says how well it finds them. The tempering here runs at a fixed
+# step from w* (see section 3 for why).
 
 # %%
-with torch.no_grad():
-    _, cache = model.run_with_cache(train.inputs, names_filter="blocks.0.hook_resid_post")
-dstar = max_data_dimensionality(cache["blocks.0.hook_resid_post"][:, :, -1], n_instances=N_INST)
-rise = fr.loss_rise(model, train, 1.0, chains=4, draws=40 if FAST else 80, step_size=1e-4)
-results["auroc_dstar"] = [auroc(dstar[i], planted[:, i]) for i in range(N_INST)]
-results["auroc_loss_rise"] = [auroc(rise[i], planted[:, i]) for i in range(N_INST)]
+memorised = ml.get_probe("memorised")  # the registry's probe; .find is find_memorised
+mem = memorised.find(model, train, temperature=10.0, chains=4, draws=40 if FAST else 80,
+                     step_size=1e-4, disperse=False, seed=0, progress=False)  # fmt: skip
+au = mem.auroc()
+best, best_auroc = mem.best()
+print("AUROC per instance (D* at the other hooks: mem.summary() lists them all)")
+for d in [d for d in au if not d.startswith("dstar:")] + (
+    [best] if best.startswith("dstar:") else []
+):
+    print(f"  {d:<28} " + ", ".join(f"{a:.2f}" for a in au[d].tolist()))
+results["auroc"] = {d: a.tolist() for d, a in au.items() if not d.startswith("dstar:")}
+results["detectors_compared"] = len([d for d in au if d not in mem.data_only])
+results["best_detector"], results["best_auroc"] = best, best_auroc
+results["best_auroc_per_instance"] = au[best].tolist()
+dstar = mem.scores["dstar:blocks.0.hook_resid_post"]
+results["auroc_dstar_resid"] = au["dstar:blocks.0.hook_resid_post"].tolist()
 results["dstar_planted"] = float(dstar.T[planted].mean())
 results["dstar_rule"] = float(dstar.T[~planted].mean())
-print("AUROC of D* for the planted facts: " + ", ".join(f"{a:.2f}" for a in results["auroc_dstar"]))
-print("AUROC of the tempered loss rise:   "
-      + ", ".join(f"{a:.2f}" for a in results["auroc_loss_rise"]))  # fmt: skip
+print(f"best detector: {best}, AUROC {best_auroc:.2f} (per instance: "
+      + ", ".join(f"{a:.2f}" for a in results["best_auroc_per_instance"])
+      + f"; the best of {results['detectors_compared']} detectors on these planted facts)")  # fmt: skip
+print("AUROC of D* at blocks.0.hook_resid_post: "
+      + ", ".join(f"{a:.2f}" for a in results["auroc_dstar_resid"]))  # fmt: skip
 print(f"mean D*: planted {results['dstar_planted']:.2f}, rule {results['dstar_rule']:.2f}")
+shown = {d: v for d, v in mem.scores.items() if not d.startswith("dstar:") or d == best}
+ax = dataclasses.replace(mem, scores=shown).plot()  # ROC curves, instance 0 (D*: two hooks)
+ax.figure.savefig(OUT / "07_roc.png", dpi=110)
+plt.close(ax.figure)
 
 fig, ax = plt.subplots(figsize=(6, 3.4))
 for i in range(N_INST):
@@ -232,4 +246,4 @@ fig.tight_layout()
 fig.savefig(OUT / "07_capacity.png", dpi=110)
 
 (OUT / "07_results.json").write_text(json.dumps(results, indent=1))
-print(f"wrote {OUT}/07_attribution.png, 07_dstar.png, 07_survival.png, 07_capacity.png")
+print(f"wrote {OUT}/07_attribution.png, 07_roc.png, 07_dstar.png, 07_survival.png, 07_capacity.png")
