@@ -31,6 +31,7 @@ __all__ = [
     "ablate",
     "accuracy",
     "capacity",
+    "plot_capacity",
 ]
 
 
@@ -201,3 +202,25 @@ def capacity(
             }
         )
     return rows
+
+
+def plot_capacity(rows: list[dict], ax=None, *, T: int = 500, n_objects: int = 16):
+    """Bits of facts stored against parameters (:func:`capacity`'s rows, mean over seeds), with
+    2 bits per parameter (Allen-Zhu & Li), all ``T`` facts and chance as references."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.6))
+    P = [r["params"] for r in rows]
+    bits = math.log2(n_objects)
+    ax.plot(
+        P, [sum(r["bits"]) / len(r["bits"]) for r in rows], "o-", label="bits stored (measured)"
+    )
+    ax.plot(P, [2 * p for p in P], "k--", lw=1, label="2 bits / parameter (Allen-Zhu & Li)")
+    ax.axhline(T * bits, c="gray", lw=1, ls=":", label=f"all {T} facts ({T * bits:.0f} bits)")
+    ax.axhline(T / n_objects * bits, c="gray", lw=1, ls="-.",
+               label=f"chance (≈ {T / n_objects:.0f} facts)")  # fmt: skip
+    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="bits of facts stored",
+           title="fact capacity of a one-layer transformer")  # fmt: skip
+    ax.legend(fontsize=8)
+    return ax

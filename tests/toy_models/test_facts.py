@@ -139,7 +139,8 @@ def test_cli_train_probe_temper_on_the_transformer_checkpoint(checkpoint, tmp_pa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         assert main(["temper", str(ck), "--probes", "survival", "--temperatures", "1,30",
-                     "--chains", "2", "--draws", "20", "--step-size", "1e-4", "--no-progress",
+                     "--chains", "2", "--draws", "20", "--step-size", "3e-4",
+                     "--localization", "300", "--no-progress",
                      "--json", str(tmp_path / "t.json")]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "circuit survival" in out and "fact" in out
@@ -158,7 +159,8 @@ def test_cli_memorised_finds_the_planted_facts_in_the_checkpoint(checkpoint, tmp
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # 20 draws: health warnings expected
         assert main(["memorised", str(checkpoint), "--detectors", "train_loss,dstar,tempering_rise",
-                     "--chains", "2", "--draws", "20", "--step-size", "1e-4", "--no-progress",
+                     "--chains", "2", "--draws", "20", "--step-size", "3e-4",
+                     "--localization", "300", "--no-progress",
                      "--json", str(out_json)]) == 0  # fmt: skip
     out = capsys.readouterr().out
     r = json.loads(out_json.read_text())

@@ -26,8 +26,11 @@ def test_tutorial_07_runs(run_tutorial, tmp_path):
     assert min(r["auroc_dstar_resid"]) >= 0.9
     assert r["dstar_planted"] > 1.5 * r["dstar_rule"]
     assert {"train_loss", "grad_norm", "dstar", "tempering_rise"} <= set(r["auroc"])
-    # tempering: at the lowest temperature, planted facts are noised out more often
-    assert r["noised_out_planted"][0] > r["noised_out_rule"][0]
+    # tempering (γ = 300): every cell healthy, and planted facts are noised out more often than
+    # rule facts at the lowest temperature and on average over the ladder
+    assert r["healthy_cells"][0] == r["healthy_cells"][1]
+    assert r["noised_out_planted"][0] > r["noised_out_rule"][0] + 0.2
+    assert sum(r["noised_out_planted"]) > sum(r["noised_out_rule"])
     # capacity: the wider model stores more facts, and no model beats 2 bits per parameter
     cap = r["capacity"]
     assert sum(cap[-1]["facts_stored"]) > sum(cap[0]["facts_stored"])
