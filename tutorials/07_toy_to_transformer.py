@@ -11,8 +11,10 @@
 #    memorise them (`Batch.planted` marks them). The dictionary reader attributes each fact's
 #    margin to MLP neurons; silencing the neurons it names must remove that fact and spare the
 #    rule-following ones.
-# 2. **D\***: the maximal data dimensionality of each fact at the residual stream. Memorised points
-#    get a direction of their own (D\* near 1), generalised points share theirs.
+# 2. **Which facts look memorised, and D\***: the `memorised` probe runs every detector memlens
+#    has against the planted facts and names the best. D\*, the maximal data dimensionality of
+#    each fact at a hook, is one of them: memorised points get a direction of their own (D\* near
+#    1), generalised points share theirs.
 # 3. **Which circuits die under tempering?** `memlens.temper` with the `survival` probe: at each
 #    temperature, which facts' margins the tempered posterior noises out.
 #
