@@ -10,12 +10,12 @@ loss into a :class:`~memlens.hooked.HookedToyModel`:
   ``torch.func.functional_call`` does), ``vmap``-ped over the instance axis: one batched pass,
   no loop. So ``memlens.train``, ``memlens.temper`` and ``estimate_llc`` (which expand the
   instance axis into chains x temperatures) run every chain in one step;
-* the module's ``HookPoint``\\ s are the wrapper's hooks, under the module's own names (e.g.
-  ``blocks.0.hook_mlp_out``), laid out ``[batch, inst, ...]``. While a hook is attached the
-  forward loops over instances outside ``vmap`` (hooks cannot see inside it), records each
-  instance's activation and hands the stacked activation to the wrapper's hook: probes,
-  ``run_with_cache`` and streaming probes read it. Hooks here *read*: a hook that returns a
-  changed activation (an ablation) is refused with a ``NotImplementedError``.
+* the module's ``HookPoint``\\ s that its forward reaches are the wrapper's hooks, under the
+  module's own names (e.g. ``blocks.0.hook_mlp_out``), laid out ``[batch, inst, ...]``. While a
+  hook is attached the forward loops over instances outside ``vmap`` (hooks cannot see inside
+  it), records each instance's activation and hands the stacked activation to the wrapper's
+  hook: probes, ``run_with_cache`` and streaming probes read it. Hooks here *read*: a hook
+  that returns a changed activation (an ablation) is refused with a ``NotImplementedError``.
 
 The module itself is a template: its own parameters are never read (every call substitutes the
 stacked copies), so ``expand`` and ``select_instances`` share it instead of rebuilding it.
@@ -59,6 +59,27 @@ def _hook_points(module: nn.Module) -> dict[str, nn.Module]:
     if not isinstance(named, Mapping):
         named = dict(module.named_modules())
     return {n: m for n, m in named.items() if isinstance(m, HookPoint) and n}
+
+
+def _fired(base: nn.Module, hooks: dict[str, nn.Module], x: Tensor) -> dict[str, nn.Module]:
+    """The hooks a forward of ``base`` on ``x`` (one zero point) reaches: a bridge lists hooks
+    its configuration never calls (``blocks.0.hook_mlp_in``, ...), which a cache would lack.
+    Cached on the template; if the dry run fails, every hook is kept."""
+    key = (tuple(x.shape), x.dtype)
+    cache = base.__dict__.setdefault("_memlens_fired", {})
+    if key not in cache:
+        seen: dict[str, Tensor] = {}
+        handles = [m.register_forward_hook(_recorder(seen, n)) for n, m in hooks.items()]
+        try:
+            with torch.no_grad():
+                base(x)
+            cache[key] = [n for n in hooks if n in seen]
+        except (RuntimeError, ValueError, TypeError, IndexError):
+            cache[key] = list(hooks)
+        finally:
+            for h in handles:
+                h.remove()
+    return {n: hooks[n] for n in cache[key]}
 
 
 def _trainable(base: nn.Module) -> list[tuple[str, Tensor]]:
@@ -143,7 +164,8 @@ class StackedModel(HookedToyModel):
                 value = torch.stack([init(name, p.detach(), g).to(p.dtype) for g in gens])
             self.register_parameter(attr, nn.Parameter(value.to(p.device)))
             self._names.append((attr, name))
-        self._base_hooks = _hook_points(base)
+        dry = torch.zeros(1, *shape, dtype=input_dtype, device=trainable[0][1].device)
+        self._base_hooks = _fired(base, _hook_points(base), dry)
         from transformer_lens.hook_points import HookPoint
 
         self._hooks = {n: HookPoint() for n in self._base_hooks}

@@ -106,7 +106,7 @@ class FactTransformer(StackedModel):
 
     Config = FactConfig
     input_dims = ("batch", "inst", "tokens")
-    circuit_families = ("neuron", "fact")
+    circuit_families = ("neuron", "datum")
     representation_hook = "blocks.0.mlp.hook_post"
 
     def __init__(
@@ -159,8 +159,9 @@ class FactTransformer(StackedModel):
 
     def circuits(self, train: Batch) -> Circuits:
         """``neuron:L.k`` is MLP neuron k of layer L at the last position on its key fact (the
-        training fact that drives it hardest at the current weights); ``fact:j`` is training fact
-        j's margin, its object's logit minus the best other object's."""
+        training fact that drives it hardest at the current weights); ``datum:j`` (the family every
+        toy model gives its training points) is training fact j's margin, its object's logit
+        minus the best other object's."""
         train = self.check_batch(train)
         x, tgt = train.inputs.detach(), train.targets.detach()
         hooks = self.neuron_hooks()
@@ -186,7 +187,7 @@ class FactTransformer(StackedModel):
             f"neuron:{layer}.{k}"
             for layer in range(self.cfg.n_layers)
             for k in range(self.cfg.d_mlp)
-        ] + [f"fact:{j}" for j in range(len(train))]
+        ] + [f"datum:{j}" for j in range(len(train))]
         return Circuits(names, x, (*hooks, "unembed.hook_out"), readout, None)
 
 
@@ -230,13 +231,14 @@ class FactTask(Task):
             order = torch.randperm(self.n_pairs, generator=g)
             subj, rel = order // R, order % R
             obj = rule[rel, subj % C]
+            shift = torch.randint(1, O, (self.n_pairs,), generator=g)  # a random *other* object
             planted = torch.zeros(self.n_pairs, dtype=torch.bool)
             planted[: min(s["n_planted"], T)] = True  # every fact when T < n_planted
-            shift = torch.randint(1, O, (self.n_pairs,), generator=g)  # a random *other* object
             obj = torch.where(planted, (obj + shift) % O, obj)
             tokens = torch.stack([subj, S + rel], -1)
             target = S + R + obj
-            for k, part in enumerate((tokens[:T], target[:T], planted[:T])):
+            rows = torch.randperm(T, generator=g)  # the planted facts at random positions
+            for k, part in enumerate((tokens[:T][rows], target[:T][rows], planted[:T][rows])):
                 parts[k].append(part)
             for k, part in enumerate((tokens[T : T + n_test], target[T : T + n_test])):
                 parts[3 + k].append(part)

@@ -1,5 +1,5 @@
-"""Reading the fact transformer: which MLP neurons store which fact, ablating them, which facts
-look memorised, and how many facts a model of a given size stores.
+"""Reading the fact transformer: which MLP neurons store which fact, ablating them, and how many
+facts a model of a given size stores (which facts look memorised: the ``memorised`` probe).
 
 * :func:`neuron_attribution`: each MLP neuron's direct contribution to each training fact's margin
   (its object's logit minus the runner-up object's) at the last position, ``a_k (W_out[:, k] ·
@@ -9,10 +9,6 @@ look memorised, and how many facts a model of a given size stores.
   are neurons specific to it whose summed contribution exceeds its margin, so removing them erases
   the fact (directly); a fact whose slots number at most ``max_code`` is an entry.
 * :func:`ablate`: the logits with chosen neurons silenced at every position (a real forward pass).
-* :func:`loss_rise`: a memorised-points score, the rise of each training fact's loss under the
-  tempered posterior (:func:`memlens.temper`), averaged over chains and draws. After the merge
-  the ``memorised`` probe's ``find_memorised`` offers this and more detectors; this is the small
-  local version the fact task's tests and tutorial use.
 * :func:`capacity`: facts stored (argmax right) and bits stored by models trained on random facts.
 """
 
@@ -34,8 +30,8 @@ __all__ = [
     "read_dictionary",
     "ablate",
     "accuracy",
-    "loss_rise",
     "capacity",
+    "plot_capacity",
 ]
 
 
@@ -159,45 +155,6 @@ def accuracy(model: FactTransformer, logits: Tensor, targets: Tensor) -> Tensor:
     return _objects(model, logits[..., -1, :]).argmax(-1) == targets - model.object_offset
 
 
-def loss_rise(
-    model: FactTransformer,
-    train: Batch,
-    temperature: float = 1.0,
-    *,
-    chains: int = 4,
-    draws: int = 60,
-    step_size: float = 1e-4,
-    seed: int = 0,
-) -> Tensor:
-    """``[inst, T]``: the mean rise of each training fact's loss over the draws of the tempered
-    posterior at ``temperature`` (burn-in excluded), against w*. Higher = more fragile, the
-    signature of a memorised point. (After the merge: ``find_memorised``'s tempering detector.)"""
-    from memlens.sampling.sgld import expand_batch
-
-    res = memlens.temper(
-        model,
-        train,
-        [temperature],
-        chains=chains,
-        draws=draws,
-        step_size=step_size,
-        seed=seed,
-        keep_draws=True,
-        progress=False,
-    )
-    copies = chains
-    expanded = model.expand(copies)
-    big = expand_batch(train, copies)
-    with torch.no_grad():
-        base = model.per_example_loss(train)  # [T, inst]
-        total = torch.zeros_like(base)
-        for state in res.kept_draws:
-            expanded.load_state_dict(state)
-            per = expanded.per_example_loss(big)  # [T, copies * inst]
-            total += per.view(len(train), copies, model.n_instances).mean(1)
-    return (total / len(res.kept_draws) - base).transpose(0, 1)
-
-
 def capacity(
     sizes: Sequence[tuple[int, int]],
     *,
@@ -245,3 +202,25 @@ def capacity(
             }
         )
     return rows
+
+
+def plot_capacity(rows: list[dict], ax=None, *, T: int = 500, n_objects: int = 16):
+    """Bits of facts stored against parameters (:func:`capacity`'s rows, mean over seeds), with
+    2 bits per parameter (Allen-Zhu & Li), all ``T`` facts and chance as references."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 3.6))
+    P = [r["params"] for r in rows]
+    bits = math.log2(n_objects)
+    ax.plot(
+        P, [sum(r["bits"]) / len(r["bits"]) for r in rows], "o-", label="bits stored (measured)"
+    )
+    ax.plot(P, [2 * p for p in P], "k--", lw=1, label="2 bits / parameter (Allen-Zhu & Li)")
+    ax.axhline(T * bits, c="gray", lw=1, ls=":", label=f"all {T} facts ({T * bits:.0f} bits)")
+    ax.axhline(T / n_objects * bits, c="gray", lw=1, ls="-.",
+               label=f"chance (≈ {T / n_objects:.0f} facts)")  # fmt: skip
+    ax.set(xscale="log", yscale="log", xlabel="parameters", ylabel="bits of facts stored",
+           title="fact capacity of a one-layer transformer")  # fmt: skip
+    ax.legend(fontsize=8)
+    return ax

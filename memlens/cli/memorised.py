@@ -9,7 +9,7 @@ import argparse
 
 from memlens.cli import command
 from memlens.cli.models import check_checkpoint, load_instance
-from memlens.cli.values import check_output_file, positive
+from memlens.cli.values import check_output_file, positive, step_size
 
 
 def _names(text: str) -> list[str]:
@@ -30,6 +30,20 @@ def _args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--chains", type=positive(int), default=4, help="SGLD chains")
     p.add_argument("--draws", type=positive(int), default=100, help="SGLD draws per chain")
+    p.add_argument(
+        "--step-size",
+        type=step_size,
+        default="auto",
+        help="SGLD step size of the tempering detectors: 'auto' (calibrated; minutes on a "
+        "transformer) or a number, e.g. 1e-4 for the facts transformer",
+    )
+    p.add_argument(
+        "--localization",
+        type=positive(float),
+        default=None,
+        help="gamma, the pull towards the trained weights w* (default: 1.0; a transformer's "
+        "fitted cross entropy needs a tighter one, e.g. 300)",
+    )
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--top", type=positive(int), default=10, help="points listed per detector")
     p.add_argument("--json", default=None, help="also write scores, ranks and AUROCs as JSON")
@@ -64,6 +78,8 @@ def _memorised(ns: argparse.Namespace) -> int:
         progress=not ns.no_progress,
         chains=ns.chains,
         draws=ns.draws,
+        step_size=ns.step_size,
+        **({} if ns.localization is None else {"localization": ns.localization}),
     )
     print(
         f"memorised on {ns.checkpoint} [instance {ns.instance}, T={cell['T']}, seed={cell['seed']}]"

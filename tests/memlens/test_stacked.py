@@ -70,6 +70,22 @@ def test_forward_hooks_and_loss_match_the_instance_axis_model(trained):
     assert not model._hooked()  # scoped: nothing left attached
 
 
+class WithIdleHook(PlainBottleneck):
+    """A template listing a hook its forward never calls (as a bridge lists ``hook_mlp_in``)."""
+
+    def __init__(self, n_features: int, d_hidden: int):
+        super().__init__(n_features, d_hidden)
+        self.hook_idle = HookPoint()
+
+
+def test_hooks_the_forward_never_reaches_are_not_listed(trained):
+    toy, train = trained
+    model = StackedModel(WithIdleHook(8, 2), sq_loss, 3, input_shape=(8,))
+    assert "hook_idle" not in model.hook_dict and "hook_hidden" in model.hook_dict
+    _, cache = model.run_with_cache(train.inputs)
+    assert set(cache) == set(model.hook_dict)  # every listed hook is in a full cache
+
+
 def test_expand_select_and_gradients(trained):
     toy, train = trained
     model = wrap(toy)

@@ -57,6 +57,7 @@ def test_the_task_plants_random_facts_among_rule_facts():
         pairs = {tuple(p) for p in train.inputs[:, i].tolist()}
         assert not pairs & {tuple(p) for p in test.inputs[:, i].tolist()}  # held out
         assert len(pairs) == 120
+        assert not bool(train.planted[: s["n_planted"], i].all())  # no position gives them away
     with pytest.raises(ValueError, match="T must be in"):
         FactTask(s).split(128)
     few, _ = FactTask({**s, "n_planted": 200}).split(100)
@@ -112,12 +113,21 @@ def test_dstar_finds_the_planted_facts(trained):
         assert auroc(dstar[i], train.planted[:, i]) >= 0.9
 
 
-def test_cli_train_probe_temper_on_the_transformer_checkpoint(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A ``facts`` checkpoint written by ``memlens train`` (the smoke preset: seconds)."""
     from memlens.cli import main
 
-    ck = tmp_path / "facts.pt"
+    ck = tmp_path_factory.mktemp("facts") / "facts.pt"
     assert main(["train", "--model", "facts", "--preset", "smoke", "--T", "100", "--out",
                  str(ck), "--no-progress"]) == 0  # fmt: skip
+    return ck
+
+
+def test_cli_train_probe_temper_on_the_transformer_checkpoint(checkpoint, tmp_path, capsys):
+    from memlens.cli import main
+
+    ck = checkpoint
     model, recipes = memlens.load_with_recipes(ck)
     train, _ = BUNDLE.data(recipes[0])
     assert isinstance(model, FactTransformer) and int(train.planted.sum()) == 4
@@ -129,7 +139,35 @@ def test_cli_train_probe_temper_on_the_transformer_checkpoint(tmp_path, capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         assert main(["temper", str(ck), "--probes", "survival", "--temperatures", "1,30",
-                     "--chains", "2", "--draws", "20", "--step-size", "1e-4", "--no-progress",
+                     "--chains", "2", "--draws", "20", "--step-size", "3e-4",
+                     "--localization", "300", "--no-progress",
                      "--json", str(tmp_path / "t.json")]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "circuit survival" in out and "fact" in out
+
+
+def test_cli_memorised_finds_the_planted_facts_in_the_checkpoint(checkpoint, tmp_path, capsys):
+    """``memlens memorised CKPT`` on the transformer: its scores, checked against the planted
+    facts the checkpoint's recipe rebuilds (not the command's own AUROC), rank them high."""
+    import json
+
+    from memlens.cli import main
+
+    _, recipes = memlens.load_with_recipes(checkpoint)
+    planted = BUNDLE.data(recipes[0])[0].planted[:, 0]  # the ground truth, from the recipe
+    out_json = tmp_path / "m.json"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # 20 draws: health warnings expected
+        assert main(["memorised", str(checkpoint), "--detectors", "train_loss,dstar,tempering_rise",
+                     "--chains", "2", "--draws", "20", "--step-size", "3e-4",
+                     "--localization", "300", "--no-progress",
+                     "--json", str(out_json)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    r = json.loads(out_json.read_text())
+    got = {d: auroc(torch.tensor(s[0]), planted) for d, s in r["scores"].items()}
+    assert set(got) >= {"train_loss", "dstar", "tempering_rise"}
+    best = max(got, key=got.get)
+    assert got[best] >= 0.9, got  # chance is 0.5
+    assert got["dstar"] >= 0.8, got  # D* at the model's representation hook (blocks.0.mlp)
+    assert torch.equal(torch.tensor(r["planted"][0]), planted)
+    assert f"best: {r['best'][0]}" in out and "4 planted point(s)" in out

@@ -18,15 +18,28 @@ def test_tutorial_07_runs(run_tutorial, tmp_path):
     assert r["planted_with_slots"] >= 12
     assert r["planted_removed"] == r["planted_with_slots"]
     assert r["rule_kept_mean"] >= 0.9
-    # D*: the planted facts are found with AUROC >= 0.9 in every instance
-    assert min(r["auroc_dstar"]) >= 0.9
-    assert r["dstar_planted"] > 2 * r["dstar_rule"]
-    # tempering: at the lowest temperature, planted facts are noised out more often
-    assert r["noised_out_planted"][0] > r["noised_out_rule"][0]
+    # which facts look memorised (the memorised probe, against the planted facts): the best
+    # detector finds them with AUROC >= 0.9 (mean over the 3 instances; >= 0.85 in each), and D*
+    # at the residual stream does in every instance
+    assert r["best_auroc"] >= 0.9 and min(r["best_auroc_per_instance"]) >= 0.85
+    assert f"best detector: {r['best_detector']}, AUROC {r['best_auroc']:.2f}" in out
+    assert min(r["auroc_dstar_resid"]) >= 0.9
+    assert r["dstar_planted"] > 1.5 * r["dstar_rule"]
+    assert {"train_loss", "grad_norm", "dstar", "tempering_rise"} <= set(r["auroc"])
+    # tempering (γ = 300): every cell healthy, and planted facts are noised out more often than
+    # rule facts at the lowest temperature and on average over the ladder
+    assert r["healthy_cells"][0] == r["healthy_cells"][1]
+    assert r["noised_out_planted"][0] > r["noised_out_rule"][0] + 0.2
+    assert sum(r["noised_out_planted"]) > sum(r["noised_out_rule"])
     # capacity: the wider model stores more facts, and no model beats 2 bits per parameter
     cap = r["capacity"]
     assert sum(cap[-1]["facts_stored"]) > sum(cap[0]["facts_stored"])
     assert all(b <= 2.0 for row in cap for b in row["bits_per_param"])
-    assert "AUROC of D* for the planted facts" in out
-    for png in ("07_attribution.png", "07_dstar.png", "07_survival.png", "07_capacity.png"):
+    for png in (
+        "07_attribution.png",
+        "07_roc.png",
+        "07_dstar.png",
+        "07_survival.png",
+        "07_capacity.png",
+    ):
         assert (folder / png).stat().st_size > 10_000
