@@ -263,11 +263,22 @@ _WARNINGS = {
 }
 
 
-def warn(diag: Diagnostics, hl: Health, labels: list[str], stacklevel: int = 3) -> None:
-    """One RuntimeWarning per kind of problem, naming the cells; raise if every chain diverged."""
+_AUTO_DIVERGED = (
+    "every SGLD chain diverged (NaN, inf or a loss blow-up) at the step step_size='auto' chose: "
+    "the curvature at w* understates the posterior's away from it (a saturated cross entropy is "
+    "flat at w*); raise localization (γ) or pass a smaller step_size"
+)
+
+
+def warn(diag: Diagnostics, hl: Health, labels: list[str], stacklevel: int = 3,
+         auto: bool = False) -> None:  # fmt: skip
+    """One RuntimeWarning per kind of problem, naming the cells; raise if every chain diverged
+    (``auto``: the step was chosen by ``step_size="auto"``, so the advice differs)."""
     if bool(diag.diverged.all()):
         raise FloatingPointError(
-            "every SGLD chain diverged (NaN, inf or a loss blow-up): lower step_size "
+            _AUTO_DIVERGED
+            if auto
+            else "every SGLD chain diverged (NaN, inf or a loss blow-up): lower step_size "
             "(or leave it 'auto')"
         )
     for kind in PROBLEMS:

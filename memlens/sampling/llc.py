@@ -197,7 +197,7 @@ def temper(
     result = _result(setup, temps, cfg, base, cal, run, llc, diag, thin, seconds)
     if driver:
         result.probes = driver.end(result)
-    warn(diag, result.health, [f"t={t:.3g}" for t in temps.tolist()])
+    warn(diag, result.health, [f"t={t:.3g}" for t in temps.tolist()], auto=cfg.auto)
     return result
 
 

@@ -471,3 +471,19 @@ def test_calibration_grid_matches_the_euler_bias_in_closed_form():
     truth = regular_llc(data, nb, 1.0)
     assert c["decided"]
     assert euler_llc(data, nb, 1.0, c["step_size"]) - truth < 0.1 * truth
+
+
+def test_all_diverged_advice_depends_on_who_chose_the_step():
+    """'lower step_size (or leave it auto)' is no advice when the step was already 'auto'."""
+    from memlens.sampling.diagnostics import PROBLEMS, Diagnostics, Health, warn
+
+    cell, chains = torch.ones(1, 1), torch.ones(1, 2, 1)
+    diag = Diagnostics(rhat=cell, ess=cell, frac_below_init=cell, diverged=chains.bool(),
+                       barely_moving=cell.bool(), diffusion=chains,
+                       negative=cell.bool())  # fmt: skip
+    hl = Health(~cell.bool(), [[["diverged"]]], {k: cell.bool() for k in PROBLEMS})
+    with pytest.raises(FloatingPointError, match="leave it 'auto'"):
+        warn(diag, hl, ["t=1"])
+    with pytest.raises(FloatingPointError, match="raise localization") as err:
+        warn(diag, hl, ["t=1"], auto=True)
+    assert "leave it 'auto'" not in str(err.value)
