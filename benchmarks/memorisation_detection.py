@@ -47,12 +47,12 @@ SETTINGS = {
 _T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
-def packed(setting: str, T: int, seeds: int, planted: int, extra: dict):
-    """``(model, train, test, task)``: one model whose ``seeds`` instances are the seeds."""
+def packed(setting: str, T: int, seeds: int, extra: dict | None = None):
+    """``(model, train, result, task)``: one model whose ``seeds`` instances are the seeds."""
     b = get_bundle(setting)
     p = b.preset("cpu")
     cfg = SETTINGS[setting]
-    spec = {**p["task"], **cfg["task"], "plant_private": planted, **extra, "T": T, "seed": 0}
+    spec = {**p["task"], **cfg["task"], **cfg["plant"], **(extra or {}), "T": T, "seed": 0}
     spec.pop("n_test", None)
     task = b.task(spec)
     task.n_instances = seeds  # every instance draws its own data stream
