@@ -113,6 +113,8 @@ def run_cell(setting: str, T: int, args, characteristic: bool) -> dict:
     with torch.no_grad():
         loss = model.per_example_loss(train).cpu()
     rest = float(loss[~train.planted.cpu()].mean())
+    base, test_loss = get_bundle(setting).baseline, float(tr.test_loss.mean())
+    ref = f" ({test_loss / float(base(train).mean()):.0%} of the trivial baseline)" if base else ""
     dets = [d for d in DETECTORS if characteristic or d != "characteristic_temperature"]
     res = find_memorised(
         model,
@@ -131,8 +133,8 @@ def run_cell(setting: str, T: int, args, characteristic: bool) -> dict:
     best, best_au = res.best()
     print(
         f"\n{setting} T={T} ({args.seeds} seeds): train loss {rest:.3g} on the unplanted points, "
-        f"test loss {float(tr.test_loss.mean()):.3g}; planted points fitted (train loss < half "
-        f"their fresh controls'): {fitted:.0%}; {time.time() - t0:.0f} s"
+        f"test loss {test_loss:.3g}{ref}; planted points fitted (train loss < half their fresh "
+        f"controls'): {fitted:.0%}; {time.time() - t0:.0f} s"
     )
     print("  " + fc.summary().replace("\n", "\n  "))
     print(f"  {'detector':<28} {'AUROC':>13} {'precision@k':>15} {'AUROC (fitted)':>16}")

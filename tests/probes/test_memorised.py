@@ -24,21 +24,22 @@ CASES = {
         {},
         None,
     ),
-    # an MLP block past its peak: it cannot fit the private features (the fit check says so), so
-    # the planted points are the ones with the highest train loss
+    # an MLP block (~2.5 active of 50 features through d_model = 24, 128 neurons) past its peak,
+    # 5 points given another training point's target: it fits them (fit check) with neurons of
+    # their own, at a higher loss than the rest, so the train loss ranks them first
     "mlp": (
         {
-            "n_features": 60,
-            "sparsity": 0.85,
-            "d_model": 12,
-            "d_mlp": 32,
-            "T": 300,
-            "plant_private": 5,
+            "n_features": 50,
+            "sparsity": 0.95,
+            "d_model": 24,
+            "d_mlp": 128,
+            "T": 400,
+            "plant_random_labels": 5,
         },
-        {"steps": 1500, "lr": 1e-2, "weight_decay": 0.1, "warmup": 50},
+        {"steps": 2000, "lr": 1e-2, "weight_decay": 1e-2, "warmup": 50},
         "train_loss",
         {},
-        None,
+        0.6,
     ),
     # a final layer whose rule (the largest active feature, ~2 active of 64 through d_model = 48)
     # generalises, with 5 random labels among its 1,000 rule labels: it fits them (fit check) but
