@@ -29,7 +29,8 @@ MEMORISED_TRAIN = {"steps": 1000, "lr": 3e-2, "weight_decay": 1e-2, "warmup": 50
 #: and the characteristic temperature needs a ladder: see ``memlens memorised`` and
 #: benchmarks/memorisation_detection.py; grad_norm costs T backward passes)
 DETECTORS = ("train_loss", "dstar", "dictionary", "tempering_rise", "tempering_variance")
-SGLD = {"chains": 2, "draws": 40, "thin": 3, "step_size": 3e-2}
+#: 4 chains x 100 draws: with 2 x 40 the sampler warns that the chains have not mixed (R-hat)
+SGLD = {"chains": 4, "draws": 100, "thin": 3, "step_size": 3e-2}
 
 
 def memorised_step(seed: int) -> dict[str, Any]:
