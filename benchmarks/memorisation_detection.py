@@ -168,7 +168,7 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--temperature", type=float, default=10.0)
     ap.add_argument("--chains", type=int, default=4)
-    ap.add_argument("--draws", type=int, default=40)
+    ap.add_argument("--draws", type=int, default=100)
     ap.add_argument("--thin", type=int, default=3)
     ap.add_argument("--past-only", action="store_true", help="skip the T near the peak")
     ap.add_argument(
