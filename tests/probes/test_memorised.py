@@ -15,14 +15,14 @@ from probes.memorised import find_memorised
 #: the least fraction of planted points the model must have fitted, by the fit check).
 CASES = {
     # a bottleneck past its peak region (test loss 0.9 against train 0.1): the model fits the
-    # private features it was given, so its output, x', carries them, and in the output space
-    # those features are private: D* at hook_out ranks the planted points first
+    # private features it was given (fit check), so its output, x', carries them, and in the
+    # output space those features are private: D* at hook_out ranks the planted points first
     "bottleneck": (
         {"n_features": 100, "sparsity": 0.95, "d_hidden": 8, "T": 300, "plant_private": 5},
         {"steps": 3000, "lr": 3e-3, "weight_decay": 1e-2, "warmup": 50},
         "dstar:hook_out",
         {},
-        None,
+        0.8,
     ),
     # an MLP block (~2.5 active of 50 features through d_model = 24, 128 neurons) past its peak,
     # 5 points given another training point's target: it fits them (fit check) with neurons of
@@ -69,9 +69,9 @@ def test_planted_points_rank_in_the_best_detectors_top_k(name):
     spec, tr, detector, sgld, min_fitted = CASES[name]
     model, train = _trained(name, spec, tr)
     assert int(train.planted.sum()) == 5
-    if min_fitted is not None:  # the model memorised them: below half their fresh controls' loss
-        fc = fit_check(model, get_bundle(name).task({**spec, "seed": 0}), spec["T"], 0)
-        assert fc.fitted[0] >= min_fitted, fc.summary()
+    # the model memorised them: their loss is below half their fresh controls'
+    fc = fit_check(model, get_bundle(name).task({**spec, "seed": 0}), spec["T"], 0)
+    assert fc.fitted[0] >= min_fitted, fc.summary()
     cheap = ["train_loss", "grad_norm", "dstar", "dictionary"]
     res = find_memorised(model, train, detectors=cheap, progress=False, **sgld)
     ranks = res.planted_ranks(detector)[0]
