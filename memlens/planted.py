@@ -9,7 +9,9 @@ A spec (or ``Task.plant(...)``) may plant, among the ``T`` training points of ea
 * ``plant_repeats = R`` copies of **one repeated point** (R rows of the T are the same point;
   Henighan et al. and Jermyn: a repeated point is memorised once R is large against T/n);
 * ``plant_random_labels = L`` points whose integer label (e.g. the final layer's rule token) is
-  replaced by a **random other label** drawn from the labels of the training set.
+  replaced by a **random other label** drawn from the labels of the training set; for a task with
+  vector targets (e.g. the MLP block's features), whose target is replaced by **another training
+  point's target** (a random lookup ``input -> someone else's output``).
 
 The planted rows are disjoint and chosen at random per instance from the data seed, so a
 checkpoint whose recipe records these keys rebuilds the same planted set. The training
@@ -139,12 +141,19 @@ class Planting:
 
 
 def _relabel(y: Tensor | None, rows: list[Tensor], choices: list[dict]) -> Tensor:
-    if y is None or y.is_floating_point() or y.ndim != 2:
+    if (
+        y is None
+        or (y.is_floating_point() and y.ndim != 3)
+        or (not y.is_floating_point() and y.ndim != 2)
+    ):
         raise ValueError(
             "plant_random_labels needs a task with integer labels [batch, inst] (e.g. the final "
-            "layer's tokens); this task's targets are "
+            "layer's tokens) or target vectors [batch, inst, out] (e.g. the MLP block's); this "
+            "task's targets are "
             f"{'the inputs' if y is None else f'{y.dtype} of shape {tuple(y.shape)}'}"
         )
+    if y.is_floating_point():
+        return _swap_targets(y, rows, choices)
     y = y.clone()
     for i, (r, c) in enumerate(zip(rows, choices, strict=True)):
         labels = torch.unique(y[:, i].cpu())
@@ -154,6 +163,21 @@ def _relabel(y: Tensor | None, rows: list[Tensor], choices: list[dict]) -> Tenso
             others = labels[labels != y[j, i].cpu()]
             y[j, i] = others[torch.randint(len(others), (1,), generator=c["gen"])].to(y.device)
     return y
+
+
+def _swap_targets(y: Tensor, rows: list[Tensor], choices: list[dict]) -> Tensor:
+    """Vector targets: each planted row gets the target of another (random) training point, one
+    whose target is not zero and differs from the row's own."""
+    out = y.clone()
+    for i, (r, c) in enumerate(zip(rows, choices, strict=True)):
+        for j in r.tolist():
+            ok = ((y[:, i] != y[j, i]).any(-1) & (y[:, i] != 0).any(-1)).nonzero().flatten()
+            if not len(ok):
+                raise ValueError(
+                    "plant_random_labels needs two training points with different targets"
+                )
+            out[j, i] = y[ok[torch.randint(len(ok), (1,), generator=c["gen"])], i]
+    return out
 
 
 # ------------------------------------------------------------------------------ fit check
@@ -234,7 +258,9 @@ def _mean_loss(model, task: Task, f: Tensor, seed: int, i: int, relabel: bool = 
     if task.features.normalize:
         f = f / f.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     b = task.make_batch(f, seed)
-    if relabel:
+    if relabel and b.targets.is_floating_point():  # another fresh point's target vector
+        b.targets = b.targets.roll(1, dims=0)
+    elif relabel:
         g = torch.Generator().manual_seed(seed + 17)
         y = b.targets.clone()
         labels = torch.unique(y[:, i])

@@ -227,8 +227,8 @@ print(f"wrote the figures to {OUT}")
 # 1.00, tempering rise 0.99, train loss 0.29, gradient norm 0.28.
 #
 # * **D* at the representation (`hook_hidden`, m dimensions shared by T points) does not
-#   reliably find the planted points** (0.42 in the default run, 0.76 in the fast one; 0.50 ± 0.19
-#   over 3 seeds at T = 300 and 0.39 ± 0.24 at T = 1000 in `benchmarks/memorisation_detection.py`).
+#   reliably find the planted points** (0.42 in the default run, 0.76 in the fast one; 0.43 ± 0.09
+#   over 3 seeds at T = 300 and 0.31 ± 0.10 at T = 1000 in `benchmarks/memorisation_detection.py`).
 #   In m ≪ T dimensions a memorised point need not own a direction: its private features are
 #   stored in directions other points use too.
 # * **D* at the output (`hook_out`, the reconstruction x') ranks them first only where the model
@@ -246,6 +246,7 @@ print(f"wrote the figures to {OUT}")
 # memorised?" only where memorising means owning a direction: in the memorising regime every point
 # does (and D* = 1 says nothing more); repeated outliers did above; points memorised in
 # superposition through a narrow hidden layer do not, until their features come out again at the
-# output. In the final layer (a linear map from a 20-dimensional residual) no detector, D*
-# included, finds planted points (see the README). `benchmarks/memorisation_detection.py`
-# scores every detector in all three settings, over seeds.
+# output. In the final layer the logits are an affine map of the residual, so D* there is the
+# input's leverage and misses planted random labels (0.56); the train loss and the loss variance
+# under tempering find them (see the README). `benchmarks/memorisation_detection.py` scores every
+# detector in all three settings, over seeds.

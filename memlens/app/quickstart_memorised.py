@@ -1,47 +1,67 @@
-"""The quickstart's step 3: which training points did the generalising model memorise?
+"""The quickstart's step 3: which training points did a generalising model memorise?
 
-The story's generalising model is trained with ``PLANTED`` points carrying private features
-(active in no other training point, :mod:`memlens.planted`): only memorisation can fit them. Every
-cheap detector of the ``memorised`` probe, and each point's loss rise under a short tempering run,
-ranks the training points; the step prints each detector's AUROC against the planted points, the
-best one and the planted points' ranks, and the fit check (did the model fit them?)."""
+A final layer (the ``unembed`` bundle) learns a rule, the token of each point's largest active
+feature, on ``T`` points; ``PLANTED`` of them carry a random label instead
+(:mod:`memlens.planted`): only memorisation can fit those. The layer has room to
+(``MEMORISED_TASK``: ~2 active of 64 features through 48 dimensions), so it does: the step
+prints the fit check (the planted points' train loss against fresh points with random labels,
+which the model never saw), each model detector's AUROC against the planted points, the best one
+and the planted points' ranks. The story's MLP block is not used here: at 8 dimensions for 64
+features and 32 neurons its generalising model fits no planted point (their loss is that of
+points it never saw), so a detector would only find the points it could not fit."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from memlens.registry import get_probe
+import torch
 
-__all__ = ["PLANTED", "planted_spec", "memorised_step"]
+from memlens.registry import get_bundle, get_probe
 
-#: points planted with private features (two each) in the generalising story model
+__all__ = ["PLANTED", "MEMORISED_MODEL", "MEMORISED_TASK", "memorised_step"]
+
+#: points planted with a random label among the rule-labelled ones
 PLANTED = 8
-#: the detectors the quickstart runs (the characteristic temperature needs a ladder: see
-#: ``memlens memorised`` and benchmarks/memorisation_detection.py)
-DETECTORS = ("train_loss", "dstar", "dictionary", "tempering_rise")  # grad_norm: T backward passes
-SGLD = {"chains": 2, "draws": 40, "thin": 3, "step_size": 3e-2}
+MEMORISED_MODEL = "unembed"
+MEMORISED_TASK = {"n_features": 64, "sparsity": 0.97, "d_model": 48, "T": 1000, "n_test": 1000}
+MEMORISED_TRAIN = {"steps": 1000, "lr": 3e-2, "weight_decay": 1e-2, "warmup": 50}
+#: the model detectors the quickstart runs (D* at the input hook reads the data, not the model,
+#: and the characteristic temperature needs a ladder: see ``memlens memorised`` and
+#: benchmarks/memorisation_detection.py; grad_norm costs T backward passes)
+DETECTORS = ("train_loss", "dstar", "dictionary", "tempering_rise", "tempering_variance")
+#: 4 chains x 100 draws: with 2 x 40 the sampler warns that the chains have not mixed (R-hat)
+SGLD = {"chains": 4, "draws": 100, "thin": 3, "step_size": 3e-2}
 
 
-def planted_spec(spec: dict) -> dict:
-    return {**spec, "plant_private": PLANTED}
-
-
-def memorised_step(bundle, model, train, spec: dict, seed: int) -> dict[str, Any]:
-    """Run the detectors on ``model`` (trained on ``train``, recipe ``spec`` with planted points);
-    print and return the numbers (AUROC per detector, the best, the planted points' ranks)."""
+def memorised_step(seed: int) -> dict[str, Any]:
+    """Train the planted final layer, run the detectors on it; print and return the numbers (fit
+    check, AUROC per detector, the best, the planted points' ranks) and the result."""
     from memlens.planted import fit_check
+    from memlens.training import train
 
+    bundle = get_bundle(MEMORISED_MODEL)
+    spec = {**MEMORISED_TASK, "plant_random_labels": PLANTED, "seed": seed}
+    data, test = bundle.data(spec)
+    model = bundle.build(spec)
+    fit = train(model, data, test=test, seed=seed, progress=False, **MEMORISED_TRAIN)
+    hooks = [h for h in model.hook_dict if h != "hook_in"]  # model hooks only
     res = get_probe("memorised").find(
-        model, train, detectors=DETECTORS, temperature=10.0, seed=seed, progress=False, **SGLD
+        model, data, detectors=DETECTORS, hooks=hooks, seed=seed, progress=False, **SGLD
     )
-    fc = fit_check(model, bundle.task(spec), len(train), seed)
-    au = {d: float(a[0]) for d, a in res.auroc().items()}
-    pk = {d: float(p[0]) for d, p in res.precision_at_k().items()}
+    fc = fit_check(model, bundle.task(spec), len(data), seed)
+    au = {d: float(a[0]) for d, a in res.auroc().items() if d not in res.data_only}
+    pk = {d: float(p[0]) for d, p in res.precision_at_k().items() if d in au}
     best, best_au = res.best()
     rep = "dstar"
+    rule = ~data.planted[:, 0]
+    with torch.no_grad():
+        own = model.per_example_loss(data)[:, 0].cpu()
     numbers = {
-        "T": len(train),
+        "model": bundle.name,
+        "T": len(data),
         "planted": PLANTED,
+        "rule_loss": float(own[rule.cpu()].mean()),
+        "test_loss": float(fit.test_loss[0]),
         "planted_loss": sum(fc.planted_loss[0]) / PLANTED,
         "control_loss": sum(fc.control_loss[0]) / PLANTED,
         "fitted": fc.fitted[0],
@@ -54,29 +74,32 @@ def memorised_step(bundle, model, train, spec: dict, seed: int) -> dict[str, Any
         "hook": model.representation_hook,
         "data_only": res.data_only,
     }
+    _print(numbers, bundle.title)
+    return {"numbers": numbers, "result": res}
+
+
+def _print(n: dict, title: str) -> None:
     print(
-        f"\n== 3. Which points are memorised? {PLANTED} of the generalising model's "
-        f"{len(train)} points carry two private features each =="
+        f"\n== 3. Which points are memorised? A {title} learns a rule on {n['T']} points; "
+        f"{n['planted']} of them carry a random label instead =="
     )
     print(
-        f"Did it fit them? Their train loss {numbers['planted_loss']:.3g} vs "
-        f"{numbers['control_loss']:.3g} on fresh points carrying the same private features "
-        f"({numbers['fitted']:.0%} below half their control's): "
+        f"The rule generalises (train loss {n['rule_loss']:.3g} on the rule points, test "
+        f"{n['test_loss']:.3g}). Did it fit the random labels? Their train loss "
+        f"{n['planted_loss']:.3g} vs {n['control_loss']:.3g} on fresh points with random labels "
+        f"({n['fitted']:.0%} below half their control's): "
         + (
             "it memorised them."
-            if numbers["fitted"] >= 0.5
-            else "it did NOT memorise them, so the detectors below are finding the points it "
-            "could not fit (a train-loss ranking finds those; see README, 'Which points are "
-            "memorised?', for models that do memorise their planted points)."
+            if n["fitted"] >= 0.5
+            else "it did NOT memorise them, so the detectors below find the points it could not "
+            "fit, not memorised ones."
         )
     )
-    print(f"{'detector':28s} {'AUROC':>6s} {'precision@' + str(PLANTED):>13s}")
-    for d in sorted(au, key=lambda d: -au[d]):
-        tag = "  (reads the data, not the model)" if d in res.data_only else ""
-        print(f"{d:28s} {au[d]:6.2f} {pk[d]:13.2f}{tag}")
+    print(f"{'detector':28s} {'AUROC':>6s} {'precision@' + str(n['planted']):>13s}")
+    for d in sorted(n["auroc"], key=lambda d: -n["auroc"][d]):
+        print(f"{d:28s} {n['auroc'][d]:6.2f} {n['precision_at_k'][d]:13.2f}")
     print(
-        f"Best: {best} (AUROC {best_au:.2f}) ranks the planted points "
-        f"{numbers['best_ranks']} of {len(train)}; D* at {numbers['hook']} ranks them "
-        f"{numbers['dstar_ranks']} (AUROC {au[rep]:.2f})."
+        f"Best: {n['best']} (AUROC {n['best_auroc']:.2f}) ranks the planted points "
+        f"{n['best_ranks']} of {n['T']}; D* at {n['hook']} ranks them "
+        f"{n['dstar_ranks']} (AUROC {n['auroc']['dstar']:.2f})."
     )
-    return {"numbers": numbers, "result": res}

@@ -134,7 +134,7 @@ def summary_md(bundle, numbers, dics, surv, tempering) -> str:
         dics["memorising"].to_table(max_rows=12),
         "```",
         "",
-        "## Which points are memorised? (planted points, generalising model)",
+        "## Which points are memorised? (planted random labels, generalising final layer)",
         "",
         memorised_sentence(numbers["memorised"]),
         "",
@@ -188,13 +188,15 @@ def _survival_sentence(sv: dict) -> str:
 
 
 def memorised_sentence(m: dict) -> str:
-    """Step 3 in words: which detector found the planted points, with their ranks."""
+    """Step 3 in words: did the model fit the planted points, and which detector found them."""
     return (
-        f"Of the {m['planted']} points planted with private features among the generalising "
-        f"model's {m['T']} (train loss {m['planted_loss']:.3g} vs {m['control_loss']:.3g} on "
-        f"fresh points with the same features), the best detector, {m['best']}, ranks them "
-        f"{m['best_ranks']} (AUROC {m['best_auroc']:.2f}); D* at `{m['hook']}` ranks them "
-        f"{m['dstar_ranks']} (AUROC {m['auroc']['dstar']:.2f})."
+        f"Of the {m['T']} points of a generalising {m['model']} model (train loss "
+        f"{m['rule_loss']:.3g} on its rule points, test {m['test_loss']:.3g}), {m['planted']} "
+        f"carry a random label; it fitted {m['fitted']:.0%} of them (train loss "
+        f"{m['planted_loss']:.3g} vs {m['control_loss']:.3g} on fresh points with random "
+        f"labels), and the best detector, {m['best']}, ranks them {m['best_ranks']} (AUROC "
+        f"{m['best_auroc']:.2f}); D* at `{m['hook']}` ranks them {m['dstar_ranks']} (AUROC "
+        f"{m['auroc']['dstar']:.2f})."
     )
 
 

@@ -72,6 +72,22 @@ def test_bad_plantings_are_refused(bad, field):
         b.data({"T": 30, "n_features": 40, **bad})
 
 
+def test_random_targets_are_another_points_target():
+    """With vector targets (the MLP block's features), a planted 'random label' is the target of
+    another training point: the input stays the point's own, so only a lookup can fit it."""
+    b = get_bundle("mlp")
+    spec = {"T": 50, "n_features": 30, "sparsity": 0.7, "d_model": 8, "d_mlp": 16}
+    spec["plant_random_labels"] = 4
+    train, _ = b.data({**spec, "seed": 5})
+    p, y, f = train.planted[:, 0], train.targets[:, 0], train.features[:, 0]
+    assert int(p.sum()) == 4
+    assert torch.equal(y[~p], f[~p])  # the rule: the target is the point's own features
+    for j in p.nonzero().flatten().tolist():
+        assert not torch.equal(y[j], f[j])
+        same = [k for k in range(50) if k != j and torch.equal(y[j], f[k])]
+        assert len(same) == 1 and bool(y[j].any()), "one other point's (non-empty) features"
+
+
 def test_random_labels_need_integer_labels():
     with pytest.raises(ValueError, match="integer labels"):
         get_bundle("bottleneck").data({"T": 30, "n_features": 40, "plant_random_labels": 2})

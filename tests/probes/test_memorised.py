@@ -7,36 +7,50 @@ import pytest
 import torch
 
 import memlens
+from memlens.planted import fit_check
 from memlens.registry import get_bundle
 from probes.memorised import find_memorised
 
-#: setting -> (spec, training, the detector that finds the planted points there, SGLD settings).
-#: The final layer is missing: in no setting we tried did any model detector find its planted
-#: points (benchmarks/memorisation_detection.py; README "Which points are memorised?").
+#: setting -> (spec, training, the detector that finds the planted points there, SGLD settings,
+#: the least fraction of planted points the model must have fitted, by the fit check).
 CASES = {
     # a bottleneck past its peak region (test loss 0.9 against train 0.1): the model fits the
-    # private features it was given, so its output, x', carries them, and in the output space
-    # those features are private: D* at hook_out ranks the planted points first
+    # private features it was given (fit check), so its output, x', carries them, and in the
+    # output space those features are private: D* at hook_out ranks the planted points first
     "bottleneck": (
         {"n_features": 100, "sparsity": 0.95, "d_hidden": 8, "T": 300, "plant_private": 5},
         {"steps": 3000, "lr": 3e-3, "weight_decay": 1e-2, "warmup": 50},
         "dstar:hook_out",
         {},
+        0.8,
     ),
-    # an MLP block past its peak: it cannot fit the private features (the fit check says so), so
-    # the planted points are the ones with the highest train loss
+    # an MLP block (~2.5 active of 50 features through d_model = 24, 128 neurons) past its peak,
+    # 5 points given another training point's target: it fits them (fit check) with neurons of
+    # their own, at a higher loss than the rest, so the train loss ranks them first
     "mlp": (
         {
-            "n_features": 60,
-            "sparsity": 0.85,
-            "d_model": 12,
-            "d_mlp": 32,
-            "T": 300,
-            "plant_private": 5,
+            "n_features": 50,
+            "sparsity": 0.95,
+            "d_model": 24,
+            "d_mlp": 128,
+            "T": 400,
+            "plant_random_labels": 5,
         },
-        {"steps": 1500, "lr": 1e-2, "weight_decay": 0.1, "warmup": 50},
+        {"steps": 2000, "lr": 1e-2, "weight_decay": 1e-2, "warmup": 50},
         "train_loss",
         {},
+        0.6,
+    ),
+    # a final layer whose rule (the largest active feature, ~2 active of 64 through d_model = 48)
+    # generalises, with 5 random labels among its 1,000 rule labels: it fits them (fit check) but
+    # at a higher loss than the rule points, so the train loss ranks them first (the tempering
+    # variance does nearly as well: benchmarks/memorisation_detection.py)
+    "unembed": (
+        {"n_features": 64, "sparsity": 0.97, "d_model": 48, "T": 1000, "plant_random_labels": 5},
+        {"steps": 1000, "lr": 3e-2, "weight_decay": 1e-2, "warmup": 50},
+        "train_loss",
+        {},
+        0.8,
     ),
 }
 
@@ -52,9 +66,12 @@ def _trained(name, spec, tr):
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_planted_points_rank_in_the_best_detectors_top_k(name):
-    spec, tr, detector, sgld = CASES[name]
+    spec, tr, detector, sgld, min_fitted = CASES[name]
     model, train = _trained(name, spec, tr)
     assert int(train.planted.sum()) == 5
+    # the model memorised them: their loss is below half their fresh controls'
+    fc = fit_check(model, get_bundle(name).task({**spec, "seed": 0}), spec["T"], 0)
+    assert fc.fitted[0] >= min_fitted, fc.summary()
     cheap = ["train_loss", "grad_norm", "dstar", "dictionary"]
     res = find_memorised(model, train, detectors=cheap, progress=False, **sgld)
     ranks = res.planted_ranks(detector)[0]
@@ -68,7 +85,7 @@ def test_planted_points_rank_in_the_best_detectors_top_k(name):
 def test_tempering_finds_what_the_bottleneck_memorised():
     """Each point's loss rise under tempering at t = 10 ranks the memorised planted points high
     where D* at the hidden layer (the representation) does not."""
-    spec, tr, _, _ = CASES["bottleneck"]
+    spec, tr, _, _, _ = CASES["bottleneck"]
     model, train = _trained("bottleneck", spec, tr)
     res = find_memorised(
         model,
