@@ -335,6 +335,13 @@ PRESETS = {
         },
         "train": {"steps": 1000, "lr": 3e-2, "warmup": 50, "weight_decay": 1e-2},
     },
+    # the quickstart's step 3: 8 of T = 1000 points planted with a random label among rule-labelled
+    # ones (~2 active of 64 features through 48 dimensions), so the model can fit them
+    "memorised": {
+        "grid": {"T": [1000]},
+        "task": {"n_features": 64, "sparsity": 0.97, "d_model": 48, "n_test": 1000},
+        "train": {"steps": 1000, "lr": 3e-2, "weight_decay": 1e-2, "warmup": 50},
+    },
     # the quickstart's table: a memorising (small T) and a generalising (large T) model
     "quickstart": {
         "grid": {"T": [16, 2000]},

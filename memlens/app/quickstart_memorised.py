@@ -1,9 +1,9 @@
 """The quickstart's step 3: which training points did a generalising model memorise?
 
-A final layer (the ``unembed`` bundle) learns a rule, the token of each point's largest active
-feature, on ``T`` points; ``PLANTED`` of them carry a random label instead
+A final layer (the bundle with a ``memorised`` preset) learns a rule, the token of each point's
+largest active feature, on ``T`` points; ``PLANTED`` of them carry a random label instead
 (:mod:`memlens.planted`): only memorisation can fit those. The layer has room to
-(``MEMORISED_TASK``: ~2 active of 64 features through 48 dimensions), so it does: the step
+(its ``memorised`` preset: ~2 active of 64 features through 48 dimensions), so it does: the step
 prints the fit check (the planted points' train loss against fresh points with random labels,
 which the model never saw), each model detector's AUROC against the planted points, the best one
 and the planted points' ranks. The story's MLP block is not used here: at 8 dimensions for 64
@@ -18,13 +18,12 @@ import torch
 
 from memlens.registry import get_bundle, get_probe
 
-__all__ = ["PLANTED", "MEMORISED_MODEL", "MEMORISED_TASK", "memorised_step"]
+__all__ = ["PLANTED", "MEMORISED_PRESET", "memorised_step"]
 
 #: points planted with a random label among the rule-labelled ones
 PLANTED = 8
-MEMORISED_MODEL = "unembed"
-MEMORISED_TASK = {"n_features": 64, "sparsity": 0.97, "d_model": 48, "T": 1000, "n_test": 1000}
-MEMORISED_TRAIN = {"steps": 1000, "lr": 3e-2, "weight_decay": 1e-2, "warmup": 50}
+#: the preset (task, T, training) of the model the step plants points in; the core names no model
+MEMORISED_PRESET = "memorised"
 #: the model detectors the quickstart runs (D* at the input hook reads the data, not the model,
 #: and the characteristic temperature needs a ladder: see ``memlens memorised`` and
 #: benchmarks/memorisation_detection.py; grad_norm costs T backward passes)
@@ -33,17 +32,36 @@ DETECTORS = ("train_loss", "dstar", "dictionary", "tempering_rise", "tempering_v
 SGLD = {"chains": 4, "draws": 100, "thin": 3, "step_size": 3e-2}
 
 
+def _memorised_bundle():
+    """The first registered bundle (in name order) with a ``memorised`` preset."""
+    from memlens.registry import MODELS
+
+    for name in MODELS.names():
+        if MEMORISED_PRESET in get_bundle(name).presets:
+            return get_bundle(name)
+    raise ValueError(
+        f"the quickstart's step 3 needs a registered model with a {MEMORISED_PRESET!r} preset; "
+        "none has one (memlens list shows each model's presets)"
+    )
+
+
 def memorised_step(seed: int) -> dict[str, Any]:
     """Train the planted final layer, run the detectors on it; print and return the numbers (fit
     check, AUROC per detector, the best, the planted points' ranks) and the result."""
     from memlens.planted import fit_check
     from memlens.training import train
 
-    bundle = get_bundle(MEMORISED_MODEL)
-    spec = {**MEMORISED_TASK, "plant_random_labels": PLANTED, "seed": seed}
+    bundle = _memorised_bundle()
+    preset = bundle.preset(MEMORISED_PRESET)
+    spec = {
+        **preset["task"],
+        "T": preset["grid"]["T"][0],
+        "plant_random_labels": PLANTED,
+        "seed": seed,
+    }
     data, test = bundle.data(spec)
     model = bundle.build(spec)
-    fit = train(model, data, test=test, seed=seed, progress=False, **MEMORISED_TRAIN)
+    fit = train(model, data, test=test, seed=seed, progress=False, **preset["train"])
     hooks = [h for h in model.hook_dict if h != "hook_in"]  # model hooks only
     res = get_probe("memorised").find(
         model, data, detectors=DETECTORS, hooks=hooks, seed=seed, progress=False, **SGLD
