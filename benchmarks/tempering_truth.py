@@ -99,6 +99,7 @@ def score_switches(model: Switches, temps=None, **settings) -> dict:
     return {
         "result": res,
         "truth": truth,
+        "regions": _regions(torch.tensor(temps, dtype=torch.float64), tc_true, llc, lam, se, ok),
         "healthy": float(ok.double().mean()),
         "llc_err_healthy": float(llc_err[ok].max()) if ok.any() else math.nan,
         "llc_err_median": float(llc_err[ok].median()) if ok.any() else math.nan,
@@ -113,6 +114,28 @@ def score_switches(model: Switches, temps=None, **settings) -> dict:
         "swap_accept": res.swaps.accept if res.swaps is not None else None,
         "seconds": res.seconds,
     }
+
+
+def _regions(temps, tc_true, llc, lam, se, ok) -> dict:
+    """Healthy cells by where t sits against each circuit's exact characteristic temperature (in
+    its well, t < tc/3; at the transition; far above, t > 3 tc): count, mean relative error of λ̂
+    (the bias), worst relative error, and the spread of (λ̂ − λ − bias)/se, which is 1 when the
+    standard errors are calibrated."""
+    r = temps[:, None] / tc_true.reshape(1, -1)  # one circuit per instance: [temp, inst]
+    if r.shape != llc.shape:
+        return {}
+    rel = (llc - lam) / lam
+    out = {}
+    for name, mask in (("in well", r < 1 / 3), ("transition", (r >= 1 / 3) & (r <= 3)),
+                       ("far above", r > 3)):  # fmt: skip
+        m = mask & ok & (se > 0)
+        if int(m.sum()) < 2:
+            continue
+        bias = float(rel[m].mean())
+        z = (llc[m] - lam[m] * (1 + bias)) / se[m]
+        out[name] = {"cells": int(m.sum()), "bias": bias, "worst": float(rel[m].abs().max()),
+                     "z_std": float(z.std())}  # fmt: skip
+    return out
 
 
 def _rate(num: torch.Tensor, den: torch.Tensor) -> float:
@@ -217,6 +240,9 @@ def main() -> None:
               f"{time.perf_counter() - t0:6.0f}")  # fmt: skip
         print("   char. temperature measured/exact per circuit: "
               + ", ".join(f"{r:.2f}" for r in sc["tc_ratio"]))  # fmt: skip
+        for region, v in sc["regions"].items():
+            print(f"   {region:10s}: {v['cells']:3d} healthy cells, λ̂ bias {v['bias']:+.1%}, worst "
+                  f"{v['worst']:.1%}; (λ̂ − λ − bias)/se has std {v['z_std']:.2f}")  # fmt: skip
         res = sc["result"]
         if res.swaps is not None:
             acc = res.swaps.accept
