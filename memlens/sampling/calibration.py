@@ -227,9 +227,11 @@ def _judge(todo, grids, n_i, results, paired, decided, failed, extended_up, thin
             else:
                 need = thin
             if need > max_thin:
+                steps = need * CAL_DRAWS
                 failed[(a, i)] = (
-                    f"{why}; deciding would need ~{need * CAL_DRAWS:.0f} SGLD steps per "
-                    f"chain, beyond the budget (max_steps = {cfg.max_steps})"
+                    f"{why}; deciding would need ~{steps:.0f} SGLD steps per chain in one "
+                    f"calibration round, beyond its budget (3/4 of max_steps = {cfg.max_steps}; "
+                    f"max_steps = {math.ceil(steps * 4 / 3)} or more would let it try)"
                 )
                 continue
             wish.append(need)

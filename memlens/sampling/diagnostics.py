@@ -259,7 +259,8 @@ _WARNINGS = {
     "barely_moving": "chains barely move at {cells} (still pure diffusion, not equilibrated): "
     "raise step_size, draws or thin",
     "bias": "failed step-size bias test at {cells}: no step size within the budget gave a λ̂ "
-    "that stopped moving with ε, so the estimate there is biased",
+    "that stopped moving with ε, so the estimate there is biased: raise max_steps (the result's "
+    "calibration.summary() names the budget each such cell needs)",
 }
 
 

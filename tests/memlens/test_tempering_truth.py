@@ -6,6 +6,7 @@ exact answers come from toy_models.switches by quadrature and Aoyagi's formula).
 from __future__ import annotations
 
 import functools
+import re
 import sys
 from pathlib import Path
 
@@ -73,3 +74,18 @@ def test_deep_linear_networks_match_aoyagi(name):
     sc = tt.score_llc(model, data, exact)
     assert sc["healthy"], sc["result"].health.describe(0, 0)
     assert abs(sc["err"]) <= 0.15, (sc["llc"], sc["exact"])
+
+
+@pytest.mark.slow
+def test_rank_deficient_network_past_the_budget_says_so_and_is_right_with_more():
+    """3 -> 3 -> 3 at true rank 1 (Aoyagi's λ = 4) needs smaller steps than the default budget
+    can test: under defaults the cell is flagged (not silently wrong) and the calibration names the
+    max_steps that would let it go on; with a budget large enough it is healthy and right."""
+    model, data, exact = tt.llc_models()["dln-h3r1"]
+    short = tt.score_llc(model, data, exact)
+    assert not short["healthy"]
+    advice = re.search(r"max_steps = (\d+) or more", short["result"].calibration.summary())
+    assert advice and int(advice.group(1)) > short["result"].config.max_steps
+    long = tt.score_llc(model, data, exact, max_steps=tt.LONG_BUDGET)
+    assert long["healthy"], long["result"].health.describe(0, 0)
+    assert abs(long["err"]) <= 0.10, (long["llc"], long["exact"])
