@@ -109,6 +109,20 @@ def _errors(model, hook, x: Tensor, masks: Tensor, ref: Tensor, scale: Tensor) -
     return (out - ref).norm(dim=-1) / scale.clamp_min(1e-30)
 
 
+def _errors_per_unit(model, hook, X, Y, dn, rows, masks):
+    """The read-back error ``[r, K, inst]`` of ``rows`` under each of their ``K`` candidate masks
+    ``masks`` ``[r, K, inst, K]`` (one unit added to or dropped from a code)."""
+    K, inst = masks.shape[1], masks.shape[2]
+    return _errors(
+        model,
+        hook,
+        X[rows].repeat_interleave(K, 0),
+        masks.flatten(0, 1).float(),
+        Y[rows].repeat_interleave(K, 0),
+        dn[rows].repeat_interleave(K, 0),
+    ).view(len(rows), K, inst)
+
+
 def _grow(model, hook, X, A, Y, dn, todo, rtol, max_code):
     """Greedy forward selection of each (point, instance)'s code. Returns the masks ``[T, inst,
     K]`` and each point's error reached."""
@@ -123,14 +137,7 @@ def _grow(model, hook, X, A, Y, dn, todo, rtol, max_code):
             break
         cand = (A[rows] != 0) & ~code[rows]  # [r, inst, K]
         masks = code[rows, None] | torch.eye(K, dtype=torch.bool)[None, :, None]  # [r, K, inst, K]
-        e = _errors(
-            model,
-            hook,
-            X[rows].repeat_interleave(K, 0),
-            masks.flatten(0, 1).float(),
-            Y[rows].repeat_interleave(K, 0),
-            dn[rows].repeat_interleave(K, 0),
-        ).view(len(rows), K, inst)
+        e = _errors_per_unit(model, hook, X, Y, dn, rows, masks)
         e = torch.where(cand.transpose(1, 2), e, torch.full_like(e, math.inf))
         best_e, best_k = e.min(1)  # [r, inst]
         take = open_[rows] & torch.isfinite(best_e)
@@ -150,14 +157,7 @@ def _prune(model, hook, X, Y, dn, code, found, rtol):
     while live.any():
         rows = live.any(-1).nonzero().flatten()
         masks = code[rows, None] & ~torch.eye(K, dtype=torch.bool)[None, :, None]
-        e = _errors(
-            model,
-            hook,
-            X[rows].repeat_interleave(K, 0),
-            masks.flatten(0, 1).float(),
-            Y[rows].repeat_interleave(K, 0),
-            dn[rows].repeat_interleave(K, 0),
-        ).view(len(rows), K, inst)
+        e = _errors_per_unit(model, hook, X, Y, dn, rows, masks)
         member = code[rows].transpose(1, 2) & (code[rows].sum(-1) > 1)[:, None, :]
         e = torch.where(member, e, torch.full_like(e, math.inf))
         best_e, best_k = e.min(1)
