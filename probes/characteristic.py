@@ -60,7 +60,9 @@ def characteristic_temperature(
 
 def compare_ratios(early: str, late: str, per_inst: list[float], per_chain: list[float]) -> dict:
     """Summarise temperature ratios early/late: geometric mean over instances (seeds) with a 95%
-    t-interval, the range over chains, and a verdict in words."""
+    t-interval, the range over chains, and a verdict in words. The mean and interval are over
+    the seeds with a finite ratio; a seed whose ratio is infinite (or 0: a family survived the
+    whole healthy ladder) leaves the interval unbounded on that side."""
     logs = torch.tensor([math.log(r) for r in per_inst if 0 < r < math.inf], dtype=torch.float64)
     chains = torch.tensor([r for r in per_chain if r == r and 0 < r < math.inf])
     out = {"early": early, "late": late, "per_instance": per_inst, "per_chain": per_chain}
@@ -70,6 +72,10 @@ def compare_ratios(early: str, late: str, per_inst: list[float], per_chain: list
         out["ci95"] = (math.exp(float(logs.mean()) - half), math.exp(float(logs.mean()) + half))
     else:
         out["ci95"] = (math.nan, math.nan)
+    if len(logs) and any(r == math.inf for r in per_inst):  # censored: a family outlived the ladder
+        out["ci95"] = (out["ci95"][0], math.inf)
+    if len(logs) and any(r == 0 for r in per_inst):
+        out["ci95"] = (0.0, out["ci95"][1])
     out["chain_range"] = (
         (float(chains.min()), float(chains.max())) if len(chains) else (math.nan, math.nan)
     )

@@ -199,3 +199,8 @@ def test_family_comparison_verdicts():
     mixed = compare_ratios("datum", "neuron", [8.0, 3.0, math.inf, math.inf], [])
     assert mixed["seeds_later"] == 4 and "LATER in every seed" in mixed["verdict"]
     assert mixed["geometric_mean"] == pytest.approx(math.sqrt(24.0))
+    # the two censored seeds leave the interval unbounded above, whatever the finite two say
+    assert mixed["ci95"][1] == math.inf and mixed["ci95"][0] < 8.0
+    # a seed where the early family outlives the ladder contradicts "die first"
+    split = compare_ratios("datum", "feature", [0.5, 0.6, 0.55, math.inf], [])
+    assert split["ci95"][1] == math.inf and "die first" not in split["verdict"]
