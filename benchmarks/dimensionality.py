@@ -28,6 +28,7 @@ import statistics
 import time
 
 import torch
+from capacity import Capacity
 
 import memlens as ml
 import probes.dimensionality as dim
@@ -86,6 +87,7 @@ def rowsum_yardstick(H: torch.Tensor, A: torch.Tensor) -> torch.Tensor:
 
 def main() -> None:
     torch.manual_seed(0)
+    cap = Capacity()
     m = 16
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} thread(s); times are medians of "
@@ -168,6 +170,7 @@ def main() -> None:
         f"{med['probed'] / med['plain']:.2f}x; fastest {low['plain'] * 1e3:.2f} -> "
         f"{low['probed'] * 1e3:.2f} ms = {low['probed'] / low['plain']:.2f}x"
     )
+    print(cap.report())
 
 
 if __name__ == "__main__":

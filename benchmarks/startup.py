@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from capacity import Capacity
+
 
 def median_seconds(cmd: list[str], repeats: int) -> float:
     times = []
@@ -28,6 +30,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
+    cap = Capacity()
     exe = shutil.which("memlens") or sys.exit("memlens is not installed (pip install -e .)")
     helps = {
         "memlens --help": median_seconds([exe, "--help"], args.repeats),
@@ -40,6 +43,7 @@ def main() -> None:
     for name, s in helps.items():
         print(f"{name}: {s:.3f} s (median of {args.repeats}; target < 1 s)")
     print(f"importing torch + transformer_lens + the models: {heavy:.2f} s")
+    print(cap.report())
     print(f"memlens --help: {helps['memlens --help']:.2f} s vs {heavy:.2f} s for the imports "
           f"= {heavy / helps['memlens --help']:.1f}x faster than importing first")  # fmt: skip
 

@@ -16,6 +16,8 @@ import statistics
 import tempfile
 import time
 
+from capacity import Capacity
+
 import memlens
 from memlens import sweeps
 from memlens.registry import get_bundle
@@ -56,6 +58,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=3)
     args = ap.parse_args()
+    cap = Capacity()
     packed()  # warm-up (imports, allocator)
     a, b = [], []
     for _ in range(args.repeats):
@@ -70,6 +73,7 @@ def main() -> None:
     print(f"{'arm':32s} {'median s':>9s}   runs")
     print(f"{'packed sweep (memlens.sweep)':32s} {ma:9.2f}   {[round(x, 2) for x in a]}")
     print(f"{'each cell its own model':32s} {mb:9.2f}   {[round(x, 2) for x in b]}")
+    print(cap.report())
     print(f"speed-up: {mb / ma:.1f}x (target >= 5x)")
 
 

@@ -52,6 +52,7 @@ import tempfile
 import time
 
 import torch
+from capacity import Capacity
 
 from memlens import native
 from memlens.data import SparseFeatures
@@ -198,6 +199,7 @@ def main() -> None:
     global CLOCK
     CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     torch.set_num_threads(args.threads)
+    cap = Capacity(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {args.clock} clock")
     F, B = machine_limits(args.repeats)
     print(f"measured limits: sgemm {F / 1e9:.0f} GFLOP/s, copy {B / 1e9:.1f} GB/s")
@@ -220,6 +222,7 @@ def main() -> None:
     if args.sweep:
         sweep_wall(args.threads)
     name, size, flops, bytes_, roof, eager, fused = rows[0]
+    print(cap.report())
     print(
         f"bottleneck step: {fused:.1f} ms fused vs {eager:.1f} ms eager = "
         f"{fused / roof:.1f}x roofline"
