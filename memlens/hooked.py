@@ -54,6 +54,7 @@ __all__ = [
     "Circuits",
     "loss_rows",
     "check_positive_int",
+    "require_model",
 ]
 
 
@@ -311,4 +312,15 @@ class HookedToyModel(HookedRootModule):
     def extra_repr(self) -> str:
         return ", ".join(
             f"{k}={v}" for k, v in self.cfg.to_dict().items() if not isinstance(v, list)
+        )
+
+
+def require_model(model: Any) -> None:
+    """Raise TypeError unless ``model`` is a :class:`HookedToyModel`, saying how to wrap any other
+    module (:class:`memlens.StackedModel`)."""
+    if not isinstance(model, HookedToyModel):
+        raise TypeError(
+            f"model must be a memlens.HookedToyModel, got {type(model).__name__}: wrap any other "
+            "nn.Module as memlens.StackedModel(module, loss_fn, n_instances=..., input_shape=...) "
+            "(README, 'From toy to transformer')"
         )

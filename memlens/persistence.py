@@ -18,7 +18,7 @@ from torch import Tensor
 
 from memlens import io
 from memlens.bundle import MODELS, bundle_of
-from memlens.hooked import HookedToyModel
+from memlens.hooked import HookedToyModel, require_model
 
 __all__ = ["save", "load", "load_with_recipes", "registered_name"]
 
@@ -40,8 +40,7 @@ def save(
     """Write ``model``'s config (JSON), its weights and, if given, the data recipe of each instance
     (a spec per instance, see :class:`memlens.ModelBundle`) to ``path`` atomically. A checkpoint
     with recipes can be probed and tempered from the CLI."""
-    if not isinstance(model, HookedToyModel):
-        raise TypeError(f"model must be a memlens.HookedToyModel, got {type(model).__name__}")
+    require_model(model)
     name = registered_name(model)
     payload = {
         "model": name,

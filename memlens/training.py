@@ -22,7 +22,7 @@ from memlens import threads, validate
 from memlens.data import Batch, SparseFeatures, Task, as_batch
 from memlens.divergence import EXPLOSION_FACTOR, Diverged, Guard
 from memlens.fused import Rows, fused_step
-from memlens.hooked import HookedToyModel, loss_rows
+from memlens.hooked import HookedToyModel, loss_rows, require_model
 from memlens.training_config import MAX_LR, TrainConfig
 
 __all__ = [
@@ -101,8 +101,7 @@ def lr_at(step: int, *, steps: int, lr: float, warmup: int, schedule: str) -> fl
 @torch.no_grad()
 def evaluate(model: HookedToyModel, data: Tensor | Batch, chunk: int = 16384) -> Tensor:
     """Per-instance mean loss over a whole data set, in chunks of points."""
-    if not isinstance(model, HookedToyModel):
-        raise TypeError(f"model must be a memlens.HookedToyModel, got {type(model).__name__}")
+    require_model(model)
     validate.integer("chunk", chunk, 1)
     data = model.check_batch(data)
     n = len(data)
@@ -216,8 +215,7 @@ def train(
         RuntimeWarning, once, naming the step and the instances, when a finite loss passes
         ``EXPLOSION_FACTOR`` (10^3) x its starting value.
     """
-    if not isinstance(model, HookedToyModel):
-        raise TypeError(f"model must be a memlens.HookedToyModel, got {type(model).__name__}")
+    require_model(model)
     cfg = TrainConfig.of(config, **settings)
     validate.boolean("progress", progress)
     if not isinstance(desc, str):
@@ -313,8 +311,7 @@ def sparse_activations(
     L1 of sparse dictionary learning, makes each neuron store one or two points.
     ``memlens.train(..., l1=coeff)`` does the same.
     """
-    if not isinstance(model, HookedToyModel):
-        raise TypeError(f"model must be a memlens.HookedToyModel, got {type(model).__name__}")
+    require_model(model)
     validate.real("coeff (l1, the L1 coefficient)", coeff, 0)
     if hook is not None and not isinstance(hook, str):
         raise ValueError(f"hook (l1_hook) must be a hook name or None, got {hook!r}")

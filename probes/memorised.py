@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 
 from memlens.data import Batch, as_batch
-from memlens.hooked import HookedToyModel
+from memlens.hooked import HookedToyModel, require_model
 from memlens.probe import Probe
 from probes.memorised_result import MemorisedResult, auroc, precision_at_k, ranks
 
@@ -218,8 +218,7 @@ def find_memorised(
         seed: the sampler's seed; progress: progress bars; ``sgld``: sampler settings
             (``chains`` 4, ``draws`` 100, ``step_size``, ...).
     """
-    if not isinstance(model, HookedToyModel):
-        raise TypeError(f"model must be a memlens.HookedToyModel, got {type(model).__name__}")
+    require_model(model)
     want = set(DETECTORS if detectors is None else detectors)
     unknown = sorted(want - set(DETECTORS))
     if unknown:

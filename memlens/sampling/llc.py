@@ -25,7 +25,7 @@ from torch import Tensor
 from memlens import threads
 from memlens.data import Batch, as_batch
 from memlens.data import mix_seed as _mix
-from memlens.hooked import HookedToyModel
+from memlens.hooked import HookedToyModel, require_model
 from memlens.sampling.calibration import auto_step
 from memlens.sampling.config import SGLDConfig, check_int
 from memlens.sampling.diagnostics import analyse_run, health, warn
@@ -56,8 +56,7 @@ def _temperatures(temperatures: Any) -> Tensor:
 
 def prepare(model: HookedToyModel, data: Tensor | Batch, cfg: SGLDConfig) -> Setup:
     """Validate the model and data against ``cfg``; compute nβ, L_n(w*) and the evaluation set."""
-    if not isinstance(model, HookedToyModel):
-        raise TypeError(f"model must be a memlens.HookedToyModel, got {type(model).__name__}")
+    require_model(model)
     if not isinstance(data, (Tensor, Batch)):
         raise TypeError(
             f"data must be the training set, a Tensor [T, inst, feat] or a memlens.data.Batch; "

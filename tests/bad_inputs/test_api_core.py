@@ -341,3 +341,22 @@ CASES += _bundle_rows("bottleneck") + _bundle_rows("mlp") + _bundle_rows("unembe
 @pytest.mark.parametrize("case", params(CASES))
 def test_refused(case: Case, tmp_path):
     case.check(tmp_path)
+
+
+def test_a_plain_module_is_refused_with_the_wrapper_named():
+    """train, temper, estimate_llc and find_memorised refuse a bare nn.Module before any work,
+    and say how to wrap it (a researcher's own transformer is the common case)."""
+    from probes.memorised import find_memorised
+
+    module = torch.nn.Linear(2, 2)
+    x = torch.zeros(4, 1, 2)
+    calls = {
+        "train": lambda: ml.train(module, x, steps=1),
+        "temper": lambda: ml.temper(module, x, [1.0]),
+        "estimate_llc": lambda: ml.estimate_llc(module, x),
+        "find_memorised": lambda: find_memorised(module, x),
+    }
+    for name, call in calls.items():
+        with pytest.raises(TypeError, match=r"HookedToyModel.*memlens\.StackedModel"):
+            call()
+            pytest.fail(f"{name} accepted a bare nn.Module")
