@@ -6,8 +6,9 @@ reader (``toy_models.mlp.read_dictionary``) finds entries for about a third of t
 block is still a lookup table if each point has a small set of neurons, its **code**, that returns
 the point's output for that point and for no other.
 
-The decompiler finds these codes by running the model with hooks (so it works on any model whose
-hook carries ``[batch, inst, units]``; ``hook_post`` of the MLP block by default). Reading back
+The decompiler finds these codes by running the model with patching hooks (so it works on any
+model whose hook carries ``[batch, inst, units]`` and may be patched; ``hook_post`` of the MLP block
+by default; a ``memlens.StackedModel``'s hooks only read, and refuse a patch). Reading back
 through a set S of units means zeroing every other unit at the hook and running the rest of the
 model; the read-back error of S on point j is
 
