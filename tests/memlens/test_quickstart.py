@@ -142,12 +142,15 @@ def test_cli_probes_and_tempers_the_quickstart_checkpoints(first_run, tmp_path):
 
 
 def test_quickstart_says_which_points_are_memorised(first_run):
-    """Step 3 scores every detector against points planted with private features; no number
-    it prints is one that any model would give (the mean D* was rank/T)."""
+    """Step 3 scores every model detector against points planted with random labels in a
+    generalising final layer, after checking that the model fitted them; no number it prints is
+    one that any model would give (the mean D* was rank/T)."""
     out, stdout = first_run
     assert "Which points are memorised?" in stdout
     assert "mean D*" not in stdout and "rank =" not in stdout
     m = json.loads((out / "results.json").read_text())["memorised"]
+    # the model fitted most planted points (else a detector would find the points it failed on)
+    assert m["fitted"] >= 0.5 and m["planted_loss"] < m["control_loss"] / 2, m
     T, k, ranks = m["T"], m["planted"], sorted(m["best_ranks"])
     assert len(ranks) == k and len(set(ranks)) == k and all(1 <= r <= T for r in ranks)
     # the AUROC it prints is the one its ranks give (Mann-Whitney from the ranks, by hand)
