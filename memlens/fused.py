@@ -14,8 +14,13 @@ returns ``None`` for a batch it cannot handle, and that step runs eagerly.
 with float32 parameters, with no hook attached anywhere (hooks must see every activation, and only
 the eager forward produces them), only while the model's class has not overridden ``forward``,
 ``per_example_loss`` or ``loss`` below the class that defines the fused step, and unless
-``MEMLENS_COMPILE=0`` (see :mod:`memlens.native`) switches fused paths off. CUDA models always
-train eagerly: the eager code is device-agnostic.
+``MEMLENS_COMPILE=0`` (see :mod:`memlens.native`) switches fused paths off.
+
+Off the CPU (a CUDA model), where the fused kernels do not run, :func:`graph_step` compiles the
+model's eager loss with ``torch.compile`` (its backward too), so a step is a few generated kernels
+instead of one dispatch per operation; ``MEMLENS_GRAPH_STEP=1`` uses it on the CPU as well, ``=0``
+(or ``MEMLENS_COMPILE=0``) never. The compiled loss is the eager maths: the same numbers to float
+rounding.
 
 Fused steps reuse what they derive from a fixed training set (a sparse copy, an instance-major
 copy) through :class:`DerivedCache`, keyed on the tensor's identity and version.
@@ -23,6 +28,7 @@ copy) through :class:`DerivedCache`, keyed on the tensor's identity and version.
 
 from __future__ import annotations
 
+import os
 import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,6 +45,8 @@ __all__ = [
     "METHOD",
     "Rows",
     "fused_step",
+    "graph_step",
+    "GRAPH_ENV",
     "hooks_attached",
     "DerivedCache",
     "instance_major",
@@ -86,6 +94,25 @@ def hooks_attached(model: torch.nn.Module) -> bool:
         if getattr(p, "_backward_hooks", None) or getattr(p, "_post_accumulate_grad_hooks", None):
             return True
     return False
+
+
+GRAPH_ENV = "MEMLENS_GRAPH_STEP"
+
+
+def graph_step(model: torch.nn.Module) -> Callable[[Batch], Tensor] | None:
+    """``model.loss`` compiled with ``torch.compile`` for a training run, or None (use the eager
+    loss): off the CPU by default (``MEMLENS_GRAPH_STEP`` unset or ``auto``), everywhere with
+    ``1``, never with ``0`` or ``MEMLENS_COMPILE=0``; never while a hook is attached (hooks must
+    run as written) or for a model without parameters."""
+    mode = os.environ.get(GRAPH_ENV, "auto").strip().lower()
+    if mode in ("0", "false", "no", "off") or not compile_enabled():
+        return None
+    params = list(model.parameters())
+    if not params or hooks_attached(model):
+        return None
+    if mode == "auto" and all(p.device.type == "cpu" for p in params):
+        return None
+    return torch.compile(model.loss, dynamic=False)
 
 
 def _owner(cls: type, attr: str) -> type | None:

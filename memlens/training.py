@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from memlens import threads, validate
 from memlens.data import Batch, SparseFeatures, Task, as_batch
 from memlens.divergence import EXPLOSION_FACTOR, Diverged, Guard
-from memlens.fused import Rows, fused_step
+from memlens.fused import Rows, fused_step, graph_step
 from memlens.hooked import HookedToyModel, loss_rows, require_model
 from memlens.training_config import MAX_LR, TrainConfig
 
@@ -238,8 +238,13 @@ def _run(model, data, cfg: TrainConfig, test, progress: bool, desc: str) -> Trai
         penalty.__exit__(None, None, None)
         raise
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # on a GPU, one fused AdamW kernel for every parameter (the CPU keeps torch's default)
+    on_cuda = bool(params) and all(p.device.type == "cuda" for p in params)
+    opt = torch.optim.AdamW(
+        params, lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True if on_cuda else None
+    )
     fused = fused_step(model)
+    graph = graph_step(model) if fused is None else None
     history = torch.empty(steps, model.n_instances, device=model.device)
     guard = Guard(model)
     t0 = time.perf_counter()
@@ -250,7 +255,7 @@ def _run(model, data, cfg: TrainConfig, test, progress: bool, desc: str) -> Trai
             lr_now = lr_at(step, steps=steps, lr=cfg.lr, warmup=cfg.warmup, schedule=cfg.schedule)
             for group in opt.param_groups:
                 group["lr"] = lr_now
-            history[step] = step_once(model, opt, next(stream), fused)
+            history[step] = step_once(model, opt, next(stream), fused, graph)
             if (step + 1) % CHECK_EVERY == 0 or step + 1 == steps:
                 guard.check(history, step + 1)
                 bar.update(step + 1 - bar.n)
@@ -276,16 +281,19 @@ def step_once(
     opt: torch.optim.Optimizer,
     item: Batch | Rows,
     fused: Callable | None = None,
+    graph: Callable | None = None,
 ) -> Tensor:
     """One optimizer step on a batch (or on the ``Rows`` of a minibatch); returns the detached
     per-instance losses. ``fused`` is :func:`memlens.fused.fused_step`'s answer for the model:
-    the fused step when it applies to this batch, else the eager forward and autograd backward."""
+    the fused step when it applies to this batch, else the forward (``graph``, the compiled loss
+    of :func:`memlens.fused.graph_step`, where given, else the eager ``model.loss``) and the
+    autograd backward."""
     out = None
     if fused is not None:
         out = fused(item.full, item.idx) if isinstance(item, Rows) else fused(item)
     if out is None:
         batch = item.gather() if isinstance(item, Rows) else item
-        losses = model.loss(batch)
+        losses = (graph or model.loss)(batch)
         opt.zero_grad(set_to_none=True)
         losses.sum().backward()
     else:

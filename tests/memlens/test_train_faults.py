@@ -66,8 +66,8 @@ def test_a_nan_restores_the_weights_of_the_last_finite_check(path, monkeypatch):
     real_step = training.step_once
     calls = []
 
-    def poisoning_step(model, opt, item, fused=None):
-        out = real_step(model, opt, item, fused)
+    def poisoning_step(model, opt, item, fused=None, graph=None):
+        out = real_step(model, opt, item, fused, graph)
         calls.append(fused is not None)
         if len(calls) == 130:
             with torch.no_grad():
