@@ -112,7 +112,10 @@ def graph_step(model: torch.nn.Module) -> Callable[[Batch], Tensor] | None:
         return None
     if mode == "auto" and all(p.device.type == "cpu" for p in params):
         return None
-    return torch.compile(model.loss, dynamic=False)
+    # dynamic shapes: one compile serves every training-set size and every model of the class
+    # (a sweep trains one model per packed group; per-shape graphs would hit torch's recompile
+    # limit of 8 and fall back to the eager step)
+    return torch.compile(model.loss, dynamic=True)
 
 
 def _owner(cls: type, attr: str) -> type | None:
