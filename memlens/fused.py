@@ -99,7 +99,7 @@ def hooks_attached(model: torch.nn.Module) -> bool:
 GRAPH_ENV = "MEMLENS_GRAPH_STEP"
 
 
-def graph_step(model: torch.nn.Module) -> Callable[[Batch], Tensor] | None:
+def graph_step(model: torch.nn.Module) -> Callable[[Tensor | Batch], Tensor] | None:
     """``model.loss`` compiled with ``torch.compile`` for a training run, or None (use the eager
     loss): off the CPU by default (``MEMLENS_GRAPH_STEP`` unset or ``auto``), everywhere with
     ``1``, never with ``0`` or ``MEMLENS_COMPILE=0``; never while a hook is attached (hooks must
@@ -115,7 +115,22 @@ def graph_step(model: torch.nn.Module) -> Callable[[Batch], Tensor] | None:
     # dynamic shapes: one compile serves every training-set size and every model of the class
     # (a sweep trains one model per packed group; per-shape graphs would hit torch's recompile
     # limit of 8 and fall back to the eager step)
-    return torch.compile(model.loss, dynamic=True)
+    compiled = torch.compile(model.loss, dynamic=True)
+    state = {"fn": compiled}
+
+    def loss(batch: Tensor | Batch) -> Tensor:
+        if state["fn"] is compiled:
+            try:
+                return compiled(batch)
+            except Exception as exc:  # noqa: BLE001 (any compiler failure: the eager loss)
+                state["fn"] = model.loss
+                warn_fallback(
+                    f"torch.compile could not compile {type(model).__name__}.loss "
+                    f"({type(exc).__name__}: {str(exc)[:200]})"
+                )
+        return model.loss(batch)
+
+    return loss
 
 
 def _owner(cls: type, attr: str) -> type | None:

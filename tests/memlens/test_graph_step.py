@@ -57,6 +57,28 @@ print(json.dumps(out))
 """
 
 
+def test_a_model_the_compiler_cannot_take_trains_eagerly_with_a_warning(monkeypatch):
+    """A compile failure (on a GPU nobody here could test) falls back to the eager loss, once, with
+    a warning, and gives the eager numbers."""
+    from memlens import fused, native
+
+    def broken(fn, **kw):
+        def run(*a, **k):
+            raise RuntimeError("the compiler cannot take this model")
+
+        return run
+
+    monkeypatch.setattr(fused.torch, "compile", broken)
+    monkeypatch.setattr(native, "_warned", False)
+    monkeypatch.setenv(GRAPH_ENV, "1")
+    model, data = _model_and_data()
+    step = graph_step(model)
+    with pytest.warns(RuntimeWarning, match="could not compile Bottleneck.loss"):
+        first = step(data)
+    torch.testing.assert_close(first, model.loss(data))
+    torch.testing.assert_close(step(data), model.loss(data))  # eager from then on
+
+
 @pytest.mark.slow
 def test_compiled_step_trains_to_the_eager_numbers():
     """With the fused kernel out of the way, the compiled loss and its compiled backward give the
