@@ -12,6 +12,8 @@ jaxtyping.install_import_hook(
     "beartype.beartype(conf=beartype.BeartypeConf(is_pep484_tower=True))",
 )
 
+import sys  # noqa: E402
+
 import matplotlib  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -24,6 +26,14 @@ matplotlib.use("Agg")
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Figures a test made (probes' plots) are closed after it, so none outlives its test."""
+    yield
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
 
 
 @pytest.fixture(autouse=True)
