@@ -47,6 +47,7 @@ __all__ = [
     "get_model",
     "get_bundle",
     "bundle_of",
+    "bundles_with",
     "list_models",
 ]
 
@@ -250,6 +251,18 @@ def bundle_of(model: Any) -> ModelBundle:
             if b.model is klass:
                 return b
     return ModelBundle(model=cls)
+
+
+def bundles_with(preset: str, needed_by: str | None = None) -> list[ModelBundle]:
+    """Registered bundles that define ``preset``, in name order. With ``needed_by`` (what needs
+    one, in words), a ``ValueError`` saying so when none does."""
+    found = [get_bundle(n) for n in MODELS.names() if preset in get_bundle(n).presets]
+    if not found and needed_by is not None:
+        raise ValueError(
+            f"{needed_by} needs a registered model with a {preset!r} preset; none has one "
+            "(memlens list shows each model's presets)"
+        )
+    return found
 
 
 def list_models() -> list[str]:

@@ -116,14 +116,15 @@ def graph_step(model: torch.nn.Module) -> Callable[[Tensor | Batch], Tensor] | N
     # (a sweep trains one model per packed group; per-shape graphs would hit torch's recompile
     # limit of 8 and fall back to the eager step)
     compiled = torch.compile(model.loss, dynamic=True)
-    state = {"fn": compiled}
+    failed = False
 
     def loss(batch: Tensor | Batch) -> Tensor:
-        if state["fn"] is compiled:
+        nonlocal failed
+        if not failed:
             try:
                 return compiled(batch)
             except Exception as exc:  # noqa: BLE001 (any compiler failure: the eager loss)
-                state["fn"] = model.loss
+                failed = True
                 warn_fallback(
                     f"torch.compile could not compile {type(model).__name__}.loss "
                     f"({type(exc).__name__}: {str(exc)[:200]})"

@@ -31,6 +31,7 @@ from memlens.app.quickstart_report import (
     training_figure,
     verdict,
 )
+from memlens.bundle import bundles_with
 from memlens.io import atomic_write_text, write_json
 from memlens.persistence import save
 from memlens.registry import get_probe
@@ -39,13 +40,6 @@ from memlens.validate import check_output_dir
 
 QUICKSTART_PRESET = "quickstart"  # each model's two-regime settings (small T, large T)
 STORY_PRESET = "story"  # the model whose dictionary, memorised points and tempering it follows
-
-
-def _bundles_with(preset: str) -> list:
-    """Registered bundles that define ``preset``, in name order."""
-    from memlens.registry import MODELS, get_bundle
-
-    return [get_bundle(n) for n in MODELS.names() if preset in get_bundle(n).presets]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +73,7 @@ def loss_table(seed: int, progress: bool, bar: tqdm) -> list[dict]:
     """Each model with a quickstart preset, trained at its small T and its large T, with its
     loss units, the trivial baseline (best constant prediction) and whether it shows its regime."""
     rows = []
-    for bundle in _bundles_with(QUICKSTART_PRESET):
+    for bundle in bundles_with(QUICKSTART_PRESET):
         p = bundle.preset(QUICKSTART_PRESET)
         for T, regime in zip(p["grid"]["T"], ("memorising", "generalising"), strict=True):
             _, tr, te, res = _fit(bundle, {**p["task"], "T": T, "seed": seed}, p["train"], seed)
@@ -121,13 +115,7 @@ def _print_table(rows: list[dict]) -> None:
 
 def _story_bundle():
     """The bundle whose ``story`` preset the quickstart follows, or a clear error."""
-    found = _bundles_with(STORY_PRESET)
-    if not found:
-        raise ValueError(
-            f"the quickstart needs a registered model with a {STORY_PRESET!r} preset; none has one "
-            "(memlens list shows each model's presets)"
-        )
-    return found[0]
+    return bundles_with(STORY_PRESET, needed_by="the quickstart")[0]
 
 
 def _story(bundle, seed: int, bar) -> tuple[dict, dict, dict, dict, dict, dict, Any, list]:
@@ -259,7 +247,7 @@ def _write_files(out, cfg, bundle, story, seed, numbers, dics, models, specs) ->
             "sampler": dataclasses.asdict(cfg),
             "story": {bundle.name: story},
             "loss_table": {
-                b.name: b.preset(QUICKSTART_PRESET) for b in _bundles_with(QUICKSTART_PRESET)
+                b.name: b.preset(QUICKSTART_PRESET) for b in bundles_with(QUICKSTART_PRESET)
             },
             "seed": seed,
         },

@@ -16,7 +16,8 @@ from typing import Any
 
 import torch
 
-from memlens.registry import get_bundle, get_probe
+from memlens.bundle import bundles_with
+from memlens.registry import get_probe
 
 __all__ = ["PLANTED", "MEMORISED_PRESET", "memorised_step"]
 
@@ -32,26 +33,13 @@ DETECTORS = ("train_loss", "dstar", "dictionary", "tempering_rise", "tempering_v
 SGLD = {"chains": 4, "draws": 100, "thin": 3, "step_size": 3e-2}
 
 
-def _memorised_bundle():
-    """The first registered bundle (in name order) with a ``memorised`` preset."""
-    from memlens.registry import MODELS
-
-    for name in MODELS.names():
-        if MEMORISED_PRESET in get_bundle(name).presets:
-            return get_bundle(name)
-    raise ValueError(
-        f"the quickstart's step 3 needs a registered model with a {MEMORISED_PRESET!r} preset; "
-        "none has one (memlens list shows each model's presets)"
-    )
-
-
 def memorised_step(seed: int) -> dict[str, Any]:
     """Train the planted final layer, run the detectors on it; print and return the numbers (fit
     check, AUROC per detector, the best, the planted points' ranks) and the result."""
     from memlens.planted import fit_check
     from memlens.training import train
 
-    bundle = _memorised_bundle()
+    bundle = bundles_with(MEMORISED_PRESET, needed_by="the quickstart's step 3")[0]
     preset = bundle.preset(MEMORISED_PRESET)
     spec = {
         **preset["task"],

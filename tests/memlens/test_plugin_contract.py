@@ -250,3 +250,18 @@ def test_jsonable_writes_strict_json_and_reads_back_non_finite_values(tmp_path):
 def test_bottleneck_task_lives_with_its_model():
     task = BottleneckTask(SparseFeatures(6, 0.5), n_instances=2)
     assert Bottleneck(**task.model_kwargs(), d_hidden=2).n_instances == 2
+
+
+def test_the_application_finds_its_models_by_preset():
+    """The quickstart names no model: it takes the bundles with its presets, in name order, and
+    a missing preset is refused with what needed it."""
+    from memlens.bundle import bundles_with
+
+    assert [b.name for b in bundles_with("story")] == ["mlp"]
+    assert [b.name for b in bundles_with("memorised")] == ["unembed"]
+    assert [b.name for b in bundles_with("quickstart")] == sorted(
+        n for n in MODELS.names() if "quickstart" in ml.get_bundle(n).presets
+    )
+    assert bundles_with("no-such-preset") == []
+    with pytest.raises(ValueError, match=r"the quickstart's step 3 needs .*'no-such-preset'"):
+        bundles_with("no-such-preset", needed_by="the quickstart's step 3")
