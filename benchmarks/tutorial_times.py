@@ -18,6 +18,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from capacity import Capacity  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -50,6 +53,7 @@ def main() -> None:
     scripts = sorted((ROOT / "tutorials").glob("0*.py"))
     if args.only:
         scripts = [s for s in scripts if s.name[:2] in args.only.split(",")]
+    cap = Capacity()
     table = {}
     for script in scripts:
         for mode in args.modes.split(","):
@@ -60,6 +64,8 @@ def main() -> None:
             secs, code = run(script, mode == "fast", args.timeout, log)
             table.setdefault(script.name, {})[mode] = {"seconds": round(secs, 1), "exit": code}
             print(f"{script.name:42s} {mode:8s} {secs:7.1f} s  exit {code}", flush=True)
+    table["machine"] = cap.report()
+    print(table["machine"])
     Path(args.json).write_text(json.dumps(table, indent=1))
     print(f"wrote {args.json}")
 

@@ -19,7 +19,8 @@ OUT/dd-SETTING --probes none`` (resumable: a rerun reuses finished cells), then
 
 With ``--phase`` it also runs ``memlens sweep --preset phase`` for the MLP block and copies
 ``memlens report``'s ``phase.png`` to ``docs/figures/phase_mlp.png``, printing the peak T at each
-width. (The final layer has no phase preset: on its cpu preset's data the peak sat at T = 58 for
+width and recording each width's median test-loss curve as ``mlp_phase`` in the JSON (a slow test
+reruns its sub-grid: both ends and every width's peak T). (The final layer has no phase preset: on its cpu preset's data the peak sat at T = 58 for
 d_model = 8, 20 and 48, so a T x d_model diagram shows no bump moving with the width.)
 
 Wall times are printed per setting (the machine's load is
@@ -141,11 +142,20 @@ def phase(setting: str, out: Path, figures: bool) -> dict:
             "T_peak": Ts[k],
             "interior": 0 < k < len(Ts) - 1,
             "ratio": round(float(med[k] / max(med[0], med[-1])), 3),
+            "median_test_loss": {str(T): round(float(v), 6) for T, v in zip(Ts, med, strict=True)},
         }
     if figures:
         report(folder)
         shutil.copyfile(_figure_path(folder, "phase"), FIGURES / f"phase_{setting}.png")
-    return {"axis": axis, "peaks": peaks, "wall_s": round(wall, 1)}
+    ends = [min(by), max(by)]
+    return {
+        "axis": axis,
+        "peaks": peaks,
+        # the slow test's sub-grid: both ends and every width's peak
+        "subgrid": sorted({*ends, *(p["T_peak"] for p in peaks.values())}),
+        "data_version": config["task"].get("data_version"),
+        "wall_s": round(wall, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,7 +188,12 @@ def main(argv: list[str] | None = None) -> int:
         )
     if a.phase:
         for setting in ("mlp",):  # the bottleneck's is older; the final layer has none (README)
+            load = os.getloadavg()[0]
             ph = phase(setting, out, not a.no_figures)
+            ph["load_average"] = round(load, 1)
+            ph["date"] = dt.date.today().isoformat()
+            expected[f"{setting}_phase"] = ph
+            path.write_text(json.dumps(expected, indent=2, sort_keys=True) + "\n")
             peaks = ", ".join(
                 f"{ph['axis']} = {w}: T = {p['T_peak']}"
                 + ("" if p["interior"] else " (not interior)")

@@ -335,5 +335,8 @@ fig.savefig(FIGURES / "superposed_dictionary.png", dpi=120, bbox_inches="tight")
 # so part of the breakdown is the model's, not the probe's. Decompiling a superposed table
 # beyond T ≈ d_mlp is open: this probe reports where it stops, rather than inventing one.
 # In fast mode (`MEMLENS_FAST=1`, what the test runs: 600 steps, T/d_mlp = 1 and 2) the
-# numbers are lower but the shape is the same: read-back falls from T = d_mlp to 2 d_mlp while
-# most outputs keep a sparse code.
+# numbers are lower but the shape is the same: read-back falls from 47% at T = d_mlp to 2% at
+# 2 d_mlp while most outputs keep a sparse code (88% and 84%). Its section 1 prints: with the
+# penalty a neuron fires on 25% of the points and coverage is 91%; plain AdamW, 44% and 19%;
+# decompiled, 97%. The tests assert each mode's numbers within 6 points (the default run's in a
+# slow test); the default run takes 34 s and the fast one 10 s on a quiet 2-core machine.

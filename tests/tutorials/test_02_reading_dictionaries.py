@@ -6,6 +6,26 @@ block, and a dictionary whose read-back falls as T passes d_mlp while most outpu
 code."""
 
 import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TEXT = (
+    Path(__file__).resolve().parents[2] / "tutorials" / "02_reading_dictionaries.py"
+).read_text()
+# The results each mode's run prints, as the tutorial's text states them (shares of points):
+# neurons' firing rate and dictionary coverage with the L1 penalty and under plain AdamW, the
+# decompiled coverage of the plain-AdamW block, and the superposition table's read-back and
+# sparse-code share at T = 1, 2 (, 4, 8) x d_mlp.
+STATED = {
+    "fast": {"l1_fire": 0.25, "l1_cov": 0.91, "plain_fire": 0.44, "plain_cov": 0.19,
+             "decompiled": 0.97, "read_back": [0.47, 0.02], "sparse": [0.88, 0.84]},
+    "default": {"l1_fire": 0.08, "l1_cov": 1.00, "plain_fire": 0.47, "plain_cov": 0.22,
+                "decompiled": 0.97, "read_back": [0.84, 0.17, 0.0, 0.0],
+                "sparse": [0.97, 0.95, 0.73, 0.78]},
+}  # fmt: skip
+TOL = 0.06  # absolute, on each share (float rounding of a different machine moves a point or two)
 
 
 def pct(s: str) -> float:
@@ -18,6 +38,32 @@ def summaries(out: str, model: str) -> list[tuple[float, float, str]]:
     rows = re.findall(r"^\s*inst \d: \d+ entries, coverage (\d+%), read-back (\d+%)[^:]*: (.*)$",
                       block, re.M)[:2]  # fmt: skip
     return [(pct(c), pct(r), v) for c, r, v in rows]
+
+
+def printed(out: str) -> dict:
+    """The shares of ``STATED`` as this run printed them."""
+    rx = r"{}: train loss \S+, a neuron fires on (\d+%) of the points, dictionary coverage (\d+%)"
+    l1_fire, l1_cov = map(pct, re.search(rx.format("with the L1 penalty"), out).groups())
+    plain_fire, plain_cov = map(pct, re.search(rx.format("plain AdamW"), out).groups())
+    decompiled = pct(re.search(r"plain AdamW, decompiled: coverage (\d+%)", out).group(1))
+    table = re.findall(r"^\s+\d+\s+\d+\s+[\d.]+\s+(\d+%)\s+\d+%\s+(\d+%)\s+[\d.]+$",
+                       out.split("T/d_mlp")[1], re.M)  # fmt: skip
+    got = {"l1_fire": l1_fire, "l1_cov": l1_cov, "plain_fire": plain_fire,
+           "plain_cov": plain_cov, "decompiled": decompiled}  # fmt: skip
+    got["read_back"] = [pct(r) for r, _ in table]
+    got["sparse"] = [pct(c) for _, c in table]
+    return got
+
+
+def assert_stated(out: str, mode: str) -> None:
+    got = printed(out)
+    for key, want in STATED[mode].items():
+        g, w = np.atleast_1d(got[key]), np.atleast_1d(want)
+        assert g.shape == w.shape and np.abs(g - w).max() <= TOL, (
+            f"{mode}: {key} printed {got[key]}, the text states {want}"
+        )
+        for v in w:  # the text states each number the test asserts
+            assert f"{round(v * 100)}%" in TEXT, (mode, key, v)
 
 
 def test_tutorial_02_runs(run_tutorial, tmp_path):
@@ -68,3 +114,10 @@ def test_tutorial_02_runs(run_tutorial, tmp_path):
     ):
         assert (figures / png).stat().st_size > 0
     assert [p.name for p in tmp_path.iterdir()] == ["tutorial-output"]  # nothing else written
+    assert_stated(out, "fast")
+
+
+@pytest.mark.slow
+def test_tutorial_02_default_mode_prints_what_its_text_states(run_tutorial):
+    """The default run (what a reader runs; about 35 s) prints the numbers the text states."""
+    assert_stated(run_tutorial("02_reading_dictionaries.py", fast=False), "default")
