@@ -327,10 +327,11 @@ fig.savefig(FIGURES / "superposed_dictionary.png", dpi=120, bbox_inches="tight")
 # %% [markdown]
 # Read the training-loss column alongside the dictionary columns. What the default run prints
 # (4,000 steps, L1 = 0.05): at T = d_mlp the table reads back for 84% of the points (coverage
-# 84%) with codes of about 2 neurons. At T = 2 d_mlp a sparse code of at most 8 neurons still
-# reproduces 95% of the outputs, but its neurons are shared by many points, so few slots are
-# specific to their point and coverage and read-back fall to 17%; at 4x and 8x they are 0%
-# while sparse codes still reproduce 73-78% of the outputs. The training loss also grows with T
+# 84%) with codes of about 2 neurons, and 97% of the outputs have a sparse code. At T = 2 d_mlp a
+# sparse code of at most 8 neurons still reproduces 95% of the outputs, but its neurons are shared
+# by many points, so few slots are specific to their point and coverage and read-back fall to
+# 17%; at 4x and 8x they are 0% while sparse codes still reproduce 73% and 78% of the outputs.
+# The training loss also grows with T
 # (0.0008 at T = d_mlp, 0.094 at 8 d_mlp: the penalised model no longer memorises every point),
 # so part of the breakdown is the model's, not the probe's. Decompiling a superposed table
 # beyond T ≈ d_mlp is open: this probe reports where it stops, rather than inventing one.
