@@ -4,6 +4,7 @@ setting's double-descent peak and at a smaller T nearer it.
 
     python benchmarks/memorisation_detection.py            # all three settings, 3 seeds
     python benchmarks/memorisation_detection.py --settings mlp --seeds 5
+    python benchmarks/memorisation_detection.py --past-only --plant plant_repeats=10  # repeats
 
 Each setting trains one model whose instances are the seeds (independent data, embedding and
 init), plants 10 points that only memorisation can fit (the bottleneck: three private features
@@ -68,12 +69,14 @@ SETTINGS = {
 _T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57, 6: 2.45, 7: 2.36, 8: 2.31, 9: 2.26}
 
 
-def packed(setting: str, T: int, seeds: int, extra: dict | None = None):
-    """``(model, train, result, task)``: one model whose ``seeds`` instances are the seeds."""
+def packed(setting: str, T: int, seeds: int, extra: dict | None = None, plant: dict | None = None):
+    """``(model, train, result, task)``: one model whose ``seeds`` instances are the seeds;
+    ``plant`` replaces the setting's planting (e.g. ``{"plant_repeats": 10}``)."""
     b = get_bundle(setting)
     p = b.preset("cpu")
     cfg = SETTINGS[setting]
-    spec = {**p["task"], **cfg["task"], **cfg["plant"], **(extra or {}), "T": T, "seed": 0}
+    plant = cfg["plant"] if plant is None else plant
+    spec = {**p["task"], **cfg["task"], **plant, **(extra or {}), "T": T, "seed": 0}
     spec.pop("n_test", None)
     task = b.task(spec)
     task.n_instances = seeds  # every instance draws its own data stream
@@ -107,7 +110,7 @@ def interval(x: torch.Tensor) -> tuple[float, float]:
 
 def run_cell(setting: str, T: int, args, characteristic: bool) -> dict:
     t0 = time.time()
-    model, train, tr, task = packed(setting, T, args.seeds)
+    model, train, tr, task = packed(setting, T, args.seeds, plant=args.plant)
     fc = fit_check(model, task, T, 0)
     fitted = sum(fc.fitted) / len(fc.fitted)
     with torch.no_grad():
@@ -176,7 +179,22 @@ def main(argv=None) -> int:
         action="store_true",
         help="also the characteristic temperature (a ladder t/10, t, 10t: 3x the sampling)",
     )
+    ap.add_argument(
+        "--plant",
+        default=None,
+        metavar="KEY=N[,KEY=N]",
+        help="replace each setting's planting, e.g. plant_repeats=10 (one point, 10 copies)",
+    )
     args = ap.parse_args(argv)
+    if args.plant is not None:
+        pairs = [kv.split("=", 1) for kv in args.plant.split(",")]
+        bad = [kv for kv in pairs if len(kv) != 2 or not kv[0].startswith("plant_")]
+        if bad:
+            ap.error(f"--plant: expected plant_KEY=N pairs, got {args.plant!r}")
+        try:
+            args.plant = {k: int(v) for k, v in pairs}
+        except ValueError:
+            ap.error(f"--plant: each value must be an integer, got {args.plant!r}")
     torch.manual_seed(0)
     best = {}
     for s in args.settings.split(","):

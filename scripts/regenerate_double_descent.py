@@ -17,10 +17,11 @@ OUT/dd-SETTING --probes none`` (resumable: a rerun reuses finished cells), then
   ``tests/toy_models/test_double_descent.py`` read: each setting's sub-grid (both ends and the
   peak T) and the ratios they must reproduce.
 
-With ``--phase`` it also runs ``memlens sweep --preset phase`` for the MLP block and copies
-``memlens report``'s ``phase.png`` to ``docs/figures/phase_mlp.png``, printing the peak T at each
-width and recording each width's median test-loss curve as ``mlp_phase`` in the JSON (a slow test
-reruns its sub-grid: both ends and every width's peak T). (The final layer has no phase preset: on its cpu preset's data the peak sat at T = 58 for
+With ``--phase`` it also runs ``memlens sweep --preset phase`` for the bottleneck and the MLP
+block and copies ``memlens report``'s ``phase.png`` to ``docs/figures/phase_SETTING.png``,
+printing the peak T at each width and recording each width's median test-loss curve as
+``SETTING_phase`` in the JSON (a slow test reruns its sub-grid: both ends and every width's peak
+T). (The final layer has no phase preset: on its cpu preset's data the peak sat at T = 58 for
 d_model = 8, 20 and 48, so a T x d_model diagram shows no bump moving with the width.)
 
 Wall times are printed per setting (the machine's load is
@@ -166,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--expected", default=str(EXPECTED), help="the tests' JSON (default: %(default)s)"
     )
-    ap.add_argument("--phase", action="store_true", help="also the mlp phase preset")
+    ap.add_argument(
+        "--phase", action="store_true", help="also the bottleneck's and mlp's phase presets"
+    )
     a = ap.parse_args(argv)
     out = Path(a.out)
     dd = _dd_search()
@@ -187,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     if a.phase:
-        for setting in ("mlp",):  # the bottleneck's is older; the final layer has none (README)
+        for setting in ("bottleneck", "mlp"):  # the final layer has none (README)
             load = os.getloadavg()[0]
             ph = phase(setting, out, not a.no_figures)
             ph["load_average"] = round(load, 1)

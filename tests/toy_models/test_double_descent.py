@@ -152,23 +152,28 @@ def test_cpu_preset_shows_double_descent(setting, tmp_path):
     )
 
 
-def _phase_widths() -> list[str]:
-    return sorted(EXPECTED["mlp_phase"]["peaks"], key=int)
+PHASE = {"bottleneck": "d_hidden", "mlp": "d_mlp"}
 
 
-def test_readme_states_the_recorded_mlp_phase_peaks():
-    """The README's MLP phase-diagram sentence is the recorded phase-preset run's: the peak T and
-    its ratio to the higher end at each d_mlp."""
-    e = EXPECTED["mlp_phase"]
+def _phase_widths(setting: str) -> list[str]:
+    return sorted(EXPECTED[f"{setting}_phase"]["peaks"], key=int)
+
+
+@pytest.mark.parametrize("setting", list(PHASE))
+def test_readme_states_the_recorded_phase_peaks(setting):
+    """The README's phase-diagram sentence for each setting is the recorded phase-preset run's:
+    the peak T and its ratio to the higher end at each width."""
+    e = EXPECTED[f"{setting}_phase"]
+    assert e["axis"] == PHASE[setting]
     text = " ".join((ROOT / "README.md").read_text().split())
     m = re.search(
-        r"peaks at T = (\d+), (\d+) and (\d+) for d_mlp = (\d+), (\d+) and (\d+) "
-        r"\(([\d.]+)×, ([\d.]+)× and ([\d.]+)× the higher end\)",
+        r"peaks at T = (\d+), (\d+) and (\d+) for " + PHASE[setting] + r" = (\d+), (\d+) and "
+        r"(\d+) \(([\d.]+)×, ([\d.]+)× and ([\d.]+)× the higher end\)",
         text,
     )
-    assert m, "README states no 'peaks at T = a, b and c for d_mlp = ...'"
+    assert m, f"README states no 'peaks at T = a, b and c for {PHASE[setting]} = ...'"
     g = m.groups()
-    widths = _phase_widths()
+    widths = _phase_widths(setting)
     assert list(g[3:6]) == widths
     assert [int(x) for x in g[:3]] == [e["peaks"][w]["T_peak"] for w in widths]
     for x, w in zip(g[6:], widths, strict=True):
@@ -176,25 +181,26 @@ def test_readme_states_the_recorded_mlp_phase_peaks():
 
 
 @pytest.mark.slow
-def test_mlp_phase_preset_bump_moves_with_width(tmp_path):
-    """``memlens sweep --model mlp --preset phase`` on the recorded sub-grid (both ends and each
-    width's peak T): each width's median test loss comes back within 5% of the whole-preset run,
-    peaks at its recorded interior T at least 1.2x the higher end, and the peak T grows with
-    d_mlp (Hobbhahn: the bump moves with the width)."""
-    e = EXPECTED["mlp_phase"]
+@pytest.mark.parametrize("setting", list(PHASE))
+def test_phase_preset_bump_moves_with_width(setting, tmp_path):
+    """``memlens sweep --model SETTING --preset phase`` on the recorded sub-grid (both ends and
+    each width's peak T): each width's median test loss comes back within 5% of the whole-preset
+    run, peaks at its recorded interior T at least 1.2x the higher end, and the peak T grows with
+    the width (Hobbhahn: the bump moves with the width)."""
+    e = EXPECTED[f"{setting}_phase"]
     out = tmp_path / "phase"
     T = ",".join(map(str, e["subgrid"]))
-    argv = ["sweep", "--model", "mlp", "--preset", "phase", "--out", str(out), "--T", T,
+    argv = ["sweep", "--model", setting, "--preset", "phase", "--out", str(out), "--T", T,
             "--probes", "none", "--no-progress"]  # fmt: skip
     memlens_cli(argv)
     _, rows = read_results(out)
     peaks = []
-    for w in _phase_widths():
+    for w in _phase_widths(setting):
         rec = e["peaks"][w]
         Ts, med = median_curve([r for r in rows if int(r["cell"][e["axis"]]) == int(w)])
         assert Ts == e["subgrid"]
         want = [rec["median_test_loss"][str(T)] for T in Ts]
-        np.testing.assert_allclose(med, want, rtol=LOSS_RTOL, err_msg=f"d_mlp = {w}")
+        np.testing.assert_allclose(med, want, rtol=LOSS_RTOL, err_msg=f"{e['axis']} = {w}")
         k = int(np.argmax(med))
         ratio = med[k] / max(med[0], med[-1])
         assert 0 < k < len(Ts) - 1 and Ts[k] == rec["T_peak"], (w, dict(zip(Ts, med, strict=True)))
