@@ -144,3 +144,20 @@ def test_a_plugin_gets_planted_memories_and_the_detectors(monkeypatch):
             assert torch.allclose(s, s[0].expand(3), rtol=1e-4), (d, s)
     finally:
         MODELS.unregister("lookup-test")
+
+
+@pytest.mark.user_errors
+@pytest.mark.parametrize("plant", ["repeats=10", "plant_repeats=ten", "plant_repeats"])
+def test_detection_benchmark_refuses_a_bad_planting_before_any_work(plant, capsys):
+    """``benchmarks/memorisation_detection.py --plant`` takes plant_KEY=N pairs; anything else is
+    refused by name before a model is trained."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "memorisation_detection.py"
+    spec = importlib.util.spec_from_file_location("memorisation_detection", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit) as e:
+        mod.main(["--plant", plant])
+    assert e.value.code == 2 and "--plant" in capsys.readouterr().err
