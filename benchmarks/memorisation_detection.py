@@ -140,6 +140,11 @@ def run_cell(setting: str, T: int, args, characteristic: bool) -> dict:
         f"controls'): {fitted:.0%}; {time.time() - t0:.0f} s"
     )
     print("  " + fc.summary().replace("\n", "\n  "))
+    tinfo = res.extra.get("tempering")
+    if tinfo:  # [temperature, inst]: did the tempering detectors' chains mix?
+        ok = torch.tensor(tinfo["healthy"])
+        print(f"  tempering at t = {tinfo['temperature']:g}: {int(ok.sum())} of {ok.numel()} "
+              "(temperature, seed) cells healthy (R-hat, ESS, divergences)")  # fmt: skip
     print(f"  {'detector':<28} {'AUROC':>13} {'precision@k':>15} {'AUROC (fitted)':>16}")
     for d, ((a, ah), (p, ph), (f, fh)) in sorted(rows.items(), key=lambda kv: -kv[1][0][0]):
         tag = "  (data only)" if d in res.data_only else ""
