@@ -161,3 +161,31 @@ def test_detection_benchmark_refuses_a_bad_planting_before_any_work(plant, capsy
     with pytest.raises(SystemExit) as e:
         mod.main(["--plant", plant])
     assert e.value.code == 2 and "--plant" in capsys.readouterr().err
+
+
+def test_mlp_output_sensitivity_closed_form_matches_autograd():
+    """benchmarks/mlp_tempering_sensitivity.py explains the MLP block's tempering scores by each
+    point's output sensitivity, in closed form: it must equal the squared Frobenius norm of the
+    output's Jacobian that autograd computes, per point and instance."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "mlp_tempering_sensitivity.py"
+    spec = importlib.util.spec_from_file_location("mlp_tempering_sensitivity", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    b = get_bundle("mlp")
+    model = b.build({"n_features": 30, "d_model": 12, "d_mlp": 16, "T": 6, "seed": 1})
+    model.b_in.data.normal_()  # a mix of active and inactive neurons
+    x = torch.randn(6, model.W_in.shape[0], 12)
+    S, _ = mod.sensitivity(model, x)
+    for i in range(x.shape[1]):
+        W = [p.detach()[i] for p in (model.W_in, model.b_in, model.W_out, model.b_out)]
+
+        def f(W_in, b_in, W_out, b_out, xi):
+            return W_out @ torch.relu(W_in @ xi + b_in) + b_out
+
+        for t in range(6):
+            J = torch.func.jacrev(f, argnums=(0, 1, 2, 3))(*W, x[t, i])
+            want = sum(float((j**2).sum()) for j in J)
+            assert float(S[i, t]) == pytest.approx(want, rel=1e-5), (i, t)
