@@ -170,6 +170,18 @@ def fitted_auroc(res, fc) -> dict[str, torch.Tensor]:
     return out
 
 
+def plant_pairs(text: str) -> dict[str, int]:
+    """``"plant_repeats=10,plant_private=2"`` -> ``{"plant_repeats": 10, "plant_private": 2}``;
+    argparse reports the ``ArgumentTypeError`` under the option's name."""
+    out = {}
+    for kv in text.split(","):
+        key, sep, value = kv.partition("=")
+        if not sep or not key.startswith("plant_") or not value.strip().isdigit():
+            raise argparse.ArgumentTypeError(f"expected plant_KEY=N pairs, got {text!r}")
+        out[key] = int(value)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--settings", default="bottleneck,mlp,unembed")
@@ -186,20 +198,12 @@ def main(argv=None) -> int:
     )
     ap.add_argument(
         "--plant",
+        type=plant_pairs,
         default=None,
         metavar="KEY=N[,KEY=N]",
         help="replace each setting's planting, e.g. plant_repeats=10 (one point, 10 copies)",
     )
     args = ap.parse_args(argv)
-    if args.plant is not None:
-        pairs = [kv.split("=", 1) for kv in args.plant.split(",")]
-        bad = [kv for kv in pairs if len(kv) != 2 or not kv[0].startswith("plant_")]
-        if bad:
-            ap.error(f"--plant: expected plant_KEY=N pairs, got {args.plant!r}")
-        try:
-            args.plant = {k: int(v) for k, v in pairs}
-        except ValueError:
-            ap.error(f"--plant: each value must be an integer, got {args.plant!r}")
     torch.manual_seed(0)
     best = {}
     for s in args.settings.split(","):

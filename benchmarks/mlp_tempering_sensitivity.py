@@ -48,18 +48,22 @@ def sensitivity(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def autograd_check(model, x: torch.Tensor, S: torch.Tensor, n: int = 4) -> float:
     """Largest relative difference between the closed-form S and the squared Frobenius norm of
-    ``torch.func.jacrev`` of instance 0's output, over its first ``n`` points."""
-    W = [p.detach()[0] for p in (model.W_in, model.b_in, model.W_out, model.b_out)]
+    ``torch.func.jacrev`` of each instance's output, over its first ``n`` points (after checking
+    that the formula's forward is the model's)."""
 
     def f(W_in, b_in, W_out, b_out, xi):
         return W_out @ torch.relu(W_in @ xi + b_in) + b_out
 
     worst = 0.0
-    for t in range(n):
-        assert torch.allclose(f(*W, x[t, 0]), model(x[t : t + 1])[0, 0].detach(), atol=1e-5)
-        J = torch.func.jacrev(f, argnums=(0, 1, 2, 3))(*W, x[t, 0])
-        fro = sum(float((j**2).sum()) for j in J)
-        worst = max(worst, abs(fro - float(S[0, t])) / fro)
+    with torch.no_grad():
+        out = model(x[:n])  # [n, inst, d_out]
+    for i in range(x.shape[1]):
+        W = [p.detach()[i] for p in (model.W_in, model.b_in, model.W_out, model.b_out)]
+        for t in range(n):
+            assert torch.allclose(f(*W, x[t, i]), out[t, i], atol=1e-5)
+            J = torch.func.jacrev(f, argnums=(0, 1, 2, 3))(*W, x[t, i])
+            fro = sum(float((j**2).sum()) for j in J)
+            worst = max(worst, abs(fro - float(S[i, t])) / fro)
     return worst
 
 
@@ -72,7 +76,7 @@ def main() -> None:
     model, train, _, _ = packed("mlp", 1000, 3)
     x = train.inputs  # [T, inst, d_model]
     S, S_out = sensitivity(model, x)
-    print(f"closed form checked against autograd on 4 points: max relative difference "
+    print(f"closed form checked against autograd on 4 points per seed: max relative difference "
           f"{autograd_check(model, x, S):.1e}")  # fmt: skip
     planted = train.planted.T
     print(f"planted points: {int(planted.sum())} of {planted.numel()} (3 seeds)")

@@ -256,7 +256,7 @@ def bundle_of(model: Any) -> ModelBundle:
 def bundles_with(preset: str, needed_by: str | None = None) -> list[ModelBundle]:
     """Registered bundles that define ``preset``, in name order. With ``needed_by`` (what needs
     one, in words), a ``ValueError`` saying so when none does."""
-    found = [get_bundle(n) for n in MODELS.names() if preset in get_bundle(n).presets]
+    found = [b for b in map(get_bundle, MODELS.names()) if preset in b.presets]
     if not found and needed_by is not None:
         raise ValueError(
             f"{needed_by} needs a registered model with a {preset!r} preset; none has one "

@@ -122,7 +122,7 @@ def double_descent(setting: str, out: Path, figures: bool, dd) -> dict:
     return rec
 
 
-def phase(setting: str, out: Path, figures: bool) -> dict:
+def phase(setting: str, out: Path, figures: bool, dd) -> dict:
     """The phase preset: the median test-loss peak T at each value of the width axis."""
     from memlens.sweeps import read_results
 
@@ -132,10 +132,7 @@ def phase(setting: str, out: Path, figures: bool) -> dict:
     axis = next(a for a in config["grid"] if a not in ("T", "seed"))
     peaks = {}
     for w in sorted({r["cell"][axis] for r in rows}):
-        by: dict[int, list[float]] = {}
-        for r in rows:
-            if r["cell"][axis] == w:
-                by.setdefault(int(r["T"]), []).append(float(r["test_loss"]))
+        by = dd.curve([r for r in rows if r["cell"][axis] == w])
         Ts = sorted(by)
         med = np.array([np.median(by[T]) for T in Ts])
         k = int(np.argmax(med))
@@ -148,7 +145,7 @@ def phase(setting: str, out: Path, figures: bool) -> dict:
     if figures:
         report(folder)
         shutil.copyfile(_figure_path(folder, "phase"), FIGURES / f"phase_{setting}.png")
-    ends = [min(by), max(by)]
+    ends = [min(int(r["T"]) for r in rows), max(int(r["T"]) for r in rows)]
     return {
         "axis": axis,
         "peaks": peaks,
@@ -192,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.phase:
         for setting in ("bottleneck", "mlp"):  # the final layer has none (README)
             load = os.getloadavg()[0]
-            ph = phase(setting, out, not a.no_figures)
+            ph = phase(setting, out, not a.no_figures, dd)
             ph["load_average"] = round(load, 1)
             ph["date"] = dt.date.today().isoformat()
             expected[f"{setting}_phase"] = ph

@@ -146,20 +146,25 @@ def test_a_plugin_gets_planted_memories_and_the_detectors(monkeypatch):
         MODELS.unregister("lookup-test")
 
 
+def _benchmark(stem: str):
+    """A module of benchmarks/ (not a package), imported from its file."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / f"{stem}.py"
+    spec = importlib.util.spec_from_file_location(stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 @pytest.mark.user_errors
 @pytest.mark.parametrize("plant", ["repeats=10", "plant_repeats=ten", "plant_repeats"])
 def test_detection_benchmark_refuses_a_bad_planting_before_any_work(plant, capsys):
     """``benchmarks/memorisation_detection.py --plant`` takes plant_KEY=N pairs; anything else is
     refused by name before a model is trained."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "memorisation_detection.py"
-    spec = importlib.util.spec_from_file_location("memorisation_detection", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
     with pytest.raises(SystemExit) as e:
-        mod.main(["--plant", plant])
+        _benchmark("memorisation_detection").main(["--plant", plant])
     assert e.value.code == 2 and "--plant" in capsys.readouterr().err
 
 
@@ -167,19 +172,13 @@ def test_mlp_output_sensitivity_closed_form_matches_autograd():
     """benchmarks/mlp_tempering_sensitivity.py explains the MLP block's tempering scores by each
     point's output sensitivity, in closed form: it must equal the squared Frobenius norm of the
     output's Jacobian that autograd computes, per point and instance."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "benchmarks" / "mlp_tempering_sensitivity.py"
-    spec = importlib.util.spec_from_file_location("mlp_tempering_sensitivity", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = _benchmark("mlp_tempering_sensitivity")
     b = get_bundle("mlp")
     model = b.build({"n_features": 30, "d_model": 12, "d_mlp": 16, "T": 6, "seed": 1})
     model.b_in.data.normal_()  # a mix of active and inactive neurons
     x = torch.randn(6, model.W_in.shape[0], 12)
     S, _ = mod.sensitivity(model, x)
-    for i in range(x.shape[1]):
+    for i in range(x.shape[1]):  # the ground truth here is the test's own, not the benchmark's
         W = [p.detach()[i] for p in (model.W_in, model.b_in, model.W_out, model.b_out)]
 
         def f(W_in, b_in, W_out, b_out, xi):
