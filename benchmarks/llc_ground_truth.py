@@ -6,7 +6,9 @@ singular one, f(x) = w1 x1 + w2² x2 with targets 0 at w* = 0 (λ = 1/2 + 1/4 = 
 under the localised posterior, by quadrature). Before this change, ``memlens.calibrate`` over
 ε in {1e-6, ..., 1e-2} recommended ε = 1e-3 for both (the largest step that did not diverge), and
 ``estimate_llc`` there gave λ̂ 124% and 80% too high with R-hat ≈ 1.00 (commit a4bad90). This
-script runs that step and ``step_size="auto"`` side by side and prints the errors.
+script runs that step and ``step_size="auto"`` side by side and prints the errors. The old step
+runs twice: with the Euler-Maruyama step of that commit (``integrator="euler"``) and with
+memlens's default Leimkuhler-Matthews step, exact on the regular model's Gaussian posterior.
 
     python benchmarks/llc_ground_truth.py [--chains 16] [--draws 300] [--seed 0] [--max-steps N]
 """
@@ -100,22 +102,26 @@ def main() -> None:
         f"{args.chains} chains x {args.draws} draws"
     )
     print(
-        f"{'model':10} {'truth':>7} {'ε=1e-3 (old)':>16} {'error':>7} {'auto':>16} {'error':>7} "
-        f"{'auto ε':>9} {'s':>6} {'seconds':>8}  health (auto)"
+        f"{'model':10} {'truth':>7} {'ε=1e-3, Euler':>16} {'error':>7} {'ε=1e-3, LM':>16} "
+        f"{'error':>7} {'auto':>16} {'error':>7} {'auto ε':>9} {'s':>6} {'seconds':>8}  "
+        "health (auto)"
     )
     for name, make in (("regular", regular), ("singular", singular)):
         model, data, truth = make(args.seed)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            old = memlens.estimate_llc(model, data, step_size=OLD_STEP, **kw)
+            old = memlens.estimate_llc(model, data, step_size=OLD_STEP, integrator="euler", **kw)
+            lm = memlens.estimate_llc(model, data, step_size=OLD_STEP, **kw)
         t0 = time.perf_counter()
         new = memlens.estimate_llc(model, data, min_ess=400, max_steps=args.max_steps, **kw)
         dt = time.perf_counter() - t0
         lo, lo_se = float(old.llc.mean[0, 0]), float(old.llc.se[0, 0])
+        lm_, lm_se = float(lm.llc.mean[0, 0]), float(lm.llc.se[0, 0])
         la, la_se = float(new.llc.mean[0, 0]), float(new.llc.se[0, 0])
         s = new.calibration.choices[0]["s"]
         print(
             f"{name:10} {truth:7.3f} {lo:9.3f} ± {lo_se:4.2f} {lo / truth - 1:+7.0%} "
+            f"{lm_:9.3f} ± {lm_se:4.2f} {lm_ / truth - 1:+7.0%} "
             f"{la:9.3f} ± {la_se:4.2f} {la / truth - 1:+7.0%} {float(new.step_size[0, 0]):9.2g} "
             f"{s:6.3f} {dt:8.1f}  {new.health.describe(0, 0)}"
         )

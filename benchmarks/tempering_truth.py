@@ -48,8 +48,6 @@ from toy_models.switches import (
 GAINS = [0.02 * 1000 ** (k / 7) for k in range(8)]  # 0.02 .. 20: 1,000x
 N_SWITCH = 100
 LLC_TOL, SURV_TOL, Z = 0.10, 0.10, 3.0
-#: dln-h3r1's calibration says the default max_steps cannot decide its step; this budget can
-LONG_BUDGET = 24_000
 
 
 def switch_models() -> dict:
@@ -263,13 +261,6 @@ def main() -> None:
         print(f"{name:14s} {'yes' if ok else 'no':>8s} {abs(sc['err']):12.1%} "
               f"λ̂ {sc['llc']:.3f} ± {sc['se']:.3f} vs exact {sc['exact']:.3f} "
               f"{time.perf_counter() - t0:6.0f}s{why}")  # fmt: skip
-    if not want or "dln-h3r1" in want:  # past the default budget: the advice followed
-        model, data, exact = llc_models()["dln-h3r1"]
-        sc = score_llc(model, data, exact, max_steps=LONG_BUDGET)
-        print(f"{'  max_steps=' + str(LONG_BUDGET):14s} {'yes' if sc['healthy'] else 'no':>8s} "
-              f"{abs(sc['err']):12.1%} λ̂ {sc['llc']:.3f} ± {sc['se']:.3f} vs exact "
-              f"{sc['exact']:.3f} {sc['seconds']:6.0f}s (not in the suite's rates: not the "
-              "default path)")  # fmt: skip
     print(
         f"suite: false-green {green}/{n_ok} healthy cells ({green / max(n_ok, 1):.0%}), "
         f"false-red {red}/{n_bad} unhealthy cells ({red / max(n_bad, 1):.0%})"

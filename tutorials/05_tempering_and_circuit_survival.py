@@ -9,8 +9,11 @@
 # memorised dictionary entries should die before general features.
 #
 # Numbers from SGLD are only as good as the sampler. For a quadratic direction of curvature a,
-# Euler–Maruyama SGLD's stationary variance is 1/(a(1 − εa/4)): the step that mixes fastest is
-# the most biased one. So memlens never asks you for a step size: `step_size="auto"` (the
+# plain (Euler–Maruyama) SGLD's stationary variance is 1/(a(1 − εa/4)): the step that mixes
+# fastest is the most biased one. memlens takes the Leimkuhler-Matthews step instead (each noise
+# draw shared by two consecutive steps; same cost), which is exact on quadratic wells, but
+# anharmonic wells and minibatch noise still move λ̂ with ε. So memlens never asks you for a
+# step size: `step_size="auto"` (the
 # default) picks, per temperature, a step whose λ̂ no longer moves with ε (λ̂(3ε) and λ̂(ε),
 # measured on coupled chains, put its bias within 5%) and where the chains mix, and every
 # (temperature, instance) cell carries a health flag. Unhealthy cells are hatched in the figures
@@ -247,31 +250,33 @@ print(
 )
 
 # %% [markdown]
-# **What this run shows**, on the new sampler (replica exchange, preconditioned steps, dispersed
-# starts), from a default-mode run (3 seeds, 8 chains for the LLC, 4 chains x 150 draws on a
-# 12-rung ladder; 2 min 46 s on a quiet 2-core machine):
+# **What this run shows**, on the new sampler (Leimkuhler-Matthews steps, replica exchange,
+# preconditioned steps, dispersed starts), from a default-mode run (3 seeds, 8 chains for the LLC,
+# 4 chains x 150 draws on a 12-rung ladder; 3 min 13 s on a quiet 2-core machine):
 #
-# * LLC at t = 1: λ̂ = 8.58 ± 0.097, 8.01 ± 0.13 and 8.23 ± 0.11 (seeds 0-2), every cell healthy.
-# * Sampler health: 29 of 36 bottleneck cells and 36 of 36 MLP-block cells healthy. The seven
-#   unhealthy cells are the cold rungs (t ≤ 0.066), short of ESS (and at t = 0.01 of R-hat), and
-#   the summary says why: swap acceptance between the four coldest pairs is 0.00-0.08, so the
-#   ladder is too coarse there for replica exchange, and it names the rungs to add (t ≈ 0.0137,
-#   0.0257, 0.0481, 0.0901). The hotter pairs swap at 0.12-0.74.
+# * LLC at t = 1: λ̂ = 8.32 ± 0.13, 7.8 ± 0.06 and 8.02 ± 0.072 (seeds 0-2), every cell healthy.
+# * Sampler health: 34 of 36 bottleneck cells and 36 of 36 MLP-block cells healthy. The two
+#   unhealthy cells are seed 1's two coldest rungs (t = 0.01: R-hat 1.11, ESS 33; t = 0.0187:
+#   ESS 71), and the summary says why: swap acceptance between the four coldest pairs is
+#   0.01-0.06, so the ladder is too coarse there for replica exchange, and it names the rungs to
+#   add (t ≈ 0.0137, 0.0257, 0.0481, 0.0901). The hotter pairs swap at 0.14-0.75.
 # * Bottleneck: datum circuits die *first* in every seed (median characteristic temperature
-#   0.234, 0.217, 0.15 against the features' 0.25, 0.458, 0.316), but the size is not
-#   established: ratio 0.59, 95% interval over seeds [0.22, 1.6], per chain 0.38 to 0.96.
+#   0.26, 0.223, 0.146 against the features' 0.339, 0.58, 0.312), but the size is not
+#   established: ratio 0.52, 95% interval over seeds [0.21, 1.3], per chain 0.34 to 0.94.
 # * MLP block: datum circuits die *later* than the neuron circuits that store them, in every
-#   seed (ratio 26, per chain 2.1 to 292; many datum circuits survive the whole ladder, so the
-#   interval over seeds is unbounded): the output degrades gracefully while individual lookup
-#   neurons are noised out.
+#   seed (ratio 4.0, per chain 2.2 to 180; many datum circuits survive the whole ladder, 11, 3
+#   and 10 of 16, 15 and 16, so the interval over seeds is unbounded): the output degrades
+#   gracefully while individual lookup neurons are noised out.
 # * Bucket of circuits: the predicted characteristic temperature t̂ = nβ·ΔL/Δλ ranks the
-#   measured ones only weakly (Spearman ρ = 0.17 over 168 circuits; 0.21, 0.07, 0.15 per seed),
-#   and the predictions sit well above the measurements (median predicted / measured 5.9). On
+#   measured ones only weakly (Spearman ρ = 0.11 over 177 circuits; 0.15, 0.05, 0.02 per seed),
+#   and the predictions sit well above the measurements (median predicted / measured 6.05). On
 #   exactly solvable switch circuits the sampler recovers every characteristic temperature within
-#   11% (benchmarks/tempering_truth.py), so the weak correlation here is the picture's (or the
+#   10% (benchmarks/tempering_truth.py), so the weak correlation here is the picture's (or the
 #   ablation-based ΔL and Δλ's), not the sampler's.
 #
 # The fast mode (`MEMLENS_FAST=1`, which the tutorial's test runs: 2 seeds, 4 chains x 100 draws,
-# 8 rungs) gave λ̂ = 7.39 ± 0.19 and 6.39 ± 0.12, 12/16 and 15/16 healthy cells, bottleneck
-# ratio 0.53, MLP-block ratio 3.4 and Spearman ρ = 0.29 over 74 circuits (median predicted /
-# measured 4.3). Its test asserts these: λ̂ within 5%, ratios within 25%, ρ within 0.08.
+# 8 rungs) gave λ̂ = 7.23 ± 0.16 and 6.12 ± 0.11, 16/16 and 16/16 healthy cells, bottleneck
+# ratio 0.65, MLP-block ratio 4.6 (datum circuits first in the bottleneck and later in the MLP
+# block, in both seeds; neither size established) and Spearman ρ = 0.22 over 93 circuits (median
+# predicted / measured 4.60). Its test asserts these: λ̂ within 5%, ratios within 25%, ρ within
+# 0.08.

@@ -1,9 +1,10 @@
 """``step_size="auto"``: choose ε where λ̂ has stopped depending on it and the chains mix.
 
-Why a test and not "the healthy setting with the most ESS": for a quadratic direction of curvature
-a (of U = (nβ/t) L_n + (γ/2)‖w − w*‖²), Euler–Maruyama SGLD's stationary variance is
-1/(a(1 − εa/4)), so λ̂ is biased up by about 1/(1 − εa/4) in stiff directions, and the step that
-mixes fastest is the most biased one. Slow directions (a small) need ≫ 1/(εa) steps to mix.
+Why a test and not "the healthy setting with the most ESS": the step that mixes fastest is the
+most biased one. For a quadratic direction of curvature a (of U = (nβ/t) L_n + (γ/2)‖w − w*‖²),
+Euler–Maruyama SGLD's stationary variance is 1/(a(1 − εa/4)); memlens's Leimkuhler-Matthews step
+(:mod:`.sgld`) is exact there, but anharmonic wells, minibatch noise and slow directions still move
+λ̂ with ε. Slow directions (a small) need ≫ 1/(εa) steps to mix.
 
 The procedure, per temperature t and instance:
 
@@ -15,7 +16,9 @@ The procedure, per temperature t and instance:
    the summed noise (a coarser discretisation of the same Brownian path), so every point covers
    the same physical time and λ̂(3ε) − λ̂(ε) is measured with a small error. Every rung x grid
    point x chain runs in one batched sampler.
-3. **Bias test.** The step bias is linear in ε for small ε, so the bias of ε is (λ̂(3ε) − λ̂(ε))/2.
+3. **Bias test.** Taking the step bias as linear in ε, the bias of ε is (λ̂(3ε) − λ̂(ε))/2 (where it
+   is O(ε²), as for the Leimkuhler-Matthews step on smooth wells, the true bias is Δ/8: the test is
+   conservative).
    Going down the grid, the first pair whose bias is *certainly* within ``bias_tolerance`` of λ̂
    (|Δ/2| + z·se/2 ≤ tol·max(|λ̂|, 1), z = 2; an equivalence test), with both points mixed (no
    divergence, R-hat ≤ max_rhat, ESS ≥ 50 on the evaluation loss, not pure diffusion), picks ε.
@@ -49,8 +52,8 @@ from memlens.sampling.sgld import Plan, Setup, eval_schedule, sample
 __all__ = ["top_curvature", "auto_step"]
 
 GRID = (3.0, 1.0, 1 / 3)  # dimensionless steps s = ε · a_max
-#: with a preconditioner every direction has curvature near a_max, so each carries the Euler bias
-#: of s (about s/4): the grid starts lower
+#: with a preconditioner every direction has curvature near a_max, so each carries the step bias
+#: of s: the grid starts lower
 GRID_PRECONDITIONED = (1.0, 1 / 3, 1 / 9)
 RATIO = 3.0
 ROUNDS = 6
@@ -90,6 +93,7 @@ def _measure(setup, cfg, temps, rungs, grids, curv, thin, progress, precond=None
         # with a preconditioner, chains start dispersed at their rung's posterior scale (coupled
         # grid points share the start) and R-hat, not the displacement, judges whether they moved
         start=None if pre is None else pre.sqrt()[:, None].expand(-1, CAL_CHAINS, -1, -1),
+        integrator=cfg.integrator,
     )
     run = sample(setup, plan, progress=progress, desc=f"calibrate ({CAL_DRAWS}x{thin} steps)")
     llc, diag = analyse_run(run, setup, cfg, nbeta=nbeta, burnin=burnin)
@@ -171,8 +175,8 @@ def _decide(rows: list[dict], pairs: list[tuple], tol: float) -> tuple:
         delta, se = pairs[k]
         err = Z * se
         scale = max(abs(lo["llc"]), LLC_FLOOR)
-        # the step bias is linear in ε for small ε (Euler and minibatch noise alike), so
-        # λ̂(3ε) − λ̂(ε) = 2·bias(ε): the bias of ε is Δ/2
+        # taking the step bias as linear in ε (minibatch noise; an O(ε²) bias makes this
+        # conservative), λ̂(3ε) − λ̂(ε) = 2·bias(ε): the bias of ε is Δ/2
         bias, bias_err, bound = delta / 2, err / 2, tol * scale
         if abs(bias) + bias_err <= bound:
             why = (
@@ -318,7 +322,7 @@ def auto_step(
 
 def _choose(results, decided, failed, temps, curv, preconditioned: bool):
     """Per (temperature, instance): the decided step, or a fallback. With a preconditioner, the
-    dimensionless step s = ε·a has the same Euler bias in every direction whose preconditioned
+    dimensionless step s = ε·a has the same step bias in every direction whose preconditioned
     curvature is a, so a cell left undecided only because its chains did not mix within the
     calibration's budget (a transition, where replica exchange in the run does the mixing) takes
     the smallest s the bias test accepted at another rung of its instance, and says so."""

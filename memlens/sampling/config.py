@@ -44,6 +44,10 @@ def _floats(name: str, v: Any) -> Any:
     return check_positive(name, v)
 
 
+#: the SGLD steps: Leimkuhler-Matthews (default) and Euler-Maruyama
+INTEGRATORS = ("lm", "euler")
+
+
 @dataclass(frozen=True)
 class SGLDConfig:
     """Settings of localised, tempered SGLD (background.md §5); validated on construction.
@@ -89,6 +93,11 @@ class SGLDConfig:
             11-12 to 16-17).
         max_steps: ``"auto"``'s budget: SGLD steps per chain of the run (draws x thin), and 3/4
             of it per calibration round.
+        integrator: ``"lm"`` (default): the Leimkuhler-Matthews step, each Gaussian draw shared
+            by two consecutive steps, exact on quadratic wells (:mod:`memlens.sampling.sgld`);
+            ``"euler"``: plain Euler-Maruyama SGLD, the peers' step (devinterp,
+            canonical-interp), whose stationary variance on a well of curvature a is
+            1/(a(1 − εa/4)). Same cost, same ε → 0 limit.
     """
 
     chains: int = 8
@@ -111,6 +120,7 @@ class SGLDConfig:
     swap_every: int = 10
     precondition: Any = AUTO
     disperse: bool = True
+    integrator: str = "lm"
 
     def __post_init__(self) -> None:
         check_int("chains", self.chains, 1)
@@ -157,6 +167,10 @@ class SGLDConfig:
             )
         if not isinstance(self.disperse, bool):
             raise ValueError(f"disperse must be True or False, got {self.disperse!r}")
+        if self.integrator not in INTEGRATORS:
+            raise ValueError(
+                f"integrator must be one of {list(INTEGRATORS)}, got {self.integrator!r}"
+            )
 
     # ------------------------------------------------------------------ derived
     @property

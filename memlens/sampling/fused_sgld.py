@@ -13,11 +13,13 @@ instances (None: it cannot), and ``SGLDKernel.advance(W, W0, M, eps, nbeta, gamm
 performs, in place, for
 ``k < K = noise.shape[0]`` and every row ``e``,
 
-    w ← w − (ε_e/2) M_e ⊙ (nβ_e ∇L(w) + γ (w − w*)) + √ε_e · √M_e ⊙ ξ_k,e
+    w ← w − (ε_e/2) M_e ⊙ (nβ_e ∇L(w) + γ (w − w*)) + √ε_e · √M_e ⊙ η_k,e
 
 (``M`` None: all ones), where ``L`` is the loss on minibatch ``idx[k, e]`` (rows of the flattened
 ``[T * inst]`` training set, the sampler's numbering) or on the full set (``idx`` None), and
-returns the losses ``[K, E]`` at the weights before each step. The noise and the indices come
+returns the losses ``[K, E]`` at the weights before each step. ``η`` is the noise block as given:
+the sampler passes its Leimkuhler-Matthews noise (ξ_{k−1} + ξ_k)/2 (see :mod:`.sgld`), so the
+kernel needs no state of its own. The noise and the indices come
 from the sampler's own random streams, so a fused run follows the same trajectory as the torch
 step, to float rounding.
 
@@ -39,7 +41,7 @@ from torch import Tensor
 from memlens.data import Batch
 from memlens.fused import hooks_attached
 from memlens.native import compile_enabled
-from memlens.sampling.random_streams import Streams
+from memlens.sampling.random_streams import Streams, pair_noise
 
 __all__ = ["METHOD", "SGLDKernel", "Stepper", "stepper", "attach", "advance", "eval_loss"]
 
@@ -140,6 +142,8 @@ def advance(eng, K: int, losses: Tensor) -> None:
     minibatch blocks are read from the engine's streams, exactly as the torch step reads them."""
     E, P = eng.W.shape
     noise = eng.noise.take(K).reshape(K, E, P)
+    if eng.prev_xi is not None:  # the Leimkuhler-Matthews step (see sgld's docstring)
+        noise = pair_noise(eng.prev_xi, noise)
     idx = None if eng.uniforms is None else eng.uniforms.take(K)
     losses[:K] = eng.fused.advance(noise, idx)
     eng.step += K

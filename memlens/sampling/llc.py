@@ -273,6 +273,7 @@ def _base_plan(setup: Setup, temps: Tensor, cfg: SGLDConfig, progress: bool):
         swap_every=cfg.swap_every if len(temps) > 1 else 0,
         ladder=torch.argsort(temps).tolist(),
         start=start,
+        integrator=cfg.integrator,
     )
     return plan, cal
 

@@ -8,7 +8,7 @@ from torch import Tensor
 from memlens.data import Batch
 from memlens.data import mix_seed as _mix
 
-__all__ = ["Streams", "BLOCK_ELEMENTS", "minibatch_stream"]
+__all__ = ["Streams", "BLOCK_ELEMENTS", "minibatch_stream", "pair_noise"]
 
 #: noise / index block per chain: at most this many floats, so blocks stay cache-sized
 BLOCK_ELEMENTS = 2**16
@@ -97,3 +97,15 @@ def minibatch_stream(data: Batch, plan, groups, E: int, n_inst: int, steps: int)
         return Batch(x, tg, None, None)
 
     return next_batch
+
+
+def pair_noise(prev: Tensor, xi: Tensor) -> Tensor:
+    """The Leimkuhler-Matthews noise of ``K`` steps from their raw noise ``xi [K, E, P]``:
+    ``(ξ_{k-1} + ξ_k) / 2``, with ``prev`` ``[E, P]`` the raw noise before the block (updated in
+    place to the block's last)."""
+    out = torch.empty_like(xi)
+    torch.add(xi[1:], xi[:-1], out=out[1:])
+    torch.add(xi[0], prev, out=out[0])
+    out.mul_(0.5)
+    prev.copy_(xi[-1])
+    return out

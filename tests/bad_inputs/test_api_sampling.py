@@ -70,6 +70,7 @@ CASES: list[Case] = [
     _t("min_ess-0", "min_ess", min_ess=0),
     *[_t(f"bias_tolerance-{v!r}", "bias_tolerance", bias_tolerance=v) for v in (1.5, 0)],
     _t("max_steps-0", "max_steps", max_steps=0),
+    *[_t(f"integrator-{v!r}", "integrator", integrator=v) for v in ("leapfrog", None, "LM")],
     _t("unknown-setting", "stepsize", stepsize=1e-3),
     _t("config-str", "config", TypeError, config="fast"),
     *[_t(f"probe_every-{v!r}", "probe_every", probe_every=v) for v in (0, 1.5)],

@@ -98,10 +98,11 @@ def _no_fused(monkeypatch):
     monkeypatch.setattr(sgld_module.fused_sgld, "stepper", lambda *a, **k: None)
 
 
-@pytest.mark.parametrize("batch_size", [128, None])
-def test_fused_run_follows_the_torch_run_for_the_same_seed(batch_size, monkeypatch):
+@pytest.mark.parametrize(("batch_size", "integrator"), [(128, "lm"), (None, "lm"), (128, "euler")])
+def test_fused_run_follows_the_torch_run_for_the_same_seed(batch_size, integrator, monkeypatch):
     model, data = _workload(inst=2)
-    kw = dict(chains=2, draws=12, burnin=0, step_size=1e-3, batch_size=batch_size, seed=5)
+    kw = dict(chains=2, draws=12, burnin=0, step_size=1e-3, batch_size=batch_size, seed=5,
+              integrator=integrator)  # fmt: skip
     kw["progress"] = False
     calls = []
     real = fused_sgld.stepper
