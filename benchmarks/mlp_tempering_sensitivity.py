@@ -2,7 +2,7 @@
 how sensitive its output is to the weights, and the planted points' outputs are less sensitive.
 
     python benchmarks/mlp_tempering_sensitivity.py          # about 1 min on 2 cores
-    python benchmarks/mlp_tempering_sensitivity.py --steps  # λ̂ at t = 1 against ε (5 min)
+    python benchmarks/mlp_tempering_sensitivity.py --steps  # λ̂ at t = 1 against ε (11 min)
 
 The model is ``benchmarks/memorisation_detection.py``'s MLP block past its peak (T = 1000, 3
 seeds, 10 points with another point's target). For a one-hidden-layer block ``out = W_out

@@ -221,12 +221,12 @@ print(f"wrote the figures to {OUT}")
 # What the run shows. Default mode (T = 1000, m = 10, 2 seeds): the planted points were fitted
 # only in part (train loss 0.60 and 0.48 against 0.98 and 0.93 on fresh controls), and the
 # AUROCs are D* at hook_hidden 0.42, at hook_pre 0.44, at hook_out 0.61, tempering loss variance
-# 0.96, tempering rise 0.96, train loss 0.63, gradient norm 0.16. Fast mode (`MEMLENS_FAST=1`, T = 300, m = 8): the planted points fitted at train
+# 0.97, tempering rise 0.96, train loss 0.63, gradient norm 0.16. Fast mode (`MEMLENS_FAST=1`, T = 300, m = 8): the planted points fitted at train
 # loss 0.05-0.14 against 0.88-0.92, D* at hook_hidden 0.76, at hook_out 1.00, tempering rise
 # 0.99, train loss 0.29, gradient norm 0.28; its outlier ratios are 0.085x (R = 1) and 1.8e+03x
 # (R = 20), and max/median D* reaches 30.4 at T = 400. The tests assert each mode's AUROCs within
 # 0.08, its ratios within 1.5x and its spread within 25% (the default run's in a slow test). On
-# a quiet 2-core machine the default run takes 25 s and the fast one 14 s.
+# a quiet 2-core machine the default run takes 28 s and the fast one 16 s.
 #
 # * **D* at the representation (`hook_hidden`, m dimensions shared by T points) does not
 #   reliably find the planted points** (0.42 in the default run, 0.76 in the fast one; 0.43 ± 0.09
@@ -238,9 +238,9 @@ print(f"wrote the figures to {OUT}")
 #   default run, where they are fitted only in part). At the input (`dstar:hook_in`, 1.00 in both)
 #   the same is true of the data alone, whatever the model did.
 # * **Tempering finds them** in both runs, from the weights' side: each point's loss rise under
-#   SGLD at t = 10 (0.96 and 0.99) and its loss variance over draws (0.96): a memorised point is
-#   held by weights that only it constrains, and noise undoes what only one point holds first
-#   (Vaintrob).
+#   SGLD at t = 10 (0.96 and 0.99) and its loss variance over draws (0.97 and 0.98): a memorised
+#   point is held by weights that only it constrains, and noise undoes what only one point holds
+#   first (Vaintrob).
 # * The gradient norm points the wrong way (0.16 and 0.28, below chance); the train loss is near
 #   chance or below (0.63 and 0.29).
 #

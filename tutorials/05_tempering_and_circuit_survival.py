@@ -252,7 +252,7 @@ print(
 # %% [markdown]
 # **What this run shows**, on the new sampler (Leimkuhler-Matthews steps, replica exchange,
 # preconditioned steps, dispersed starts), from a default-mode run (3 seeds, 8 chains for the LLC,
-# 4 chains x 150 draws on a 12-rung ladder; 3 min 13 s on a quiet 2-core machine):
+# 4 chains x 150 draws on a 12-rung ladder; 3 min 5 s on a quiet 2-core machine):
 #
 # * LLC at t = 1: λ̂ = 8.32 ± 0.13, 7.8 ± 0.06 and 8.02 ± 0.072 (seeds 0-2), every cell healthy.
 # * Sampler health: 34 of 36 bottleneck cells and 36 of 36 MLP-block cells healthy. The two

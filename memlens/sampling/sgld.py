@@ -10,14 +10,15 @@ with ξ_k ~ N(0, I) the step's raw noise: the Leimkuhler-Matthews step (Leimkuhl
 2013), which reuses each draw in two consecutive steps. It costs what Euler-Maruyama costs and has
 the same ε → 0 limit, but its stationary distribution on a quadratic well is exactly the target
 (Euler's variance is 1/(a(1 − εa/4)) for curvature a): its bias on configurational averages such
-as E[L_n] is O(ε²), not O(ε). ``Engine.prev_xi`` carries ξ_{k−1} between steps (the first from a
-generator of its own); a coarse arm pairs its summed noise the same way. ``Plan.integrator =
-"euler"`` takes the plain step, ξ_k alone (the peers' step, for comparisons).
+as E[L_n] is O(ε²), not O(ε), with full-batch gradients (minibatch noise adds an O(ε) bias it
+does not correct: benchmarks/step_bias.py). ``Engine.prev_xi`` carries ξ_{k−1} between steps (the
+first from a generator of its own); a coarse arm pairs its summed noise the same way.
+``Plan.integrator = "euler"`` takes the plain step, ξ_k alone (the peers' step, for comparisons).
 
 is a handful of whole-buffer operations: every parameter of every copy lives in one flat buffer
 ``W [E, P]`` (row ``e = copy * n_inst + inst``, ``copy = arm * chains + chain``), the expanded
 model's parameters are views into it, the gradient is gathered into one buffer ``G [E, P]``, and
-the update is three in-place ops on ``W``. There is no per-parameter or per-chain Python loop in the
+the update is a few in-place ops on ``W``. There is no per-parameter or per-chain Python loop in the
 step. :func:`advance` runs ``K`` such steps of every row and returns the per-step losses: it is the
 boundary a fused kernel replaces. Between blocks, :func:`sample` records draws, runs the probes and
 proposes replica exchanges (:mod:`memlens.sampling.exchange`) by swapping rows of ``W``. Chains may

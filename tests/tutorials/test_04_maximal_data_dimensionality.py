@@ -20,7 +20,7 @@ STATED = {
     },
     "default": {
         "auroc": {"dstar": 0.42, "dstar:hook_pre": 0.44, "dstar:hook_out": 0.61,
-                  "tempering_variance": 0.96, "tempering_rise": 0.96, "train_loss": 0.63,
+                  "tempering_variance": 0.97, "tempering_rise": 0.96, "train_loss": 0.63,
                   "grad_norm": 0.16},
         "ratio": (0.016, 1.9e4),
         "spread": 302.3,
