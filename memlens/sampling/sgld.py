@@ -12,7 +12,7 @@ the same ε → 0 limit, but its stationary distribution on a quadratic well is 
 (Euler's variance is 1/(a(1 − εa/4)) for curvature a): its bias on configurational averages such
 as E[L_n] is O(ε²), not O(ε), with full-batch gradients (minibatch noise adds an O(ε) bias it
 does not correct: benchmarks/step_bias.py). ``Engine.prev_xi`` carries ξ_{k−1} between steps (the
-first from a generator of its own); a coarse arm pairs its summed noise the same way.
+first from a stream of its own); a coarse arm pairs its summed noise the same way.
 ``Plan.integrator = "euler"`` takes the plain step, ξ_k alone (the peers' step, for comparisons).
 
 is a handful of whole-buffer operations: every parameter of every copy lives in one flat buffer
@@ -57,7 +57,7 @@ from memlens.data import mix_seed as _mix
 from memlens.hooked import HookedToyModel
 from memlens.sampling import fused_sgld
 from memlens.sampling.random_streams import Streams as _Streams
-from memlens.sampling.random_streams import minibatch_stream
+from memlens.sampling.random_streams import minibatch_stream, pair_noise
 from memlens.sampling.schedule import eval_schedule, next_event
 
 #: the sampler advances between draws where nothing happens in blocks of at most this many
@@ -246,26 +246,14 @@ def build_engine(setup: Setup, plan: Plan) -> Engine:
         eng.due_table = (phase % r_e[None] == 0).float()
         eng.acc_xi = torch.zeros(E, P, device=dev)
     if plan.integrator == "lm":
-        eng.prev_xi = _first_noise(plan, groups, n_inst, P, dev) * r_e.sqrt().to(torch.float32)
+        # the noise "before" the first step: one draw per (group, chain) from streams of their
+        # own, so the step noise's streams are not shifted
+        first = _Streams(plan.seed, 71, groups, plan.chains, (n_inst, P), dev, True, 1).next()
+        eng.prev_xi = first.reshape(E, P) * r_e.sqrt()
     if plan.start is not None:
         _disperse(eng, plan, groups)
     eng.fused, eng.uniforms = fused_sgld.attach(setup, plan, eng, eps, m, groups, steps)
     return eng
-
-
-def _first_noise(plan: Plan, groups: list[int], n_inst: int, P: int, dev) -> Tensor:
-    """The noise "before" the first step ``[E, P]``, one draw per (group, chain) from a
-    generator of its own, so the stream's own draws are not shifted."""
-    out = torch.empty(plan.arms, plan.chains, n_inst, P)
-    made: dict[tuple[int, int], Tensor] = {}
-    for a in range(plan.arms):
-        for c in range(plan.chains):
-            key = (groups[a], c)
-            if key not in made:
-                g = torch.Generator().manual_seed(_mix(plan.seed, 71, groups[a], c))
-                made[key] = torch.randn(n_inst, P, generator=g)
-            out[a, c] = made[key]
-    return out.reshape(-1, P).to(dev)
 
 
 def _disperse(eng: Engine, plan: Plan, groups: list[int]) -> None:
@@ -317,11 +305,9 @@ def advance(eng: Engine, K: int, losses: Tensor) -> None:
                 eng.acc_xi.mul_(1 - due)
             else:
                 W.addcmul_(eng.half_eps_m, G, value=-1.0)
-                if eng.prev_xi is None:  # Euler-Maruyama
-                    W.addcmul_(eng.sqrt_eps_m, xi)
-                else:
-                    W.addcmul_(eng.sqrt_eps_m, (eng.prev_xi + xi) * 0.5)
-                    eng.prev_xi.copy_(xi)
+                if eng.prev_xi is not None:  # Leimkuhler-Matthews, as the fused step's
+                    xi = pair_noise(eng.prev_xi, xi[None])[0]
+                W.addcmul_(eng.sqrt_eps_m, xi)
         eng.step += 1
 
 
