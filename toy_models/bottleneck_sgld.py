@@ -26,7 +26,7 @@ _SIGNATURES = {
     "ml_bottleneck_sgld": [_L, _L, _L, _L, _L, _I, _P, _P, _P, _P, _L, _P, _P]
     + [_P, _P, _P, _P, _P, _F, _P, _P, _I],
     "ml_bottleneck_losses": [_L, _L, _L, _L, _I, _P, _P, _P, _P, _P, _P, _P, _I],
-    "ml_rows_from_uniforms": [_P, _L, _L, _L, _P, _L, _P],
+    "ml_rows_from_uniforms": [_P, _L, _L, _L, _L, _L, _L, _P, _L, _P],
 }
 
 _flat_inputs = DerivedCache()
@@ -97,13 +97,16 @@ class BottleneckSGLD:
     def rows(self, u: Tensor) -> Tensor:
         """Minibatch rows ``[K, E, b]`` from the sampler's uniforms ``[K, copies, b, inst]``: row
         ``min(⌊u · n_points⌋, T − 1) · inst + i``, as ``memlens.sampling.sgld`` computes them."""
-        u = u.to(torch.float32).contiguous()
+        u = u.to(torch.float32)
         K, copies, b, inst = u.shape
+        if u.stride(3) != 1 or u.stride(2) != inst:  # each copy's [b, inst] block contiguous
+            u = u.contiguous()
         out = torch.empty(K, copies * inst, b, dtype=torch.long)
-        # [K, copies, ...] is [K · copies, ...]: one call reads every step
+        # one call reads every step, through the block's strides (the streams' block is a view)
         self.lib.ml_rows_from_uniforms(
-            _ptr(u), K * copies, b, inst, _ptr(self.n_points), self.T, _ptr(out)
-        )
+            _ptr(u), K, copies, u.stride(0), u.stride(1), b, inst, _ptr(self.n_points), self.T,
+            _ptr(out),
+        )  # fmt: skip
         return out
 
     def _fixed_args(self, W, W0, M, eps, nbeta) -> tuple[tuple, tuple]:

@@ -71,6 +71,8 @@ class Exchange:
         self.tries = torch.zeros(n_pairs, dtype=torch.float64)
         self.last = 0
         self.sweep = 0
+        self.lad = torch.tensor(ladder, dtype=torch.long, device=eng.W.device)
+        self.pairs = [torch.arange(p, n_pairs, 2) for p in (0, 1)]  # even, odd sweeps
         self.own = None  # the batch on the model's own instances, for a fused loss (see make)
 
     @classmethod
@@ -102,18 +104,23 @@ class Exchange:
                 fused = stepper.loss(self.own)
             loss = (eng.expanded.loss(self.batch) if fused is None else fused).double()  # eager
             loss = loss.view(A, C, I)
-            perm = torch.arange(A, device=loss.device)[:, None, None].expand(A, C, I).clone()
             u = torch.rand(len(self.ladder), C, I, generator=self.gen, dtype=torch.float64)
-            for j in range(self.sweep % 2, len(self.ladder) - 1, 2):
-                a, b = self.ladder[j], self.ladder[j + 1]
-                logr = (self.nb[a] - self.nb[b]) * (loss[a] - loss[b])  # [C, I]
-                finite = torch.isfinite(loss[a]) & torch.isfinite(loss[b])
-                ok = (torch.log(u[j].to(loss.device)) < logr) & finite
-                perm[a] = torch.where(ok, b, perm[a])
-                perm[b] = torch.where(ok, a, perm[b])
-                self.acc[j] += ok.double().mean(0).cpu()
-                self.tries[j] += 1
+            # this sweep's neighbour pairs (even or odd) are disjoint: all decided at once
+            j = self.pairs[self.sweep % 2]
             self.sweep += 1
+            if len(j) == 0:
+                return
+            a, b = self.lad[j], self.lad[j + 1]
+            logr = (self.nb[a] - self.nb[b])[:, None] * (loss[a] - loss[b])  # [pair, C, I]
+            finite = torch.isfinite(loss[a]) & torch.isfinite(loss[b])
+            ok = (torch.log(u[j].to(loss.device)) < logr) & finite
+            self.acc[j] += ok.double().mean(1).cpu()
+            self.tries[j] += 1
+            if not bool(ok.any()):
+                return
+            perm = torch.arange(A, device=loss.device)[:, None, None].expand(A, C, I).clone()
+            perm[a] = torch.where(ok, b[:, None, None], a[:, None, None])
+            perm[b] = torch.where(ok, a[:, None, None], b[:, None, None])
             P = eng.W.shape[1]
             W = eng.W.view(A, C * I, P)
             W.copy_(W.gather(0, perm.view(A, C * I, 1).expand(A, C * I, P)))

@@ -141,9 +141,10 @@ def advance(eng, K: int, losses: Tensor) -> None:
     """K fused steps of every row of ``eng.W`` (``sgld.advance``'s contract): the noise and
     minibatch blocks are read from the engine's streams, exactly as the torch step reads them."""
     E, P = eng.W.shape
-    noise = eng.noise.take(K).reshape(K, E, P)
+    noise = eng.noise.take(K)  # [K, copies, inst, P], a strided view of the streams' block
     if eng.prev_xi is not None:  # the Leimkuhler-Matthews step (see sgld's docstring)
-        noise = pair_noise(eng.prev_xi, noise)
+        noise = pair_noise(eng.prev_xi.view(noise.shape[1:]), noise)
+    noise = noise.reshape(K, E, P).contiguous()  # a copy only for the Euler step
     idx = None if eng.uniforms is None else eng.uniforms.take(K)
     losses[:K] = eng.fused.advance(noise, idx)
     eng.step += K

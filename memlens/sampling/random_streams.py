@@ -53,10 +53,16 @@ class Streams:
         return torch.stack([self.next() for _ in range(K)])
 
     def _refill(self) -> None:
-        draw = torch.randn if self.normal else torch.rand
-        block = torch.stack(
-            [draw(self.K, *self.shape, generator=g, device=self.device) for g in self.gens], 1
-        )
+        # each generator fills its own contiguous slice in place (the values torch.randn /
+        # torch.rand would return), and the block is the [K, copies, ...] view of that buffer:
+        # no stacked copy (blocks are read through strides, e.g. by pair_noise)
+        buf = torch.empty(len(self.gens), self.K, *self.shape, device=self.device)
+        for g, part in zip(self.gens, buf, strict=True):
+            if self.normal:
+                part.normal_(generator=g)
+            else:
+                part.uniform_(generator=g)
+        block = buf.transpose(0, 1)
         if self.index is not None:
             block = block.index_select(1, self.index)
         self.block = block if self.post is None else self.post(block)
@@ -100,10 +106,10 @@ def minibatch_stream(data: Batch, plan, groups, E: int, n_inst: int, steps: int)
 
 
 def pair_noise(prev: Tensor, xi: Tensor) -> Tensor:
-    """The Leimkuhler-Matthews noise of ``K`` steps from their raw noise ``xi [K, E, P]``:
-    ``(ξ_{k-1} + ξ_k) / 2``, with ``prev`` ``[E, P]`` the raw noise before the block (updated in
-    place to the block's last)."""
-    out = torch.empty_like(xi)
+    """The Leimkuhler-Matthews noise of ``K`` steps from their raw noise ``xi [K, *row]`` (any
+    strides): ``(ξ_{k-1} + ξ_k) / 2``, contiguous, with ``prev`` ``[*row]`` the raw noise before
+    the block (updated in place to the block's last)."""
+    out = torch.empty(xi.shape, dtype=xi.dtype, device=xi.device)  # contiguous, whatever xi's
     torch.add(xi[1:], xi[:-1], out=out[1:])
     torch.add(xi[0], prev, out=out[0])
     out.mul_(0.5)

@@ -47,8 +47,9 @@ def _reference_step(model, W, W0, M, eps, nbeta, gamma, xi, batch):
 
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("minibatch", [True, False])
-def test_kernel_step_is_the_preconditioned_sgld_step_on_autograd_gradients(tied, minibatch):
-    n, m, inst, copies, T, b = 11, 3, 2, 3, 40, 7
+@pytest.mark.parametrize("m", [3, 6])  # 3: the hidden-width-specialised pass; 6: the generic one
+def test_kernel_step_is_the_preconditioned_sgld_step_on_autograd_gradients(tied, minibatch, m):
+    n, inst, copies, T, b = 11, 2, 3, 40, 7
     data = SparseFeatures(n_features=n, sparsity=0.7).sample(T=T, n_instances=inst, seed=1)
     imp = torch.rand(n) + 0.5  # non-uniform importance
     model = Bottleneck(n, m, n_instances=inst, tied=tied, importance=imp, seed=2)

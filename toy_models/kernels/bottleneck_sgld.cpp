@@ -57,14 +57,43 @@ static inline float hsum(v8 v) {
 struct Scratch {
   std::vector<float> E, D, b, I, gE, X, H;  // X, H: [g][f or j][8]
   std::vector<v8> gD, gb;
+  std::vector<v8> WT, HT, gET;  // hidden widths <= 8 (row_pass_t): [f or example][j]
   std::vector<int32_t> ef, er;  // the tile's active entries: feature, example; ev: value
   std::vector<float> ev;
   Scratch(int M, int n)
       : E((size_t)M * n), D((size_t)M * n), b(n), I(n), gE((size_t)M * n),
         X((size_t)ML_GROUPS * n * 8), H((size_t)ML_GROUPS * M * 8), gD((size_t)M * n), gb(n),
-        ef((size_t)ML_GROUPS * 8 * n + 8), er((size_t)ML_GROUPS * 8 * n + 8),
-        ev((size_t)ML_GROUPS * 8 * n + 8) {}
+        WT(n), HT((size_t)ML_GROUPS * 8), gET(n), ef((size_t)ML_GROUPS * 8 * n + 8),
+        er((size_t)ML_GROUPS * 8 * n + 8), ev((size_t)ML_GROUPS * 8 * n + 8) {}
 };
+
+// Transpose 8 rows of 8 lanes in place (row l lane j -> row j lane l).
+static inline void transpose8(v8* r) {
+#ifdef __AVX__
+  __m256 t[8], u[8];
+  for (int k = 0; k < 8; k += 2) {
+    t[k] = _mm256_unpacklo_ps((__m256)r[k], (__m256)r[k + 1]);
+    t[k + 1] = _mm256_unpackhi_ps((__m256)r[k], (__m256)r[k + 1]);
+  }
+  for (int k = 0; k < 8; k += 4) {
+    u[k] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    u[k + 1] = _mm256_shuffle_ps(t[k], t[k + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    u[k + 2] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    u[k + 3] = _mm256_shuffle_ps(t[k + 1], t[k + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int k = 0; k < 4; k++) {
+    r[k] = (v8)_mm256_permute2f128_ps(u[k], u[k + 4], 0x20);
+    r[k + 4] = (v8)_mm256_permute2f128_ps(u[k], u[k + 4], 0x31);
+  }
+#else
+  for (int a = 0; a < 8; a++)
+    for (int c = a + 1; c < 8; c++) {
+      const float x = r[a][c];
+      r[a][c] = r[c][a];
+      r[c][a] = x;
+    }
+#endif
+}
 
 // Loss (summed over the rows, not yet divided) of one copy on CSR rows rows[0:N], and with GRAD
 // the sums of the gradients (decoder into gD [j][f] lanes, bias into gb lanes, encoder into gE).
@@ -170,14 +199,118 @@ static double row_pass(Scratch& s, int M_rt, int n, const int64_t* rows, int64_t
   return loss;
 }
 
+// row_pass for hidden widths MM <= 8, the same sums in the same order (so the same floats): the
+// sparse encoder steps work on one example's hidden vector at a time, 8 lanes over j (one vector
+// store per active entry instead of MM scalar ones), and each group's 8 hidden vectors are
+// transposed to the 8-lane-per-example layout of the decoder loop, and its hidden gradient back.
+template <int MM, bool GRAD>
+static double row_pass_t(Scratch& s, int n, const int64_t* rows, int64_t N,
+                         const int64_t* row_ptr, const int32_t* __restrict__ col,
+                         const float* __restrict__ val) {
+  static_assert(MM > 0 && MM <= 8, "row_pass_t: hidden widths up to 8");
+  constexpr int M = MM;
+  const float* __restrict__ Wn = s.E.data();  // encoder [j][f]
+  const float* __restrict__ D = s.D.data();   // decoder [j][f]
+  const float* __restrict__ b = s.b.data();
+  const float* __restrict__ I = s.I.data();
+  float* __restrict__ X = s.X.data();
+  v8* __restrict__ WT = s.WT.data();    // encoder [f], lanes j (zero past M)
+  v8* __restrict__ HT = s.HT.data();    // [example of the tile], lanes j: h, then its gradient
+  v8* __restrict__ gET = s.gET.data();  // encoder gradient [f], lanes j
+  v8* __restrict__ gD = s.gD.data();
+  v8* __restrict__ gb = s.gb.data();
+  const v8 z = {};
+  for (int f = 0; f < n; f++) {
+    v8 w = z;
+    for (int j = 0; j < M; j++) w[j] = Wn[(int64_t)j * n + f];
+    WT[f] = w;
+  }
+  if (GRAD) {
+    std::fill(s.gD.begin(), s.gD.end(), z);
+    std::fill(s.gb.begin(), s.gb.end(), z);
+    std::fill(s.gET.begin(), s.gET.end(), z);
+  }
+  v8 ls = z;
+  for (int64_t t0 = 0; t0 < N; t0 += 8 * ML_GROUPS) {
+    const int64_t nt = std::min<int64_t>(8 * ML_GROUPS, N - t0);
+    const int ng = (int)((nt + 7) / 8);
+    std::fill(HT, HT + (size_t)ng * 8, z);
+    int32_t* __restrict__ ef = s.ef.data();
+    int32_t* __restrict__ er = s.er.data();
+    float* __restrict__ ev = s.ev.data();
+    int64_t ne = 0;
+    for (int64_t r = 0; r < nt; r++) {  // list the tile's active entries
+      const int64_t q = rows[t0 + r], p0 = row_ptr[q], c = row_ptr[q + 1] - p0;
+      if (c <= 8) {
+        std::memcpy(ef + ne, col + p0, 8 * sizeof(int32_t));
+        std::memcpy(ev + ne, val + p0, 8 * sizeof(float));
+        for (int k = 0; k < 8; k++) er[ne + k] = (int32_t)r;
+      } else {
+        for (int64_t k = 0; k < c; k++) {
+          ef[ne + k] = col[p0 + k];
+          ev[ne + k] = val[p0 + k];
+          er[ne + k] = (int32_t)r;
+        }
+      }
+      ne += c;
+    }
+    for (int64_t k = 0; k < ne; k++) {  // encoder on the active entries; scatter x into the tile
+      const int32_t r = er[k], f = ef[k];
+      const float v = ev[k];
+      X[((size_t)(r >> 3) * n + f) * 8 + (r & 7)] = v;
+      HT[r] += WT[f] * v;
+    }
+    for (int g = 0; g < ng; g++) {
+      const int nl = (int)std::min<int64_t>(8, nt - 8 * (int64_t)g);
+      v8 mask = z;
+      for (int l = 0; l < nl; l++) mask[l] = 1.0f;
+      const float* Xg = X + (size_t)g * n * 8;
+      v8 h[8], gh[8];
+      for (int l = 0; l < 8; l++) h[l] = HT[8 * g + l];
+      transpose8(h);  // h[j]: lanes over the group's examples
+      for (int j = 0; j < 8; j++) gh[j] = z;
+      for (int f = 0; f < n; f++) {
+        v8 p = z + b[f];
+        for (int j = 0; j < M; j++) p += D[(int64_t)j * n + f] * h[j];
+        const v8 d = relu(p) - ld(Xg + 8 * f);
+        const v8 e = (mask * I[f]) * d;
+        ls += d * e;
+        if (GRAD) {
+          const v8 gg = where_pos(p, e);
+          gb[f] += gg;
+          for (int j = 0; j < M; j++) {
+            gD[(int64_t)j * n + f] += gg * h[j];
+            gh[j] += gg * D[(int64_t)j * n + f];
+          }
+        }
+      }
+      if (GRAD) {
+        transpose8(gh);  // gh[l]: example l's hidden gradient, lanes over j
+        for (int l = 0; l < 8; l++) HT[8 * g + l] = gh[l];
+      }
+    }
+    for (int64_t k = 0; k < ne; k++) {  // encoder gradient on the active entries; clear the tile
+      const int32_t r = er[k], f = ef[k];
+      X[((size_t)(r >> 3) * n + f) * 8 + (r & 7)] = 0.0f;
+      if (GRAD) gET[f] += HT[r] * ev[k];
+    }
+  }
+  if (GRAD)
+    for (int f = 0; f < n; f++)
+      for (int j = 0; j < M; j++) s.gE[(int64_t)j * n + f] = gET[f][j];
+  double loss = 0;
+  for (int k = 0; k < 8; k++) loss += ls[k];
+  return loss;
+}
+
 template <bool GRAD>
 static double row_pass_any(Scratch& s, int M, int n, const int64_t* rows, int64_t N,
                            const int64_t* row_ptr, const int32_t* col, const float* val) {
   switch (M) {  // common widths get code of their own
-    case 2: return row_pass<2, GRAD>(s, M, n, rows, N, row_ptr, col, val);
-    case 3: return row_pass<3, GRAD>(s, M, n, rows, N, row_ptr, col, val);
-    case 5: return row_pass<5, GRAD>(s, M, n, rows, N, row_ptr, col, val);
-    case 8: return row_pass<8, GRAD>(s, M, n, rows, N, row_ptr, col, val);
+    case 2: return row_pass_t<2, GRAD>(s, n, rows, N, row_ptr, col, val);
+    case 3: return row_pass_t<3, GRAD>(s, n, rows, N, row_ptr, col, val);
+    case 5: return row_pass_t<5, GRAD>(s, n, rows, N, row_ptr, col, val);
+    case 8: return row_pass_t<8, GRAD>(s, n, rows, N, row_ptr, col, val);
     default: return row_pass<0, GRAD>(s, M, n, rows, N, row_ptr, col, val);
   }
 }
@@ -281,17 +414,22 @@ extern "C" void ml_bottleneck_sgld(int64_t K, int64_t E, int64_t I, int64_t n, i
   }
 }
 
-// The sampler's minibatch rows from its uniforms u [copies, B, I] (one block row): row (c I + i, t)
-// is min(trunc(u * npts[i]), T - 1) * I + i, computed in float32 as the torch path does.
-extern "C" void ml_rows_from_uniforms(const float* u, int64_t copies, int64_t B, int64_t I,
-                                      const float* npts, int64_t T, int64_t* out) {
-  for (int64_t c = 0; c < copies; c++)
-    for (int64_t i = 0; i < I; i++) {
-      const float np = npts[i];
-      int64_t* o = out + (c * I + i) * B;
-      for (int64_t t = 0; t < B; t++) {
-        const float x = u[(c * B + t) * I + i] * np;
-        o[t] = std::min<int64_t>((int64_t)x, T - 1) * I + i;
+// The sampler's minibatch rows from its uniforms u [K, copies, B, I] (copy c of step k at
+// u + k sk + c sc, its [B, I] block contiguous): row (k, c I + i, t) is
+// min(trunc(u * npts[i]), T - 1) * I + i, computed in float32 as the torch path does.
+extern "C" void ml_rows_from_uniforms(const float* u, int64_t K, int64_t copies, int64_t sk,
+                                      int64_t sc, int64_t B, int64_t I, const float* npts,
+                                      int64_t T, int64_t* out) {
+  for (int64_t k = 0; k < K; k++)
+    for (int64_t c = 0; c < copies; c++) {
+      const float* uc = u + k * sk + c * sc;
+      for (int64_t i = 0; i < I; i++) {
+        const float np = npts[i];
+        int64_t* o = out + ((k * copies + c) * I + i) * B;
+        for (int64_t t = 0; t < B; t++) {
+          const float x = uc[t * I + i] * np;
+          o[t] = std::min<int64_t>((int64_t)x, T - 1) * I + i;
+        }
       }
     }
 }
