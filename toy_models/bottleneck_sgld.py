@@ -24,9 +24,8 @@ SOURCE_FILE = Path(__file__).with_name("kernels") / "bottleneck_sgld.cpp"
 _P, _L, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
     "ml_bottleneck_sgld": [_L, _L, _L, _L, _L, _I, _P, _P, _P, _P, _L, _P, _P]
-    + [_P, _P, _P, _P, _P, _F, _P, _P, _I],
+    + [_P, _P, _P, _P, _P, _F, _P, _P, _I, _P, _L, _L, _P, _L],
     "ml_bottleneck_losses": [_L, _L, _L, _L, _I, _P, _P, _P, _P, _P, _P, _P, _I],
-    "ml_rows_from_uniforms": [_P, _L, _L, _L, _L, _L, _L, _P, _L, _P],
 }
 
 _flat_inputs = DerivedCache()
@@ -77,8 +76,14 @@ class BottleneckSGLD:
         E, P = W.shape
         K = noise.shape[0]
         noise = noise.reshape(K, E, P)
-        if idx is not None and idx.is_floating_point():  # the sampler's uniforms
-            idx = self.rows(idx.reshape(K, E // self.inst, self.batch_size, self.inst))
+        u = None
+        if idx is not None and idx.is_floating_point():  # the sampler's uniforms: the kernel
+            # turns them into rows itself, min(⌊u · n_points⌋, T − 1) · inst + i as
+            # memlens.sampling.sgld computes them, read through the block's strides
+            u = idx.to(torch.float32).reshape(K, E // self.inst, self.batch_size, self.inst)
+            if u.stride(3) != 1 or u.stride(2) != self.inst:
+                u = u.contiguous()
+            idx = None
         if idx is not None:
             idx = idx.reshape(K, E, self.batch_size)
         if not noise.is_contiguous() or not (idx is None or idx.is_contiguous()):
@@ -89,25 +94,12 @@ class BottleneckSGLD:
             self._bound = (key, self._fixed_args(W, W0, M, eps, nbeta))
         losses = torch.empty(K, E)
         head, tail = self._bound[1]
+        uk, uc = (0, 0) if u is None else (u.stride(0), u.stride(1))
         self.lib.ml_bottleneck_sgld(
-            K, *head, _ptr(idx), *tail, float(gamma), _ptr(noise), _ptr(losses), threads
-        )
-        return losses
-
-    def rows(self, u: Tensor) -> Tensor:
-        """Minibatch rows ``[K, E, b]`` from the sampler's uniforms ``[K, copies, b, inst]``: row
-        ``min(⌊u · n_points⌋, T − 1) · inst + i``, as ``memlens.sampling.sgld`` computes them."""
-        u = u.to(torch.float32)
-        K, copies, b, inst = u.shape
-        if u.stride(3) != 1 or u.stride(2) != inst:  # each copy's [b, inst] block contiguous
-            u = u.contiguous()
-        out = torch.empty(K, copies * inst, b, dtype=torch.long)
-        # one call reads every step, through the block's strides (the streams' block is a view)
-        self.lib.ml_rows_from_uniforms(
-            _ptr(u), K, copies, u.stride(0), u.stride(1), b, inst, _ptr(self.n_points), self.T,
-            _ptr(out),
+            K, *head, _ptr(idx), *tail, float(gamma), _ptr(noise), _ptr(losses), threads,
+            _ptr(u), uk, uc, _ptr(self.n_points), self.T,
         )  # fmt: skip
-        return out
+        return losses
 
     def _fixed_args(self, W, W0, M, eps, nbeta) -> tuple[tuple, tuple]:
         """The kernel's arguments that stay fixed over a run (checked once)."""

@@ -71,8 +71,16 @@ class Exchange:
         self.tries = torch.zeros(n_pairs, dtype=torch.float64)
         self.last = 0
         self.sweep = 0
-        self.lad = torch.tensor(ladder, dtype=torch.long, device=eng.W.device)
-        self.pairs = [torch.arange(p, n_pairs, 2) for p in (0, 1)]  # even, odd sweeps
+        dev = eng.W.device
+        lad = torch.tensor(ladder, dtype=torch.long, device=dev)
+        self.pairs = []  # per sweep parity (even, odd): pairs j, their arms a, b, nβ_a − nβ_b
+        for p in (0, 1):
+            j = torch.arange(p, n_pairs, 2)
+            a, b = lad[j.to(dev)], lad[(j + 1).to(dev)]
+            self.pairs.append((j, a, b, (self.nb[a] - self.nb[b])[:, None]))
+        self.ident = torch.arange(self.arms, device=dev)[:, None, None].expand(
+            self.arms, chains, n_inst
+        )
         self.own = None  # the batch on the model's own instances, for a fused loss (see make)
 
     @classmethod
@@ -106,21 +114,22 @@ class Exchange:
             loss = loss.view(A, C, I)
             u = torch.rand(len(self.ladder), C, I, generator=self.gen, dtype=torch.float64)
             # this sweep's neighbour pairs (even or odd) are disjoint: all decided at once
-            j = self.pairs[self.sweep % 2]
+            j, a, b, dnb = self.pairs[self.sweep % 2]
             self.sweep += 1
             if len(j) == 0:
                 return
-            a, b = self.lad[j], self.lad[j + 1]
-            logr = (self.nb[a] - self.nb[b])[:, None] * (loss[a] - loss[b])  # [pair, C, I]
-            finite = torch.isfinite(loss[a]) & torch.isfinite(loss[b])
-            ok = (torch.log(u[j].to(loss.device)) < logr) & finite
-            self.acc[j] += ok.double().mean(1).cpu()
-            self.tries[j] += 1
+            diff = loss.index_select(0, a) - loss.index_select(0, b)  # [pair, C, I]
+            logr = dnb * diff
+            finite = torch.isfinite(diff)  # both losses finite (float32 losses cannot overflow)
+            ok = (u.index_select(0, j).to(loss.device).log_() < logr) & finite
+            self.acc.index_add_(0, j, ok.double().mean(1).cpu())
+            self.tries.index_add_(0, j, torch.ones(len(j), dtype=torch.float64))
             if not bool(ok.any()):
                 return
-            perm = torch.arange(A, device=loss.device)[:, None, None].expand(A, C, I).clone()
-            perm[a] = torch.where(ok, b[:, None, None], a[:, None, None])
-            perm[b] = torch.where(ok, a[:, None, None], b[:, None, None])
+            perm = self.ident.clone()
+            ab = torch.stack([a, b])[:, :, None, None]
+            perm.index_copy_(0, a, torch.where(ok, ab[1], ab[0]))
+            perm.index_copy_(0, b, torch.where(ok, ab[0], ab[1]))
             P = eng.W.shape[1]
             W = eng.W.view(A, C * I, P)
             W.copy_(W.gather(0, perm.view(A, C * I, 1).expand(A, C * I, P)))

@@ -6,7 +6,8 @@
 //
 //   w <- w - (eps_e / 2) m (nbeta_e grad L(w) + gamma (w - w0)) + sqrt(eps_e) sqrt(m) xi
 //
-// L is the mean over the step's minibatch (or over the instance's first lengths[i] rows) of
+// L is the mean over the step's minibatch (rows idx, or rows computed from the sampler's uniforms
+// uni) or over the instance's first lengths[i] rows, of
 // sum_f I_f (ReLU(D^T W x + b) - x)_f^2, as Bottleneck.loss; losses[k, e] is L at the weights
 // before step k's update. The sparse input is read at its active entries (CSR over the rows of the
 // flattened [T * I, n] training set); the decoder, ReLU and loss run on 8 examples at a time.
@@ -368,15 +369,18 @@ extern "C" void ml_bottleneck_sgld(int64_t K, int64_t E, int64_t I, int64_t n, i
                                    const int64_t* lengths, const float* imp, float* W,
                                    const float* W0, const float* Mpre, const float* eps,
                                    const float* nbeta, float gamma, const float* noise,
-                                   float* losses, int nthreads) {
+                                   float* losses, int nthreads, const float* uni, int64_t usk,
+                                   int64_t usc, const float* npts, int64_t Tn) {
   const int64_t P = (tied ? 1 : 2) * M * n + n;
+  const bool mini = idx != nullptr || uni != nullptr;
   int64_t T = 0;  // full batch: the rows of instance i are t * I + i for t < lengths[i]
-  if (idx == nullptr)
+  if (!mini)
     for (int64_t i = 0; i < I; i++) T = std::max<int64_t>(T, lengths[i]);
-  const std::vector<int64_t> full = all_rows(idx == nullptr ? T : 0, I);
+  const std::vector<int64_t> full = all_rows(mini ? 0 : T, I);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && E > 1)
   {
     Scratch s((int)M, (int)n);
+    std::vector<int64_t> picked(uni ? B : 0);  // this step's minibatch rows, from the uniforms
 #pragma omp for schedule(static)
     for (int64_t e = 0; e < E; e++) {
       const int64_t i = e % I;
@@ -385,11 +389,18 @@ extern "C" void ml_bottleneck_sgld(int64_t K, int64_t E, int64_t I, int64_t n, i
       const float* m = Mpre ? Mpre + e * P : nullptr;
       const float half = eps[e] * 0.5f, root = std::sqrt(eps[e]), nb = nbeta[e];
       std::memcpy(s.I.data(), imp + i * n, n * sizeof(float));
-      const int64_t N = idx ? B : std::max<int64_t>(0, std::min<int64_t>(lengths[i], T));
+      const int64_t N = mini ? B : std::max<int64_t>(0, std::min<int64_t>(lengths[i], T));
       const float scale = (float)(2.0 / (double)std::max<int64_t>(N, 1));
       for (int64_t k = 0; k < K; k++) {
         load_row(s, w, n, M, tied);
         const int64_t* rows = idx ? idx + (k * E + e) * B : full.data() + i * T;
+        if (uni) {  // min(trunc(u * npts[i]), Tn - 1) * I + i in float32, as the torch path
+          const float* uc = uni + k * usk + (e / I) * usc;
+          const float np = npts[i];
+          for (int64_t t = 0; t < B; t++)
+            picked[t] = std::min<int64_t>((int64_t)(uc[t * I + i] * np), Tn - 1) * I + i;
+          rows = picked.data();
+        }
         const double l = row_pass_any<true>(s, (int)M, (int)n, rows, N, row_ptr, col, val);
         losses[k * E + e] = (float)(l / (double)std::max<int64_t>(N, 1));
         // the update, parameter by parameter, in the order of the row
@@ -412,24 +423,4 @@ extern "C" void ml_bottleneck_sgld(int64_t K, int64_t E, int64_t I, int64_t n, i
       }
     }
   }
-}
-
-// The sampler's minibatch rows from its uniforms u [K, copies, B, I] (copy c of step k at
-// u + k sk + c sc, its [B, I] block contiguous): row (k, c I + i, t) is
-// min(trunc(u * npts[i]), T - 1) * I + i, computed in float32 as the torch path does.
-extern "C" void ml_rows_from_uniforms(const float* u, int64_t K, int64_t copies, int64_t sk,
-                                      int64_t sc, int64_t B, int64_t I, const float* npts,
-                                      int64_t T, int64_t* out) {
-  for (int64_t k = 0; k < K; k++)
-    for (int64_t c = 0; c < copies; c++) {
-      const float* uc = u + k * sk + c * sc;
-      for (int64_t i = 0; i < I; i++) {
-        const float np = npts[i];
-        int64_t* o = out + ((k * copies + c) * I + i) * B;
-        for (int64_t t = 0; t < B; t++) {
-          const float x = uc[t * I + i] * np;
-          o[t] = std::min<int64_t>((int64_t)x, T - 1) * I + i;
-        }
-      }
-    }
 }
