@@ -6,10 +6,15 @@ hidden, tied, 10^4 training points), nβ = n / log n, ε = 3e-3, γ = 1, 4 chain
 burn-in, minibatch 256, L_n(w*) given; then 8 temperatures x 8 chains (one memlens call; 8 calls of
 each peer, which cannot batch temperatures). The same weights and data go to every side through a
 temporary file, and every side runs with the same thread count (``--threads``, default 1: torch's
-setting and ``OMP_NUM_THREADS`` in each process). Each time is the median of ``--repeats`` warm
-calls; each side's first call (canonical-interp's includes its ``torch.compile``, memlens's its
-kernel load) is printed beside it. memlens computes its diagnostics (R-hat, ESS, health) inside
-the timed call; the peers compute none.
+setting and ``OMP_NUM_THREADS`` in each process). The run is ``--repeats`` rounds; each round
+times memlens (3 warm calls of each workload) and then each peer (a fresh process: one warm-up
+call, then timed calls of each workload: 3 for canonical-interp, whose second call may still
+recompile, 1 for devinterp, whose ladder takes half a minute) back to back, so a machine whose
+speed drifts over minutes slows both sides of a round alike. The speed-ups are the medians over
+the rounds of each round's ratio; the times printed are medians over all warm calls, and each
+side's first call (canonical-interp's includes its ``torch.compile``, memlens's its kernel load)
+is printed beside them. memlens computes its diagnostics (R-hat, ESS, health) inside the timed
+call; the peers compute none.
 
 The peers are never memlens dependencies; each runs in its own virtualenv, in a subprocess:
 ``--canonical-venv`` (Python 3.12, ``pip install torch==2.13.0 canonical-interp==0.2.7``; on an
@@ -36,6 +41,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -52,8 +58,12 @@ from llc_vs_devinterp import (
     ensure_devinterp,
     trained_workload,
 )
+from tqdm import tqdm
 
 import memlens
+
+MEMLENS_PER_ROUND = 3  # warm memlens calls of each workload per round
+med = statistics.median
 
 CANONICAL_SCRIPT = r"""
 import itertools, json, math, statistics, sys, time, warnings, logging
@@ -131,8 +141,10 @@ print(json.dumps({"first": first_s, "seconds": times, "llc_mean": float(out["llc
 """
 
 
-def run_peer(name: str, py: str | None, script: str, blob_path: str, args, temps) -> dict | None:
-    """Run ``script`` in ``py`` with the thread count fixed; its JSON result, or None."""
+def run_peer(name: str, py: str | None, script: str, blob_path: str, args, temps,
+             repeats: int = 1) -> dict | None:  # fmt: skip
+    """Run ``script`` in ``py`` with the thread count fixed (its warm-up call, then ``repeats``
+    timed calls of each workload); its JSON result, or None."""
     if py is None:
         return None
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
@@ -140,7 +152,7 @@ def run_peer(name: str, py: str | None, script: str, blob_path: str, args, temps
         path = os.path.join(tmp, "peer.py")
         with open(path, "w") as f:
             f.write(script)
-        cmd = [py, path, blob_path, str(args.repeats), json.dumps(temps), "8", str(args.threads)]
+        cmd = [py, path, blob_path, str(repeats), json.dumps(temps), "8", str(args.threads)]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         print(f"{name} run failed:\n" + proc.stderr[-2000:])
@@ -207,9 +219,14 @@ def main() -> None:
     cap = Capacity(args.threads)
 
     model, train, kw, temps, nbeta = trained_workload()
-    ml = time_memlens(model, train, kw, temps, args.repeats)  # before the peers ...
+    ml = time_memlens(model, train, kw, temps, 0)  # the first calls
     can_py = canonical_python(args.canonical_venv)
     di_py = None if args.no_devinterp else ensure_devinterp(args.venv)
+    # [python, script, results so far, timed calls per round]: canonical-interp's second call
+    # can still recompile (torch.compile's automatic dynamic shapes), so it times three a round
+    peers = {"canonical-interp": [can_py, CANONICAL_SCRIPT, None, 3],
+             "devinterp": [di_py, DEVINTERP_SCRIPT, None, 1]}  # fmt: skip
+    rounds = []  # per round: memlens's medians, then each peer's times, measured back to back
     with tempfile.TemporaryDirectory() as tmp:
         blob = os.path.join(tmp, "tms.pt")
         torch.save(
@@ -218,18 +235,30 @@ def main() -> None:
              "draws": DRAWS, "batch": BATCH},
             blob,
         )  # fmt: skip
-        can = run_peer("canonical-interp", can_py, CANONICAL_SCRIPT, blob, args, temps)
-        di = run_peer("devinterp", di_py, DEVINTERP_SCRIPT, blob, args, temps)
-    ml = time_memlens(model, train, kw, temps, args.repeats, ml)  # ... and after them
+        for _ in tqdm(range(args.repeats), desc="rounds", disable=not sys.stderr.isatty()):
+            n4, n64 = len(ml["seconds"]), len(ml["scaling_seconds"])
+            ml = time_memlens(model, train, kw, temps, MEMLENS_PER_ROUND, ml)
+            rnd = {"memlens": (med(ml["seconds"][n4:]), med(ml["scaling_seconds"][n64:]))}
+            for name, peer in peers.items():
+                py, script, acc, reps = peer
+                out = run_peer(name, py, script, blob, args, temps, reps) if py else None
+                if out is None:  # it failed (reason printed) or is absent: not timed again
+                    peer[0] = peer[2] = None
+                    continue
+                peer[2] = _merge(acc, out)
+                rnd[name] = (med(out["seconds"]), _scalar(out["scaling_seconds"]))
+            rounds.append(rnd)
+    can, di = peers["canonical-interp"][2], peers["devinterp"][2]
     first, first_ladder, res, scal = ml["first"], ml["first_ladder"], ml["res"], ml["scal"]
     times, scal_times = ml["seconds"], ml["scaling_seconds"]
 
-    med = statistics.median
     t4, t64 = med(times), med(scal_times)
     print(
         f"\nTMS 20->5, n={len(train)}, nβ=n/log n={nbeta:.1f}, ε={EPS}, γ={GAMMA}, batch {BATCH}; "
-        f"{args.threads} thread(s) on every side; median of {args.repeats} warm calls (memlens: "
-        f"{args.repeats} before and {args.repeats} after the peers)"
+        f"{args.threads} thread(s) on every side; {args.repeats} rounds, each timing memlens "
+        f"({MEMLENS_PER_ROUND} warm calls) and then every peer (a fresh process: a warm-up "
+        f"call, then timed ones) back to back; times are medians over all warm calls, "
+        f"speed-ups medians over the rounds of each round's ratio"
     )
     print(cap.report())
     print(f"{'':34}{'memlens':>12}{'canonical-interp':>18}{'devinterp 1.3.2':>17}")
@@ -240,9 +269,9 @@ def main() -> None:
         print(f"{label:34}{ours:>12.3f}{fa:>18}{fb:>17}")
 
     row("4 chains x 200 draws, warm s", t4, can and med(can["seconds"]), di and med(di["seconds"]))
-    row("  first call, s", first, can and can["first"], di and di["seconds"][0])
+    row("  first call, s", first, can and can["first"], di and di["first"])
     row("8 temps x 8 chains, warm s", t64, can and med(can["scaling_seconds"]),
-        di and di["scaling_seconds"])  # fmt: skip
+        di and med(di["scaling_seconds"]))  # fmt: skip
     row("  first call, s", first_ladder, can and can["first_ladder"], None)
     ml_llc, ml_std = float(res.llc.mean[0, 0]), float(res.llc.std[0, 0])
     print(f"{'λ̂ at t=1, mean ± std over chains':34}{ml_llc:>7.2f} ± {ml_std:<4.1f}", end="")
@@ -258,28 +287,52 @@ def main() -> None:
         print(f"  t={t:7.3f}  {float(scal.llc.mean[k, 0]):9.2f} | {c:>9} | {d:>9}")
 
     cpu4, cpu64 = med(ml["cpu"]), med(ml["scaling_cpu"])
-    peers = [(n, p) for n, p in (("canonical-interp", can), ("devinterp", di)) if p is not None]
+    present = [(n, p) for n, p in (("canonical-interp", can), ("devinterp", di)) if p is not None]
     print(
         f"CPU seconds (process time, less sensitive to load): memlens {cpu4:.3f} / {cpu64:.3f}; "
         + "; ".join(
             f"{n} {med(p['cpu']):.3f} / {p['scaling_cpu']:.3f} "
             f"({med(p['cpu']) / cpu4:.1f}x / {p['scaling_cpu'] / cpu64:.1f}x)"
-            for n, p in peers
+            for n, p in present
         )
     )
 
-    def ratio(peer, key, ours):
-        if peer is None:
-            return "n/a"
-        v = peer[key]
-        return f"{(med(v) if isinstance(v, list) else v) / ours:.1f}x"
+    def ratio(name, k):
+        """Median over the rounds of the peer's time / memlens's (k = 0: 4x200, 1: ladder)."""
+        r = [rnd[name][k] / rnd["memlens"][k] for rnd in rounds if name in rnd]
+        return "n/a" if not r or peers[name][2] is None else f"{med(r):.1f}x"
 
+    for name in peers:
+        per = [f"{rnd[name][0] / rnd['memlens'][0]:.1f}x / {rnd[name][1] / rnd['memlens'][1]:.1f}x"
+               for rnd in rounds if name in rnd]  # fmt: skip
+        if per:
+            print(f"per round, {name} (4x200 / ladder): " + ", ".join(per))
     print(
-        f"speedup: {ratio(can, 'seconds', t4)} canonical-interp (4x200), "
-        f"{ratio(can, 'scaling_seconds', t64)} (8x8 ladder); "
-        f"{ratio(di, 'seconds', t4)} devinterp 1.3.2 (4x200), "
-        f"{ratio(di, 'scaling_seconds', t64)} (8x8 ladder)"
+        f"speedup: {ratio('canonical-interp', 0)} canonical-interp (4x200), "
+        f"{ratio('canonical-interp', 1)} (8x8 ladder); "
+        f"{ratio('devinterp', 0)} devinterp 1.3.2 (4x200), "
+        f"{ratio('devinterp', 1)} (8x8 ladder)"
     )
+
+
+def _scalar(v) -> float:
+    return statistics.median(v) if isinstance(v, list) else float(v)
+
+
+def _merge(acc: dict | None, out: dict) -> dict:
+    """One peer's results over the rounds: times pooled, first calls from the first round,
+    estimates from the last."""
+    if acc is None:
+        acc = {"seconds": [], "cpu": [], "scaling_seconds": [], "scaling_cpu_all": [],
+               "first": out.get("first"), "first_ladder": out.get("first_ladder")}  # fmt: skip
+    acc["seconds"] += out["seconds"]
+    acc["cpu"] += out["cpu"]
+    acc["scaling_seconds"].append(_scalar(out["scaling_seconds"]))
+    acc["scaling_cpu_all"].append(_scalar(out["scaling_cpu"]))
+    acc["scaling_cpu"] = statistics.median(acc["scaling_cpu_all"])
+    for key in ("llc_mean", "llc_std", "scaling_llc"):
+        acc[key] = out[key]
+    return acc
 
 
 if __name__ == "__main__":
