@@ -96,6 +96,57 @@ static inline void transpose8(v8* r) {
 #endif
 }
 
+// The tile's active entries (example rows[0:nt]) listed in s.ef / s.er / s.ev; their number.
+static inline __attribute__((always_inline)) int64_t list_entries(
+    Scratch& s, const int64_t* rows, int64_t nt, const int64_t* row_ptr,
+    const int32_t* __restrict__ col, const float* __restrict__ val) {
+  int32_t* __restrict__ ef = s.ef.data();
+  int32_t* __restrict__ er = s.er.data();
+  float* __restrict__ ev = s.ev.data();
+  int64_t ne = 0;
+  for (int64_t r = 0; r < nt; r++) {
+    const int64_t q = rows[r], p0 = row_ptr[q], c = row_ptr[q + 1] - p0;
+    if (c <= 8) {
+      std::memcpy(ef + ne, col + p0, 8 * sizeof(int32_t));
+      std::memcpy(ev + ne, val + p0, 8 * sizeof(float));
+      for (int k = 0; k < 8; k++) er[ne + k] = (int32_t)r;
+    } else {
+      for (int64_t k = 0; k < c; k++) {
+        ef[ne + k] = col[p0 + k];
+        ev[ne + k] = val[p0 + k];
+        er[ne + k] = (int32_t)r;
+      }
+    }
+    ne += c;
+  }
+  return ne;
+}
+
+// The decoder, ReLU and loss of one group of 8 examples (h[j]: lanes over the examples, x at Xg
+// [f][8]); with GRAD the decoder and bias gradients (gD, gb) and the hidden gradient gh.
+template <bool GRAD>
+static inline __attribute__((always_inline)) void decode_group(
+    int M, int n, const float* __restrict__ D, const float* __restrict__ b,
+    const float* __restrict__ I, const float* __restrict__ Xg, v8 mask, const v8* h, v8* gh,
+    v8& ls, v8* __restrict__ gD, v8* __restrict__ gb) {
+  const v8 z = {};
+  for (int f = 0; f < n; f++) {
+    v8 p = z + b[f];
+    for (int j = 0; j < M; j++) p += D[(int64_t)j * n + f] * h[j];
+    const v8 d = relu(p) - ld(Xg + 8 * f);
+    const v8 e = (mask * I[f]) * d;
+    ls += d * e;
+    if (GRAD) {
+      const v8 gg = where_pos(p, e);
+      gb[f] += gg;
+      for (int j = 0; j < M; j++) {
+        gD[(int64_t)j * n + f] += gg * h[j];
+        gh[j] += gg * D[(int64_t)j * n + f];
+      }
+    }
+  }
+}
+
 // Loss (summed over the rows, not yet divided) of one copy on CSR rows rows[0:N], and with GRAD
 // the sums of the gradients (decoder into gD [j][f] lanes, bias into gb lanes, encoder into gE).
 // Eight examples at a time, one per lane: h, the hidden gradient and x_f are 8-lane vectors, the
@@ -130,25 +181,10 @@ static double row_pass(Scratch& s, int M_rt, int n, const int64_t* rows, int64_t
     const int64_t nt = std::min<int64_t>(8 * ML_GROUPS, N - t0);
     const int ng = (int)((nt + 7) / 8);
     std::fill(H, H + (size_t)ng * M * 8, 0.0f);
-    int32_t* __restrict__ ef = s.ef.data();
-    int32_t* __restrict__ er = s.er.data();
-    float* __restrict__ ev = s.ev.data();
-    int64_t ne = 0;
-    for (int64_t r = 0; r < nt; r++) {  // list the tile's active entries
-      const int64_t q = rows[t0 + r], p0 = row_ptr[q], c = row_ptr[q + 1] - p0;
-      if (c <= 8) {
-        std::memcpy(ef + ne, col + p0, 8 * sizeof(int32_t));
-        std::memcpy(ev + ne, val + p0, 8 * sizeof(float));
-        for (int k = 0; k < 8; k++) er[ne + k] = (int32_t)r;
-      } else {
-        for (int64_t k = 0; k < c; k++) {
-          ef[ne + k] = col[p0 + k];
-          ev[ne + k] = val[p0 + k];
-          er[ne + k] = (int32_t)r;
-        }
-      }
-      ne += c;
-    }
+    const int32_t* __restrict__ ef = s.ef.data();
+    const int32_t* __restrict__ er = s.er.data();
+    const float* __restrict__ ev = s.ev.data();
+    const int64_t ne = list_entries(s, rows + t0, nt, row_ptr, col, val);
     for (int64_t k = 0; k < ne; k++) {  // encoder on the active entries; scatter x into the tile
       const int32_t r = er[k], f = ef[k];
       const float v = ev[k];
@@ -167,21 +203,7 @@ static double row_pass(Scratch& s, int M_rt, int n, const int64_t* rows, int64_t
         h[j] = ld(Hg + 8 * j);
         gh[j] = z;
       }
-      for (int f = 0; f < n; f++) {
-        v8 p = z + b[f];
-        for (int j = 0; j < M; j++) p += D[(int64_t)j * n + f] * h[j];
-        const v8 d = relu(p) - ld(Xg + 8 * f);
-        const v8 e = (mask * I[f]) * d;
-        ls += d * e;
-        if (GRAD) {
-          const v8 gg = where_pos(p, e);
-          gb[f] += gg;
-          for (int j = 0; j < M; j++) {
-            gD[(int64_t)j * n + f] += gg * h[j];
-            gh[j] += gg * D[(int64_t)j * n + f];
-          }
-        }
-      }
+      decode_group<GRAD>(M, n, D, b, I, Xg, mask, h, gh, ls, gD, gb);
       if (GRAD)
         for (int j = 0; j < M; j++) st(Hg + 8 * j, gh[j]);  // H: now the hidden gradient
     }
@@ -236,25 +258,10 @@ static double row_pass_t(Scratch& s, int n, const int64_t* rows, int64_t N,
     const int64_t nt = std::min<int64_t>(8 * ML_GROUPS, N - t0);
     const int ng = (int)((nt + 7) / 8);
     std::fill(HT, HT + (size_t)ng * 8, z);
-    int32_t* __restrict__ ef = s.ef.data();
-    int32_t* __restrict__ er = s.er.data();
-    float* __restrict__ ev = s.ev.data();
-    int64_t ne = 0;
-    for (int64_t r = 0; r < nt; r++) {  // list the tile's active entries
-      const int64_t q = rows[t0 + r], p0 = row_ptr[q], c = row_ptr[q + 1] - p0;
-      if (c <= 8) {
-        std::memcpy(ef + ne, col + p0, 8 * sizeof(int32_t));
-        std::memcpy(ev + ne, val + p0, 8 * sizeof(float));
-        for (int k = 0; k < 8; k++) er[ne + k] = (int32_t)r;
-      } else {
-        for (int64_t k = 0; k < c; k++) {
-          ef[ne + k] = col[p0 + k];
-          ev[ne + k] = val[p0 + k];
-          er[ne + k] = (int32_t)r;
-        }
-      }
-      ne += c;
-    }
+    const int32_t* __restrict__ ef = s.ef.data();
+    const int32_t* __restrict__ er = s.er.data();
+    const float* __restrict__ ev = s.ev.data();
+    const int64_t ne = list_entries(s, rows + t0, nt, row_ptr, col, val);
     for (int64_t k = 0; k < ne; k++) {  // encoder on the active entries; scatter x into the tile
       const int32_t r = er[k], f = ef[k];
       const float v = ev[k];
@@ -270,21 +277,7 @@ static double row_pass_t(Scratch& s, int n, const int64_t* rows, int64_t N,
       for (int l = 0; l < 8; l++) h[l] = HT[8 * g + l];
       transpose8(h);  // h[j]: lanes over the group's examples
       for (int j = 0; j < 8; j++) gh[j] = z;
-      for (int f = 0; f < n; f++) {
-        v8 p = z + b[f];
-        for (int j = 0; j < M; j++) p += D[(int64_t)j * n + f] * h[j];
-        const v8 d = relu(p) - ld(Xg + 8 * f);
-        const v8 e = (mask * I[f]) * d;
-        ls += d * e;
-        if (GRAD) {
-          const v8 gg = where_pos(p, e);
-          gb[f] += gg;
-          for (int j = 0; j < M; j++) {
-            gD[(int64_t)j * n + f] += gg * h[j];
-            gh[j] += gg * D[(int64_t)j * n + f];
-          }
-        }
-      }
+      decode_group<GRAD>(M, n, D, b, I, Xg, mask, h, gh, ls, gD, gb);
       if (GRAD) {
         transpose8(gh);  // gh[l]: example l's hidden gradient, lanes over j
         for (int l = 0; l < 8; l++) HT[8 * g + l] = gh[l];
