@@ -226,7 +226,7 @@ print(f"wrote the figures to {OUT}")
 # 0.99, train loss 0.29, gradient norm 0.28; its outlier ratios are 0.085x (R = 1) and 1.8e+03x
 # (R = 20), and max/median D* reaches 30.4 at T = 400. The tests assert each mode's AUROCs within
 # 0.08, its ratios within 1.5x and its spread within 25% (the default run's in a slow test). On
-# a quiet 2-core machine the default run takes 28 s and the fast one 16 s.
+# a quiet 2-core machine the default run takes 24 s and the fast one 16 s.
 #
 # * **D* at the representation (`hook_hidden`, m dimensions shared by T points) does not
 #   reliably find the planted points** (0.42 in the default run, 0.76 in the fast one; 0.43 ± 0.09
