@@ -291,8 +291,8 @@ def main() -> None:
     print(
         f"CPU seconds (process time, less sensitive to load): memlens {cpu4:.3f} / {cpu64:.3f}; "
         + "; ".join(
-            f"{n} {med(p['cpu']):.3f} / {p['scaling_cpu']:.3f} "
-            f"({med(p['cpu']) / cpu4:.1f}x / {p['scaling_cpu'] / cpu64:.1f}x)"
+            f"{n} {med(p['cpu']):.3f} / {med(p['scaling_cpu']):.3f} "
+            f"({med(p['cpu']) / cpu4:.1f}x / {med(p['scaling_cpu']) / cpu64:.1f}x)"
             for n, p in present
         )
     )
@@ -323,13 +323,12 @@ def _merge(acc: dict | None, out: dict) -> dict:
     """One peer's results over the rounds: times pooled, first calls from the first round,
     estimates from the last."""
     if acc is None:
-        acc = {"seconds": [], "cpu": [], "scaling_seconds": [], "scaling_cpu_all": [],
+        acc = {"seconds": [], "cpu": [], "scaling_seconds": [], "scaling_cpu": [],
                "first": out.get("first"), "first_ladder": out.get("first_ladder")}  # fmt: skip
     acc["seconds"] += out["seconds"]
     acc["cpu"] += out["cpu"]
     acc["scaling_seconds"].append(_scalar(out["scaling_seconds"]))
-    acc["scaling_cpu_all"].append(_scalar(out["scaling_cpu"]))
-    acc["scaling_cpu"] = statistics.median(acc["scaling_cpu_all"])
+    acc["scaling_cpu"].append(_scalar(out["scaling_cpu"]))
     for key in ("llc_mean", "llc_std", "scaling_llc"):
         acc[key] = out[key]
     return acc

@@ -73,11 +73,12 @@ class Exchange:
         self.sweep = 0
         dev = eng.W.device
         lad = torch.tensor(ladder, dtype=torch.long, device=dev)
-        self.pairs = []  # per sweep parity (even, odd): pairs j, their arms a, b, nβ_a − nβ_b
+        self.pairs = []  # per sweep parity (even, odd): pairs j, arms a, b, nβ_a − nβ_b, ones
         for p in (0, 1):
             j = torch.arange(p, n_pairs, 2)
             a, b = lad[j.to(dev)], lad[(j + 1).to(dev)]
-            self.pairs.append((j, a, b, (self.nb[a] - self.nb[b])[:, None]))
+            dnb = (self.nb[a] - self.nb[b])[:, None]
+            self.pairs.append((j, a, b, dnb, torch.ones(len(j), dtype=torch.float64)))
         self.ident = torch.arange(self.arms, device=dev)[:, None, None].expand(
             self.arms, chains, n_inst
         )
@@ -114,7 +115,7 @@ class Exchange:
             loss = loss.view(A, C, I)
             u = torch.rand(len(self.ladder), C, I, generator=self.gen, dtype=torch.float64)
             # this sweep's neighbour pairs (even or odd) are disjoint: all decided at once
-            j, a, b, dnb = self.pairs[self.sweep % 2]
+            j, a, b, dnb, ones = self.pairs[self.sweep % 2]
             self.sweep += 1
             if len(j) == 0:
                 return
@@ -123,13 +124,13 @@ class Exchange:
             finite = torch.isfinite(diff)  # both losses finite (float32 losses cannot overflow)
             ok = (u.index_select(0, j).to(loss.device).log_() < logr) & finite
             self.acc.index_add_(0, j, ok.double().mean(1).cpu())
-            self.tries.index_add_(0, j, torch.ones(len(j), dtype=torch.float64))
+            self.tries.index_add_(0, j, ones)
             if not bool(ok.any()):
                 return
             perm = self.ident.clone()
-            ab = torch.stack([a, b])[:, :, None, None]
-            perm.index_copy_(0, a, torch.where(ok, ab[1], ab[0]))
-            perm.index_copy_(0, b, torch.where(ok, ab[0], ab[1]))
+            a3, b3 = a[:, None, None], b[:, None, None]
+            perm.index_copy_(0, a, torch.where(ok, b3, a3))
+            perm.index_copy_(0, b, torch.where(ok, a3, b3))
             P = eng.W.shape[1]
             W = eng.W.view(A, C * I, P)
             W.copy_(W.gather(0, perm.view(A, C * I, 1).expand(A, C * I, P)))

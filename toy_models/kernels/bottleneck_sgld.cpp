@@ -96,8 +96,16 @@ static inline void transpose8(v8* r) {
 #endif
 }
 
-// The tile's active entries (example rows[0:nt]) listed in s.ef / s.er / s.ev; their number.
-static inline __attribute__((always_inline)) int64_t list_entries(
+// A tile's active entries: feature f[k] of the tile's example r[k] has value v[k], k < n.
+struct Entries {
+  const int32_t* __restrict__ f;
+  const int32_t* __restrict__ r;
+  const float* __restrict__ v;
+  int64_t n;
+};
+
+// The tile's active entries (example rows[0:nt]), listed in s.ef / s.er / s.ev.
+static inline __attribute__((always_inline)) Entries list_entries(
     Scratch& s, const int64_t* rows, int64_t nt, const int64_t* row_ptr,
     const int32_t* __restrict__ col, const float* __restrict__ val) {
   int32_t* __restrict__ ef = s.ef.data();
@@ -119,7 +127,15 @@ static inline __attribute__((always_inline)) int64_t list_entries(
     }
     ne += c;
   }
-  return ne;
+  return {ef, er, ev, ne};
+}
+
+// Lanes of group g of a tile of nt examples that hold an example: 1, else 0.
+static inline v8 lane_mask(int64_t nt, int g) {
+  const int nl = (int)std::min<int64_t>(8, nt - 8 * (int64_t)g);
+  v8 mask = {};
+  for (int l = 0; l < nl; l++) mask[l] = 1.0f;
+  return mask;
 }
 
 // The decoder, ReLU and loss of one group of 8 examples (h[j]: lanes over the examples, x at Xg
@@ -181,21 +197,16 @@ static double row_pass(Scratch& s, int M_rt, int n, const int64_t* rows, int64_t
     const int64_t nt = std::min<int64_t>(8 * ML_GROUPS, N - t0);
     const int ng = (int)((nt + 7) / 8);
     std::fill(H, H + (size_t)ng * M * 8, 0.0f);
-    const int32_t* __restrict__ ef = s.ef.data();
-    const int32_t* __restrict__ er = s.er.data();
-    const float* __restrict__ ev = s.ev.data();
-    const int64_t ne = list_entries(s, rows + t0, nt, row_ptr, col, val);
-    for (int64_t k = 0; k < ne; k++) {  // encoder on the active entries; scatter x into the tile
-      const int32_t r = er[k], f = ef[k];
-      const float v = ev[k];
+    const Entries en = list_entries(s, rows + t0, nt, row_ptr, col, val);
+    for (int64_t k = 0; k < en.n; k++) {  // encoder on the active entries; scatter x into the tile
+      const int32_t r = en.r[k], f = en.f[k];
+      const float v = en.v[k];
       X[((size_t)(r >> 3) * n + f) * 8 + (r & 7)] = v;
       float* Hr = H + (size_t)(r >> 3) * M * 8 + (r & 7);
       for (int j = 0; j < M; j++) Hr[8 * j] += Wn[(int64_t)j * n + f] * v;
     }
     for (int g = 0; g < ng; g++) {
-      const int nl = (int)std::min<int64_t>(8, nt - 8 * (int64_t)g);
-      v8 mask = z;
-      for (int l = 0; l < nl; l++) mask[l] = 1.0f;
+      const v8 mask = lane_mask(nt, g);
       const float* Xg = X + (size_t)g * n * 8;
       float* Hg = H + (size_t)g * M * 8;
       v8 h[CAP], gh[CAP];
@@ -207,11 +218,11 @@ static double row_pass(Scratch& s, int M_rt, int n, const int64_t* rows, int64_t
       if (GRAD)
         for (int j = 0; j < M; j++) st(Hg + 8 * j, gh[j]);  // H: now the hidden gradient
     }
-    for (int64_t k = 0; k < ne; k++) {  // encoder gradient on the active entries; clear the tile
-      const int32_t r = er[k], f = ef[k];
+    for (int64_t k = 0; k < en.n; k++) {  // encoder gradient on the active entries; clear the tile
+      const int32_t r = en.r[k], f = en.f[k];
       X[((size_t)(r >> 3) * n + f) * 8 + (r & 7)] = 0.0f;
       if (GRAD) {
-        const float v = ev[k];
+        const float v = en.v[k];
         const float* Hr = H + (size_t)(r >> 3) * M * 8 + (r & 7);
         for (int j = 0; j < M; j++) gE[(int64_t)j * n + f] += Hr[8 * j] * v;
       }
@@ -258,20 +269,15 @@ static double row_pass_t(Scratch& s, int n, const int64_t* rows, int64_t N,
     const int64_t nt = std::min<int64_t>(8 * ML_GROUPS, N - t0);
     const int ng = (int)((nt + 7) / 8);
     std::fill(HT, HT + (size_t)ng * 8, z);
-    const int32_t* __restrict__ ef = s.ef.data();
-    const int32_t* __restrict__ er = s.er.data();
-    const float* __restrict__ ev = s.ev.data();
-    const int64_t ne = list_entries(s, rows + t0, nt, row_ptr, col, val);
-    for (int64_t k = 0; k < ne; k++) {  // encoder on the active entries; scatter x into the tile
-      const int32_t r = er[k], f = ef[k];
-      const float v = ev[k];
+    const Entries en = list_entries(s, rows + t0, nt, row_ptr, col, val);
+    for (int64_t k = 0; k < en.n; k++) {  // encoder on the active entries; scatter x into the tile
+      const int32_t r = en.r[k], f = en.f[k];
+      const float v = en.v[k];
       X[((size_t)(r >> 3) * n + f) * 8 + (r & 7)] = v;
       HT[r] += WT[f] * v;
     }
     for (int g = 0; g < ng; g++) {
-      const int nl = (int)std::min<int64_t>(8, nt - 8 * (int64_t)g);
-      v8 mask = z;
-      for (int l = 0; l < nl; l++) mask[l] = 1.0f;
+      const v8 mask = lane_mask(nt, g);
       const float* Xg = X + (size_t)g * n * 8;
       v8 h[8], gh[8];
       for (int l = 0; l < 8; l++) h[l] = HT[8 * g + l];
@@ -283,10 +289,10 @@ static double row_pass_t(Scratch& s, int n, const int64_t* rows, int64_t N,
         for (int l = 0; l < 8; l++) HT[8 * g + l] = gh[l];
       }
     }
-    for (int64_t k = 0; k < ne; k++) {  // encoder gradient on the active entries; clear the tile
-      const int32_t r = er[k], f = ef[k];
+    for (int64_t k = 0; k < en.n; k++) {  // encoder gradient on the active entries; clear the tile
+      const int32_t r = en.r[k], f = en.f[k];
       X[((size_t)(r >> 3) * n + f) * 8 + (r & 7)] = 0.0f;
-      if (GRAD) gET[f] += HT[r] * ev[k];
+      if (GRAD) gET[f] += HT[r] * en.v[k];
     }
   }
   if (GRAD)
