@@ -4,7 +4,8 @@ Times memlens's default ladder call (replica exchange, frozen preconditioner) be
 sampler (``swap_every=0, precondition=False, disperse=False``) and beside the default with the
 Euler step (``integrator="euler"``), median of ``--repeats`` warm calls
 on one thread, then profiles the default call and prints the share of its time in the SGLD
-kernel, the evaluation-set losses, the random numbers and the swap proposals.
+kernel (which picks its minibatch rows itself), the evaluation-set losses, the Langevin noise and
+the swap proposals.
 
     python benchmarks/ladder_profile.py [--repeats 7]
 """
@@ -26,7 +27,7 @@ import memlens
 PARTS = {  # (file suffix, function): what it is
     ("bottleneck_sgld.py", "advance"): "SGLD kernel (steps)",
     ("bottleneck_sgld.py", "losses"): "evaluation-set losses",
-    ("random_streams.py", "take"): "random numbers (noise, minibatch uniforms)",
+    ("random_streams.py", "take"): "Langevin noise (torch generators)",
     ("random_streams.py", "pair_noise"): "Leimkuhler-Matthews noise pairing",
     ("exchange.py", "propose"): "swap proposals",
     ("diagnostics.py", "analyse"): "diagnostics (R-hat, ESS, λ̂)",

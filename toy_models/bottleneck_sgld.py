@@ -24,7 +24,7 @@ SOURCE_FILE = Path(__file__).with_name("kernels") / "bottleneck_sgld.cpp"
 _P, _L, _I, _F = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int, ctypes.c_float
 _SIGNATURES = {
     "ml_bottleneck_sgld": [_L, _L, _L, _L, _L, _I, _P, _P, _P, _P, _L, _P, _P]
-    + [_P, _P, _P, _P, _P, _F, _P, _P, _I, _P, _L, _L, _P, _L],
+    + [_P, _P, _P, _P, _P, _F, _P, _P, _I, _P, _L, _P, _L],
     "ml_bottleneck_losses": [_L, _L, _L, _L, _I, _P, _P, _P, _P, _P, _P, _P, _I],
 }
 
@@ -61,7 +61,6 @@ class BottleneckSGLD:
         T, inst, n = x.shape
         self.sp = _flat_inputs.get(x, lambda: _flat_csr(x))
         self.lengths = row_counts(data).contiguous()
-        self.n_points = data.n_points().to(torch.float32).contiguous()
         self.T = T
         self.imp = model.importance.detach().to(torch.float32).contiguous()
         self.inst, self.n, self.m, self.tied = inst, n, cfg.d_hidden, bool(cfg.tied)
@@ -71,18 +70,16 @@ class BottleneckSGLD:
         self._bound = None  # (tensors, fixed arguments) of the last run
 
     def advance(self, W: Tensor, W0: Tensor, M: Tensor | None, eps: Tensor, nbeta: Tensor,
-                gamma: float, noise: Tensor, idx: Tensor | None) -> Tensor:  # fmt: skip
+                gamma: float, noise: Tensor, idx: Tensor | tuple | None) -> Tensor:  # fmt: skip
         """``K = noise.shape[0]`` steps on every row of ``W`` in place; the losses ``[K, E]``."""
         E, P = W.shape
         K = noise.shape[0]
         noise = noise.reshape(K, E, P)
-        u = None
-        if idx is not None and idx.is_floating_point():  # the sampler's uniforms: the kernel
-            # turns them into rows itself, min(⌊u · n_points⌋, T − 1) · inst + i as
-            # memlens.sampling.sgld computes them, read through the block's strides
-            u = idx.to(torch.float32).reshape(K, E // self.inst, self.batch_size, self.inst)
-            if u.stride(3) != 1 or u.stride(2) != self.inst:
-                u = u.contiguous()
+        picks, s0 = None, 0
+        if isinstance(idx, tuple):  # (MinibatchRows, first step): the kernel picks the rows
+            picks, s0 = idx
+            if picks.keys32.shape != (E // self.inst, 2) or picks.n_points.numel() != self.inst:
+                raise ValueError("the minibatch keys do not match the rows of W")
             idx = None
         if idx is not None:
             idx = idx.reshape(K, E, self.batch_size)
@@ -94,10 +91,10 @@ class BottleneckSGLD:
             self._bound = (key, self._fixed_args(W, W0, M, eps, nbeta))
         losses = torch.empty(K, E)
         head, tail = self._bound[1]
-        uk, uc = (0, 0) if u is None else (u.stride(0), u.stride(1))
+        keys, npts = (None, None) if picks is None else (picks.keys32, picks.n_points)
         self.lib.ml_bottleneck_sgld(
             K, *head, _ptr(idx), *tail, float(gamma), _ptr(noise), _ptr(losses), threads,
-            _ptr(u), uk, uc, _ptr(self.n_points), self.T,
+            _ptr(keys), int(s0), _ptr(npts), self.T,
         )  # fmt: skip
         return losses
 

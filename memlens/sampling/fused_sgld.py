@@ -41,7 +41,7 @@ from torch import Tensor
 from memlens.data import Batch
 from memlens.fused import hooks_attached
 from memlens.native import compile_enabled
-from memlens.sampling.random_streams import Streams, pair_noise
+from memlens.sampling.random_streams import MinibatchRows, minibatch_rows, pair_noise
 
 __all__ = ["METHOD", "SGLDKernel", "Stepper", "stepper", "attach", "advance", "eval_loss"]
 
@@ -51,7 +51,7 @@ METHOD = "sgld_kernel"
 @runtime_checkable
 class SGLDKernel(Protocol):
     def advance(self, W: Tensor, W0: Tensor, M: Tensor | None, eps: Tensor, nbeta: Tensor,
-                gamma: float, noise: Tensor, idx: Tensor | None) -> Tensor: ...  # fmt: skip
+                gamma: float, noise: Tensor, idx: Tensor | tuple | None) -> Tensor: ...  # fmt: skip
 
     def losses(self, W: Tensor, batch: Batch) -> Tensor | None: ...
 
@@ -67,10 +67,11 @@ class Stepper:
         self.nbeta = nbeta.detach().to("cpu", torch.float32).reshape(E).contiguous()
         self.M = None if M is None else M.detach().to(torch.float32).contiguous()
 
-    def advance(self, noise: Tensor, idx: Tensor | None) -> Tensor:
-        """``noise.shape[0]`` steps (noise ``[K, E, P]``; minibatch rows ``[K, E, b]``, or the
-        sampler's uniforms ``[K, copies, b, inst]``, or None for full batch); the losses
-        ``[K, E]``."""
+    def advance(self, noise: Tensor, idx: Tensor | tuple | None) -> Tensor:
+        """``noise.shape[0]`` steps (noise ``[K, E, P]``; minibatch rows ``[K, E, b]``, or
+        ``(picks, s0)``: the rows :class:`~memlens.sampling.random_streams.MinibatchRows` picks
+        for steps ``s0, s0 + 1, ...``, which the kernel computes itself; or None for full batch);
+        the losses ``[K, E]``."""
         return self.kernel.advance(
             self.W, self.W0, self.M, self.eps, self.nbeta, self.gamma, noise, idx
         )
@@ -81,8 +82,8 @@ class Stepper:
         return self.kernel.losses(self.W, batch)
 
     def step(self, noise: Tensor, idx: Tensor | None) -> Tensor:
-        """One step (noise ``[E, P]``; the minibatch as rows ``[E * b]`` or as the sampler's
-        uniforms ``[copies, b, inst]``, or None); this step's losses ``[E]``."""
+        """One step (noise ``[E, P]``; the minibatch as rows ``[E * b]``, or None); this step's
+        losses ``[E]``."""
         return self.advance(noise[None], None if idx is None else idx[None])[0]
 
 
@@ -123,18 +124,17 @@ def stepper(model: torch.nn.Module, expanded: torch.nn.Module, data: Batch,
     return Stepper(kernel, W, W0, eps, nbeta, gamma, M)
 
 
-def attach(setup, plan, eng, eps: Tensor, M: Tensor | None, groups: list[int], steps: int):
-    """``(stepper, uniforms)`` for the sampler's engine ``eng`` (see ``sgld.build_engine``):
-    the fused stepper, or None (take the torch step), and with minibatches the stream of raw
-    uniforms the kernel turns into rows (the same generators as the torch step's minibatches,
-    so both paths draw the same points)."""
+def attach(setup, plan, eng, eps: Tensor, M: Tensor | None, groups: list[int]):
+    """``(stepper, picks)`` for the sampler's engine ``eng`` (see ``sgld.build_engine``):
+    the fused stepper, or None (take the torch step), and with minibatches the
+    :class:`~memlens.sampling.random_streams.MinibatchRows` whose rows the kernel computes (the
+    torch step's minibatches come from the same keys, so both paths draw the same points)."""
     fused = stepper(setup.model, eng.expanded, setup.data, plan.batch_size, eng.W, eng.W0, eps,
                     eng.nb, plan.gamma, hooks=plan.hooks, stride=plan.stride, M=M)  # fmt: skip
     if fused is None or plan.batch_size is None:
         return fused, None
-    n_inst = plan.nbeta.shape[1]
-    shape = (plan.batch_size, n_inst)
-    return fused, Streams(plan.seed, 43, groups, plan.chains, shape, eng.W.device, False, steps)
+    picks: MinibatchRows = minibatch_rows(setup.data, plan, groups)
+    return fused, picks
 
 
 def advance(eng, K: int, losses: Tensor) -> None:
@@ -145,7 +145,7 @@ def advance(eng, K: int, losses: Tensor) -> None:
     if eng.prev_xi is not None:  # the Leimkuhler-Matthews step (see sgld's docstring)
         noise = pair_noise(eng.prev_xi.view(noise.shape[1:]), noise)
     noise = noise.reshape(K, E, P).contiguous()  # a copy only for the Euler step
-    idx = None if eng.uniforms is None else eng.uniforms.take(K)
+    idx = None if eng.picks is None else eng.picks.take(K)
     losses[:K] = eng.fused.advance(noise, idx)
     eng.step += K
 

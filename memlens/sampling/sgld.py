@@ -25,12 +25,14 @@ proposes replica exchanges (:mod:`memlens.sampling.exchange`) by swapping rows o
 start dispersed around w* (``Plan.start``), so that chains which never cross between modes
 disagree and R-hat sees it.
 
-Randomness. Each (arm, chain) pair owns two generators seeded from ``(seed, arm, chain)``, one for
-its Langevin noise and one for its minibatch indices, so a chain's trace does not depend on how many
-chains or arms share the run (kept because it costs nothing measurable: see below). The generators
-are read in blocks of ``K`` steps (``K`` fixed by the per-chain sizes alone, so the numbers do not
-depend on the number of chains): one call per chain per ``K`` steps, i.e. at most one call per step
-whenever ``K`` is at least the number of chains; the step itself reads a slice of the block. Arms
+Randomness. Each (arm, chain) pair owns a generator seeded from ``(seed, arm, chain)`` for its
+Langevin noise and a key for its minibatch indices (a counter-based hash of the key and the step
+number, :class:`~memlens.sampling.random_streams.MinibatchRows`, which a fused kernel computes
+itself), so a chain's trace does not depend on how many chains or arms share the run (kept because
+it costs nothing measurable: see below). The noise generators are read in blocks of ``K`` steps
+(``K`` fixed by the per-chain sizes alone, so the numbers do not depend on the number of chains):
+one call per chain per ``K`` steps, i.e. at most one call per step whenever ``K`` is at least the
+number of chains; the step itself reads a slice of the block. Arms
 may share a stream group (``Plan.stream``), which couples them (the calibration's bias test), and
 may update only every ``stride`` steps with the summed noise (a coarser discretisation of the same
 Brownian path).
@@ -203,7 +205,7 @@ class Engine:
     step: int = 0
     in_place: bool = True
     fused: object = None  # a fused_sgld.Stepper: the model's kernel takes the steps
-    uniforms: object = None  # its raw minibatch uniforms (fused, minibatch runs only)
+    picks: object = None  # its minibatch rows (a MinibatchRows; fused, minibatch runs only)
 
 
 def _rows(plan: Plan, n_inst: int, v: Tensor, dev) -> Tensor:
@@ -233,11 +235,11 @@ def build_engine(setup: Setup, plan: Plan) -> Engine:
         half, root = half * m, root * m.sqrt()
     groups = plan.stream or list(range(arms))
     steps = plan.draws * plan.thin
-    noise = _Streams(plan.seed, 41, groups, plan.chains, (n_inst, P), dev, True, steps)
+    noise = _Streams(plan.seed, 41, groups, plan.chains, (n_inst, P), dev, steps)
     if plan.batch_size is None:
         batch = expand_batch(setup.data, copies)
     else:
-        batch = minibatch_stream(setup.data, plan, groups, E, n_inst, steps)
+        batch = minibatch_stream(setup.data, plan, groups, E, n_inst)
     eng = Engine(expanded, params, W, W0, G, _rows(plan, n_inst, plan.nbeta, dev), plan.gamma,
                  half.contiguous(), root.contiguous(), noise, batch)  # fmt: skip
     if bool((stride > 1).any()):  # an arm of stride r updates on the steps where (step+1) % r == 0
@@ -248,11 +250,11 @@ def build_engine(setup: Setup, plan: Plan) -> Engine:
     if plan.integrator == "lm":
         # the noise "before" the first step: one draw per (group, chain) from streams of their
         # own, so the step noise's streams are not shifted
-        first = _Streams(plan.seed, 71, groups, plan.chains, (n_inst, P), dev, True, 1).next()
+        first = _Streams(plan.seed, 71, groups, plan.chains, (n_inst, P), dev, 1).next()
         eng.prev_xi = first.reshape(E, P) * r_e.sqrt()
     if plan.start is not None:
         _disperse(eng, plan, groups)
-    eng.fused, eng.uniforms = fused_sgld.attach(setup, plan, eng, eps, m, groups, steps)
+    eng.fused, eng.picks = fused_sgld.attach(setup, plan, eng, eps, m, groups)
     return eng
 
 

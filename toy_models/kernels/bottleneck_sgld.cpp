@@ -6,8 +6,9 @@
 //
 //   w <- w - (eps_e / 2) m (nbeta_e grad L(w) + gamma (w - w0)) + sqrt(eps_e) sqrt(m) xi
 //
-// L is the mean over the step's minibatch (rows idx, or rows computed from the sampler's uniforms
-// uni) or over the instance's first lengths[i] rows, of
+// L is the mean over the step's minibatch (rows idx, or rows the kernel picks from the copy's keys
+// and the step number as memlens.sampling.random_streams.MinibatchRows) or over the instance's
+// first lengths[i] rows, of
 // sum_f I_f (ReLU(D^T W x + b) - x)_f^2, as Bottleneck.loss; losses[k, e] is L at the weights
 // before step k's update. The sparse input is read at its active entries (CSR over the rows of the
 // flattened [T * I, n] training set); the decoder, ReLU and loss run on 8 examples at a time.
@@ -360,6 +361,16 @@ extern "C" void ml_bottleneck_losses(int64_t E, int64_t I, int64_t n, int64_t M,
   }
 }
 
+// MinibatchRows' hash (Wellons' low-bias 32-bit integer hash), in uint32 arithmetic.
+static inline uint32_t hash32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x21f0aaadu;
+  x ^= x >> 15;
+  x *= 0x735a2d97u;
+  x ^= x >> 15;
+  return x;
+}
+
 // Row layout (Bottleneck's parameters in order): W [M, n], then W_dec [n, M] when untied, then
 // b [n]. P = M n (+ n M) + n.
 extern "C" void ml_bottleneck_sgld(int64_t K, int64_t E, int64_t I, int64_t n, int64_t M,
@@ -368,10 +379,10 @@ extern "C" void ml_bottleneck_sgld(int64_t K, int64_t E, int64_t I, int64_t n, i
                                    const int64_t* lengths, const float* imp, float* W,
                                    const float* W0, const float* Mpre, const float* eps,
                                    const float* nbeta, float gamma, const float* noise,
-                                   float* losses, int nthreads, const float* uni, int64_t usk,
-                                   int64_t usc, const float* npts, int64_t Tn) {
+                                   float* losses, int nthreads, const uint32_t* keys,
+                                   int64_t step0, const int64_t* npts, int64_t Tn) {
   const int64_t P = (tied ? 1 : 2) * M * n + n;
-  const bool mini = idx != nullptr || uni != nullptr;
+  const bool mini = idx != nullptr || keys != nullptr;
   int64_t T = 0;  // full batch: the rows of instance i are t * I + i for t < lengths[i]
   if (!mini)
     for (int64_t i = 0; i < I; i++) T = std::max<int64_t>(T, lengths[i]);
@@ -379,7 +390,7 @@ extern "C" void ml_bottleneck_sgld(int64_t K, int64_t E, int64_t I, int64_t n, i
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1 && E > 1)
   {
     Scratch s((int)M, (int)n);
-    std::vector<int64_t> picked(uni ? B : 0);  // this step's minibatch rows, from the uniforms
+    std::vector<int64_t> picked(keys ? B : 0);  // this step's minibatch rows, from the keys
 #pragma omp for schedule(static)
     for (int64_t e = 0; e < E; e++) {
       const int64_t i = e % I;
@@ -393,11 +404,15 @@ extern "C" void ml_bottleneck_sgld(int64_t K, int64_t E, int64_t I, int64_t n, i
       for (int64_t k = 0; k < K; k++) {
         load_row(s, w, n, M, tied);
         const int64_t* rows = idx ? idx + (k * E + e) * B : full.data() + i * T;
-        if (uni) {  // min(trunc(u * npts[i]), Tn - 1) * I + i in float32, as the torch path
-          const float* uc = uni + k * usk + (e / I) * usc;
-          const float np = npts[i];
-          for (int64_t t = 0; t < B; t++)
-            picked[t] = std::min<int64_t>((int64_t)(uc[t * I + i] * np), Tn - 1) * I + i;
+        if (keys) {  // MinibatchRows.rows: min(u npts[i] / 2^32, Tn - 1) * I + i
+          const uint32_t* kc = keys + 2 * (e / I);
+          const uint32_t h = hash32(kc[0] ^ hash32((uint32_t)(step0 + k) ^ kc[1]));
+          const uint64_t np = (uint64_t)npts[i];
+          for (int64_t t = 0; t < B; t++) {
+            const uint32_t u = hash32(h + (uint32_t)(t * I + i) * 0x9e3779b9u);
+            const int64_t r = (int64_t)(((uint64_t)u * np) >> 32);
+            picked[t] = std::min<int64_t>(r, Tn - 1) * I + i;
+          }
           rows = picked.data();
         }
         const double l = row_pass_any<true>(s, (int)M, (int)n, rows, N, row_ptr, col, val);
