@@ -14,7 +14,8 @@ A cell's estimate is *right* when |λ̂ − λ| ≤ max(3 se, 10% |λ|) and, for
 circuit's survival is within max(3 se, 0.1) of the exact one (se over chains). False green: the
 share of healthy cells that are not right; false red: the share of unhealthy cells that are right.
 
-    python benchmarks/tempering_truth.py [--models switches-1,dln-r1,...]
+    python benchmarks/tempering_truth.py [--models switches-1,dln-r1,...] [--seed N]
+                                               [--max-draws N]
     python benchmarks/tempering_truth.py --timing   # cost of swaps + preconditioner per step
 
 ``--timing`` runs the torch sampler (:func:`memlens.sampling.sgld.sample`) on the workload of
@@ -217,7 +218,12 @@ def main() -> None:
     ap.add_argument("--models", default="all")
     ap.add_argument("--timing", action="store_true")
     ap.add_argument("--swap-every", type=int, default=10)
+    ap.add_argument("--seed", type=int, default=0, help="the sampler's seed (default: its own, 0)")
+    ap.add_argument("--max-draws", type=int, default=None, help="the sampler's max_draws (800)")
     args = ap.parse_args()
+    seed = {"seed": args.seed} if args.seed else {}
+    if args.max_draws:
+        seed["max_draws"] = args.max_draws
     if args.timing:
         timing(swap_every=args.swap_every)
         return
@@ -229,7 +235,7 @@ def main() -> None:
         if want and name not in want:
             continue
         t0 = time.perf_counter()
-        sc = score_switches(model)
+        sc = score_switches(model, **seed)
         ok = sc["result"].health.ok
         green += int((ok & ~sc["right"]).sum())
         red += int((~ok & sc["right"]).sum())
@@ -240,6 +246,8 @@ def main() -> None:
               f"{time.perf_counter() - t0:6.0f}")  # fmt: skip
         print("   char. temperature measured/exact per circuit: "
               + ", ".join(f"{r:.2f}" for r in sc["tc_ratio"]))  # fmt: skip
+        c = sc["result"].config
+        print(f"   {c.draws} draws per chain x {c.thin} SGLD steps per draw")
         for region, v in sc["regions"].items():
             print(f"   {region:10s}: {v['cells']:3d} healthy cells, λ̂ bias {v['bias']:+.1%}, worst "
                   f"{v['worst']:.1%}; (λ̂ − λ − bias)/se has std {v['z_std']:.2f}")  # fmt: skip
@@ -252,7 +260,7 @@ def main() -> None:
         if want and name not in want:
             continue
         t0 = time.perf_counter()
-        sc = score_llc(model, data, exact)
+        sc = score_llc(model, data, exact, **seed)
         ok = sc["healthy"]
         green += int(ok and not sc["right"])
         red += int(not ok and sc["right"])
@@ -260,6 +268,7 @@ def main() -> None:
         why = "" if ok else " -- " + sc["result"].health.describe(0, 0)
         print(f"{name:14s} {'yes' if ok else 'no':>8s} {abs(sc['err']):12.1%} "
               f"λ̂ {sc['llc']:.3f} ± {sc['se']:.3f} vs exact {sc['exact']:.3f} "
+              f"({sc['result'].config.draws} draws) "
               f"{time.perf_counter() - t0:6.0f}s{why}")  # fmt: skip
     print(
         f"suite: false-green {green}/{n_ok} healthy cells ({green / max(n_ok, 1):.0%}), "

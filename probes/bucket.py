@@ -218,7 +218,7 @@ def measure_bucket(
         step=cal.step_size[0][None].expand(arms, n_inst).clone(),
         gamma=cfg.localization,
         chains=cfg.chains,
-        draws=cfg.draws,
+        draws=cfg.n_draws,
         thin=cal.thin,
         burnin=cfg.n_burnin,
         batch_size=None,

@@ -303,9 +303,9 @@ def auto_step(
     choices, tau = _choose(results, decided, failed, temps, curv, precond is not None)
     for r in results.values():
         r["verdict"] = r["verdict"] + (" (chosen)" if _is_chosen(r, choices) else "")
-    post = cfg.chains * (cfg.draws - cfg.n_burnin)
+    post = cfg.chains * (cfg.n_draws - cfg.n_burnin)
     need = max(tau) * 2.0 * cfg.min_ess / post if tau and math.isfinite(max(tau)) else thin
-    run_thin = cfg.thin or int(min(max(1, math.ceil(need)), max(1, cfg.max_steps // cfg.draws)))
+    run_thin = cfg.thin or int(min(max(1, math.ceil(need)), max(1, cfg.max_steps // cfg.n_draws)))
     rows = sorted(results.values(), key=lambda r: (r["temp"], r["inst"], -r["s"]))
     return Calibration(
         temperatures=temps.detach().cpu().float(),

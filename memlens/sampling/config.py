@@ -17,6 +17,8 @@ from memlens.io import jsonable
 __all__ = ["SGLDConfig", "check_positive", "check_int"]
 
 AUTO = "auto"
+#: recorded draws per chain when ``draws`` is left unset
+DEFAULT_DRAWS = 200
 
 
 def check_positive(name: str, v: Any) -> float:
@@ -55,6 +57,8 @@ class SGLDConfig:
     Attributes:
         chains: independent chains per temperature and instance.
         draws: recorded draws per chain (one every ``thin`` SGLD steps), burn-in included.
+            ``None`` (default): 200, and with ``step_size="auto"`` more, up to ``max_draws``, where
+            a cell's λ̂ is less precise than ``precision`` (the run is redrawn once, longer).
         burnin: the first ``burnin`` draws are excluded from every estimate; ``None``: draws // 4.
         thin: SGLD steps per draw. ``None``: 1 with an explicit step size; with
             ``step_size="auto"`` the calibration chooses it so the chains mix (within
@@ -91,8 +95,14 @@ class SGLDConfig:
             blow-up test. With ``burnin=0`` chains start at w* (nothing would forget the starts:
             at t ≥ 27 on the LLC benchmark's TMS, dispersed starts without burn-in raised λ̂ from
             11-12 to 16-17).
-        max_steps: ``"auto"``'s budget: SGLD steps per chain of the run (draws x thin), and 3/4
-            of it per calibration round.
+        max_steps: ``"auto"``'s budget: SGLD steps per chain of the run at its first number of
+            draws (draws x thin), and 3/4 of it per calibration round.
+        precision: with ``draws=None`` and ``step_size="auto"``: when a live cell's standard error
+            of λ̂ exceeds ``precision`` x max(|λ̂|, 1), the run is redrawn with enough draws for the
+            worst such cell (standard errors fall as 1/√draws), up to ``max_draws``. 0.03 keeps
+            every cell's λ̂ within about 10% of its expectation (3.3 standard errors).
+        max_draws: the most draws per chain the precision rule may ask for (the run then costs up
+            to max_draws / 200 times the first).
         integrator: ``"lm"`` (default): the Leimkuhler-Matthews step, each Gaussian draw shared
             by two consecutive steps, exact on quadratic wells (:mod:`memlens.sampling.sgld`);
             ``"euler"``: plain Euler-Maruyama SGLD, the peers' step (devinterp,
@@ -101,7 +111,7 @@ class SGLDConfig:
     """
 
     chains: int = 8
-    draws: int = 200
+    draws: int | None = None
     burnin: int | None = None
     thin: int | None = None
     step_size: Any = AUTO
@@ -121,17 +131,23 @@ class SGLDConfig:
     precondition: Any = AUTO
     disperse: bool = True
     integrator: str = "lm"
+    precision: float = 0.03
+    max_draws: int = 800
 
     def __post_init__(self) -> None:
         check_int("chains", self.chains, 1)
-        check_int("draws", self.draws, 2)
+        if self.draws is not None:
+            check_int("draws", self.draws, 2)
         if self.burnin is not None:
             check_int("burnin", self.burnin, 0)
-            if self.burnin >= self.draws:
+            if self.burnin >= self.n_draws:
                 raise ValueError(
-                    f"burnin must be below draws ({self.draws}), got {self.burnin}: burn-in "
+                    f"burnin must be below draws ({self.n_draws}), got {self.burnin}: burn-in "
                     "draws are discarded"
                 )
+        if not 0 < check_positive("precision", self.precision) < 1:
+            raise ValueError(f"precision must be in (0, 1), got {self.precision!r}")
+        check_int("max_draws", self.max_draws, 2)
         if self.thin is not None:
             check_int("thin", self.thin, 1)
         if isinstance(self.step_size, str):
@@ -184,8 +200,13 @@ class SGLDConfig:
         return self.auto if self.precondition == AUTO else bool(self.precondition)
 
     @property
+    def n_draws(self) -> int:
+        """The draws of the first run: ``draws``, or 200 when unset."""
+        return DEFAULT_DRAWS if self.draws is None else self.draws
+
+    @property
     def n_burnin(self) -> int:
-        return self.draws // 4 if self.burnin is None else self.burnin
+        return self.n_draws // 4 if self.burnin is None else self.burnin
 
     @property
     def dispersed(self) -> bool:

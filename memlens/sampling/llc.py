@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -150,7 +151,9 @@ def temper(
         keep_draws: keep every kept draw's expanded weights (memory heavy).
         progress: show tqdm bars.
         config: an :class:`~memlens.sampling.SGLDConfig`; ``settings`` override its fields:
-            ``chains`` (8), ``draws`` (200), ``burnin`` (draws // 4), ``thin``, ``step_size``
+            ``chains`` (8), ``draws`` (200; unset, "auto" draws more, up to ``max_draws`` = 800,
+            where a cell's λ̂ has a standard error above ``precision`` = 3% of max(|λ̂|, 1)),
+            ``burnin`` (draws // 4), ``thin``, ``step_size``
             (**"auto"**: chosen per temperature and instance so that λ̂ no longer depends on it and
             the chains mix; or a number, one per temperature, or [temp][inst]), ``localization``
             (γ = 1), ``nbeta`` (**n / log n, n the number of training points**), ``batch_size``
@@ -172,41 +175,42 @@ def temper(
     base, cal = _base_plan(setup, temps, cfg, progress)
     base.probe_every, base.keep_draws = probe_every, keep_draws
 
-    def run_at(thin: int):
-        burnin = base.burnin
-        eval_every = cfg.eval_every or eval_schedule(setup, cfg.batch_size, thin, cfg.draws, burnin)
-        plan = dataclasses.replace(base, thin=thin, eval_every=eval_every)
+    def run_at(thin: int, draws: int):
+        burnin = base.burnin if draws == base.draws else draws // 4
+        eval_every = cfg.eval_every or eval_schedule(setup, cfg.batch_size, thin, draws, burnin)
+        plan = dataclasses.replace(base, thin=thin, draws=draws, burnin=burnin,
+                                   eval_every=eval_every)  # fmt: skip
         if driver:
             driver.begin(model, setup.data, temps, cfg.chains)
         on_draw = driver.on_draw if driver else None
         run = sample(setup, plan, on_draw=on_draw, progress=progress, desc="temper")
         llc, diag = analyse_run(run, setup, cfg, nbeta=base.nbeta, burnin=burnin)
-        return run, llc, diag
+        return plan, run, llc, diag
 
-    thin = base.thin
-    run, llc, diag = run_at(thin)
+    plan, run, llc, diag = run_at(base.thin, base.draws)
     seconds = run.seconds
-    if cal is not None and cfg.thin is None:  # adapt the steps per draw once if mixing needs it
-        more = _more_steps(diag, cfg, thin)
-        if more > thin:
-            thin = more
-            run, llc, diag = run_at(thin)
+    if cal is not None:  # redraw once, longer, if mixing or precision needs it
+        thin = _more_steps(diag, cfg, plan.thin) if cfg.thin is None else plan.thin
+        draws = _more_draws(llc, diag, cfg, thin / plan.thin) if cfg.draws is None else plan.draws
+        if thin > plan.thin or draws > plan.draws:
+            plan, run, llc, diag = run_at(thin, draws)
             seconds += run.seconds
             cal.thin = thin
-    result = _result(setup, temps, cfg, base, cal, run, llc, diag, thin, seconds)
+        if cfg.draws is None and plan.draws >= cfg.max_draws:
+            _warn_imprecise(llc, diag, cfg, plan.draws, temps)
+    result = _result(setup, temps, cfg, plan, cal, run, llc, diag, seconds)
     if driver:
         result.probes = driver.end(result)
     warn(diag, result.health, [f"t={t:.3g}" for t in temps.tolist()], auto=cfg.auto)
     return result
 
 
-def _result(setup, temps, cfg, base, cal, run, llc, diag, thin, seconds) -> Tempering:
-    resolved = cfg.replace(
-        step_size=base.step.tolist(), thin=thin, burnin=base.burnin, nbeta=setup.nbeta.tolist()
-    )
+def _result(setup, temps, cfg, plan, cal, run, llc, diag, seconds) -> Tempering:
+    resolved = cfg.replace(step_size=plan.step.tolist(), thin=plan.thin, draws=plan.draws,
+                           burnin=plan.burnin, nbeta=setup.nbeta.tolist())  # fmt: skip
     hl = health(llc, diag, max_rhat=cfg.max_rhat, min_ess=cfg.min_ess,
                 bias_failed=None if cal is None else cal.bias_failed,
-                dispersed=base.start is not None)  # fmt: skip
+                dispersed=plan.start is not None)  # fmt: skip
     return Tempering(
         temperatures=temps,
         nbeta=setup.nbeta.float(),
@@ -263,7 +267,7 @@ def _base_plan(setup: Setup, temps: Tensor, cfg: SGLDConfig, progress: bool):
         step=step,
         gamma=cfg.localization,
         chains=cfg.chains,
-        draws=cfg.draws,
+        draws=cfg.n_draws,
         thin=thin,
         burnin=cfg.n_burnin,
         batch_size=cfg.batch_size,
@@ -293,7 +297,48 @@ def _more_steps(diag, cfg: SGLDConfig, thin: int) -> int:
         factor = max(factor, 3.0)
     if not factor > 1.0:
         return thin
-    return int(min(math.ceil(thin * min(factor, 9.0)), max(thin, cfg.max_steps // cfg.draws)))
+    return int(min(math.ceil(thin * min(factor, 9.0)), max(thin, cfg.max_steps // cfg.n_draws)))
+
+
+def _precision_need(llc, diag, cfg: SGLDConfig) -> Tensor:
+    """Per cell ``[temp, inst]``: (standard error of λ̂ / (``precision`` x max(|λ̂|, 1)))², the
+    factor of draws that would bring it to the target (0 where no chain is live)."""
+    live = ~diag.diverged.all(1)
+    se, mean = llc.se.double(), llc.mean.double()
+    need = (se / (cfg.precision * mean.abs().clamp_min(1.0))) ** 2
+    return torch.where(live & torch.isfinite(need), need, torch.zeros_like(need))
+
+
+def _more_draws(llc, diag, cfg: SGLDConfig, gain: float) -> int:
+    """The draws per chain that bring every live cell's standard error of λ̂ to
+    ``cfg.precision`` x max(|λ̂|, 1), with a margin of 1.2 (standard errors over a few chains
+    scatter), if the steps per draw grow ``gain``-fold as well; within ``cfg.max_draws``. The
+    first run's draws when every cell is precise enough (or more would not be allowed)."""
+    n = cfg.n_draws
+    need = float(_precision_need(llc, diag, cfg).max()) / max(gain, 1.0)
+    if not need > 1.0:
+        return n
+    return max(n, min(math.ceil(n * need * 1.2), cfg.max_draws))
+
+
+def _warn_imprecise(llc, diag, cfg: SGLDConfig, draws: int, temps: Tensor) -> None:
+    """A RuntimeWarning naming the cells still less precise than ``cfg.precision`` after the
+    most draws allowed, and the ``max_draws`` that would reach it."""
+    need = _precision_need(llc, diag, cfg)
+    short = (need > 1.0).nonzero().tolist()
+    if not short:
+        return
+    rel = (llc.se.double() / llc.mean.double().abs().clamp_min(1.0)) * 100
+    cells = ", ".join(f"t={float(temps[a]):.3g} inst {i} ({float(rel[a, i]):.1f}%)"
+                      for a, i in short[:6])  # fmt: skip
+    cells += f" (+{len(short) - 6} more)" if len(short) > 6 else ""
+    want = math.ceil(draws * float(need.max()) * 1.2)
+    warnings.warn(
+        f"λ̂ is less precise than precision={cfg.precision:g} (standard error over max(|λ̂|, 1)) "
+        f"after {draws} draws per chain at {cells}; pass max_draws={want} to reach it",
+        RuntimeWarning,
+        stacklevel=4,
+    )
 
 
 def estimate_llc(model: HookedToyModel, data: Tensor | Batch, **kw: Any) -> Tempering:

@@ -4,6 +4,7 @@ the bias of the old recommendation, diagnostics that fail, sampler properties, b
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -169,6 +170,39 @@ def test_old_recommendation_is_exact_under_the_lm_step_and_auto_agrees():
     M = new.calibration.precond
     assert M is not None
     assert float((new.step_size[0, 0] * M[0, 0]).max()) < 1e-3 / 5
+
+
+def test_unset_draws_grow_until_the_llc_is_as_precise_as_asked():
+    """With ``draws`` unset, "auto" redraws a run whose λ̂ is less precise than ``precision`` with
+    more draws (standard errors fall as 1/√draws), up to ``max_draws``, and the longer run's λ̂
+    still matches the closed form; an explicit ``draws`` is kept as given."""
+    n = 10_000
+    model, data = regression(2, n=n)
+    truth = regular_llc(data, nbeta_of(n), 1.0)
+    kw = dict(chains=4, seed=1, progress=False, precision=0.05, max_draws=800)
+    fixed = quiet(memlens.estimate_llc, model, data, draws=200, **kw)
+    grown = quiet(memlens.estimate_llc, model, data, **kw)
+    assert fixed.config.draws == 200 and fixed.traces.shape[2] == 200
+    se0 = float(fixed.llc.se[0, 0])
+    need = (se0 / (0.05 * max(abs(float(fixed.llc.mean[0, 0])), 1.0))) ** 2
+    assert need > 1  # the first run is not precise enough
+    # the run was redrawn longer (its first run is ``fixed``: same seed, same 200 draws): as many
+    # draws as the first run's error asks for, less any growth of the steps per draw
+    want = math.ceil(200 * need / (grown.config.thin / fixed.config.thin) * 1.2)
+    assert 200 < want < 800
+    assert grown.config.draws == want and grown.traces.shape[2] == want
+    assert grown.config.burnin == want // 4
+    llc, se = float(grown.llc.mean[0, 0]), float(grown.llc.se[0, 0])
+    assert se < se0 * math.sqrt(200 / want) * 1.6
+    assert abs(llc - truth) < 3 * se, (llc, se, truth)
+    # capped at max_draws; and with the precision already met, nothing is redrawn
+    with pytest.warns(RuntimeWarning, match=r"less precise than precision=0.05") as rec:
+        capped = memlens.estimate_llc(model, data, **{**kw, "max_draws": 300})
+    assert capped.config.draws == 300
+    advice = [re.search(r"pass max_draws=(\d+)", str(w.message)) for w in rec]
+    assert any(a and int(a.group(1)) > 300 for a in advice)  # names the draws that would do
+    loose = quiet(memlens.estimate_llc, model, data, **{**kw, "precision": 0.5})
+    assert loose.config.draws == 200
 
 
 @pytest.mark.slow
