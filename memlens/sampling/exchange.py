@@ -8,7 +8,10 @@ with the Metropolis rule on their tempered losses
 
 (the localisation term is the same on every rung and cancels). The losses are those of the whole
 training set, or of the fixed evaluation set when gradients use minibatches, so minibatch noise
-does not bias the test. Even and odd neighbour pairs alternate (a deterministic even-odd sweep).
+does not bias the test. With an evaluation set, a proposal waits for the sampler's next evaluation
+of it (at least ``swap_every`` steps after the last proposal), so a swap costs no forward pass of
+its own; the proposal times still depend on the step count alone, as detailed balance needs.
+Even and odd neighbour pairs alternate (a deterministic even-odd sweep).
 An accepted swap exchanges two rows of the flat buffer ``W``; everything downstream stays per rung.
 """
 
@@ -83,6 +86,8 @@ class Exchange:
             self.arms, chains, n_inst
         )
         self.own = None  # the batch on the model's own instances, for a fused loss (see make)
+        #: proposals wait for the sampler's evaluations of ``batch`` (see the module docstring)
+        self.at_evals = False
 
     @classmethod
     def make(cls, plan, eng, setup, eval_x) -> Exchange:
@@ -94,12 +99,16 @@ class Exchange:
         batch = eval_x if eval_x is not None else eng.batch
         ex = cls(eng, plan.nbeta, list(ladder), plan.chains, plan.swap_every, batch, plan.seed)
         ex.own = setup.eval_set if eval_x is not None else setup.data  # the model's own instances
+        ex.at_evals = eval_x is not None
         return ex
 
     def maybe(self, step: int, eval_loss: Tensor | None = None) -> None:
-        """Propose swaps once ``every`` steps have passed since the last proposal.
-        ``eval_loss`` ``[E]``: every row's loss on this exchange's batch at the current weights,
-        where the sampler has just evaluated it (then it is not evaluated again)."""
+        """Propose swaps once ``every`` steps have passed since the last proposal (with
+        ``at_evals``, at the first evaluation after that). ``eval_loss`` ``[E]``: every row's loss
+        on this exchange's batch at the current weights, where the sampler has just evaluated it
+        (then it is not evaluated again)."""
+        if self.at_evals and eval_loss is None:
+            return
         if step - self.last >= self.every:
             self.last = step
             self.propose(eval_loss)

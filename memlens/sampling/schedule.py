@@ -10,15 +10,16 @@ __all__ = ["eval_schedule", "next_event"]
 
 def next_event(plan, k: int, eval_draw: int, probing: bool, swap, span: int) -> int:
     """The first draw from ``k`` on after which the loop must act: an evaluation, a probe or kept
-    draw, a swap proposal (``swap.maybe`` fires once ``step - last >= every``), the end of
-    burn-in or of the run; at most ``span`` draws on. The draws between are one block of steps."""
+    draw, a swap proposal (``swap.maybe`` fires once ``step - last >= every``; with
+    ``swap.at_evals`` only at evaluations), the end of burn-in or of the run; at most ``span`` draws
+    on. The draws between are one block of steps."""
     e = min(plan.draws - 1, eval_draw, k + span - 1)
     if k < plan.burnin:
         e = min(e, plan.burnin - 1)
     if probing:
         first = max(k, plan.burnin)
         e = min(e, first + (-(first - plan.burnin)) % plan.probe_every)
-    if swap is not None:  # after draw j the step count is (j + 1) · thin
+    if swap is not None and not swap.at_evals:  # after draw j the step count is (j + 1) · thin
         e = min(e, max(k, -(-(swap.last + swap.every) // plan.thin) - 1))
     return e
 

@@ -114,3 +114,42 @@ def test_without_swaps_no_cell_is_falsely_green():
     off, truth, _ = temper_switch(swap_every=0)
     assert off.swaps is None
     assert not bool((off.health.ok & ~right(off, truth)).any()), off.summary()
+
+
+def test_with_an_evaluation_set_swaps_wait_for_its_evaluations(monkeypatch):
+    """Minibatch ladder: a proposal reuses the sampler's evaluation-set losses (no forward pass of
+    its own), at the first evaluation at least ``swap_every`` steps after the last proposal."""
+    from memlens.data import SparseFeatures
+    from memlens.sampling import fused_sgld
+    from toy_models import Bottleneck
+
+    data = SparseFeatures(n_features=12, sparsity=0.8).sample(T=600, n_instances=1, seed=0)
+    model = Bottleneck(12, 3, seed=0)
+    memlens.train(model, data, steps=200, lr=1e-2, batch_size=128, progress=False)
+    proposals, evals = [], []
+    real_propose, real_eval = Exchange.propose, fused_sgld.eval_loss
+
+    def propose(self, known=None):
+        proposals.append((self.eng.step, known is not None))
+        return real_propose(self, known)
+
+    def eval_loss(eng, *a):
+        evals.append(eng.step)
+        return real_eval(eng, *a)
+
+    monkeypatch.setattr(Exchange, "propose", propose)
+    monkeypatch.setattr(fused_sgld, "eval_loss", eval_loss)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = memlens.temper(model, data, [1.0, 2.0, 4.0], chains=2, draws=40, burnin=0, thin=1,
+                             step_size=1e-3, batch_size=64, eval_every=3, swap_every=10,
+                             progress=False)  # fmt: skip
+    assert evals == [3 * (j + 1) for j in range(40 // 3)]  # one evaluation every 3 draws
+    want, last = [], 0
+    for s in evals:  # the rule: the first evaluation >= swap_every steps after the last proposal
+        if s - last >= 10:
+            want.append(s)
+            last = s
+    assert [s for s, _ in proposals] == want == [12, 24, 36]
+    assert all(known for _, known in proposals)  # each reused the evaluation's losses
+    assert int(res.swaps.tries.sum()) == len(want)
