@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -70,21 +71,17 @@ class Exchange:
         self.nb = nbeta.to(eng.W.device, torch.float64)
         self.gen = torch.Generator().manual_seed(_mix(seed, 71))
         n_pairs = len(ladder) - 1
-        self.acc = torch.zeros(n_pairs, n_inst, dtype=torch.float64)
-        self.tries = torch.zeros(n_pairs, dtype=torch.float64)
+        self.acc = np.zeros((n_pairs, n_inst))
+        self.tries = np.zeros(n_pairs)
         self.last = 0
         self.sweep = 0
-        dev = eng.W.device
-        lad = torch.tensor(ladder, dtype=torch.long, device=dev)
-        self.pairs = []  # per sweep parity (even, odd): pairs j, arms a, b, nβ_a − nβ_b, ones
+        lad = np.asarray(ladder, dtype=np.int64)
+        nb = self.nb.cpu().numpy()
+        self.pairs = []  # per sweep parity (even, odd): pairs j, arms a, b, nβ_a − nβ_b
         for p in (0, 1):
-            j = torch.arange(p, n_pairs, 2)
-            a, b = lad[j.to(dev)], lad[(j + 1).to(dev)]
-            dnb = (self.nb[a] - self.nb[b])[:, None]
-            self.pairs.append((j, a, b, dnb, torch.ones(len(j), dtype=torch.float64)))
-        self.ident = torch.arange(self.arms, device=dev)[:, None, None].expand(
-            self.arms, chains, n_inst
-        )
+            j = np.arange(p, n_pairs, 2)
+            a, b = lad[j], lad[j + 1]
+            self.pairs.append((j, a, b, (nb[a] - nb[b])[:, None]))
         self.own = None  # the batch on the model's own instances, for a fused loss (see make)
         #: proposals wait for the sampler's evaluations of ``batch`` (see the module docstring)
         self.at_evals = False
@@ -114,36 +111,38 @@ class Exchange:
             self.propose(eval_loss)
 
     def propose(self, known: Tensor | None = None) -> None:
+        # the decisions are made on the CPU in numpy: a handful of [pair, chain, inst] values,
+        # where each torch op would cost more in overhead than the arithmetic
         eng, A, C, I = self.eng, self.arms, self.chains, self.n_inst
         with torch.no_grad():
             stepper = getattr(eng, "fused", None)  # a fused_sgld.Stepper: the kernel's loss, or
             fused = known
             if fused is None and stepper is not None and self.own is not None:
                 fused = stepper.loss(self.own)
-            loss = (eng.expanded.loss(self.batch) if fused is None else fused).double()  # eager
-            loss = loss.view(A, C, I)
+            loss = eng.expanded.loss(self.batch) if fused is None else fused  # eager
+            loss = loss.detach().cpu().numpy().astype(np.float64).reshape(A, C, I)
             u = torch.rand(len(self.ladder), C, I, generator=self.gen, dtype=torch.float64)
             # this sweep's neighbour pairs (even or odd) are disjoint: all decided at once
-            j, a, b, dnb, ones = self.pairs[self.sweep % 2]
+            j, a, b, dnb = self.pairs[self.sweep % 2]
             self.sweep += 1
             if len(j) == 0:
                 return
-            diff = loss.index_select(0, a) - loss.index_select(0, b)  # [pair, C, I]
-            logr = dnb * diff
-            finite = torch.isfinite(diff)  # both losses finite (float32 losses cannot overflow)
-            ok = (u.index_select(0, j).to(loss.device).log_() < logr) & finite
-            self.acc.index_add_(0, j, ok.double().mean(1).cpu())
-            self.tries.index_add_(0, j, ones)
-            if not bool(ok.any()):
+            log_u = u[j].log_().numpy()
+            diff = loss[a] - loss[b]  # [pair, C, I]
+            with np.errstate(invalid="ignore"):
+                ok = (log_u < dnb * diff) & np.isfinite(diff)  # both losses finite
+            self.acc[j] += ok.mean(1)
+            self.tries[j] += 1.0
+            pair, c, i = ok.nonzero()
+            if len(pair) == 0:
                 return
-            perm = self.ident.clone()
-            a3, b3 = a[:, None, None], b[:, None, None]
-            perm.index_copy_(0, a, torch.where(ok, b3, a3))
-            perm.index_copy_(0, b, torch.where(ok, a3, b3))
-            P = eng.W.shape[1]
-            W = eng.W.view(A, C * I, P)
-            W.copy_(W.gather(0, perm.view(A, C * I, 1).expand(A, C * I, P)))
+            ci = c * I + i  # accepted swaps: rows (a, c, i) <-> (b, c, i) of W
+            ra, rb = a[pair] * (C * I) + ci, b[pair] * (C * I) + ci
+            rows = torch.from_numpy(np.concatenate([ra, rb])).to(eng.W.device)
+            other = torch.from_numpy(np.concatenate([rb, ra])).to(eng.W.device)
+            eng.W[rows] = eng.W[other]
 
     def stats(self) -> SwapStats:
         pairs = [(self.ladder[j], self.ladder[j + 1]) for j in range(len(self.ladder) - 1)]
-        return SwapStats(pairs, self.acc / self.tries.clamp_min(1)[:, None], self.tries.clone())
+        acc = torch.from_numpy(self.acc / np.maximum(self.tries, 1.0)[:, None])
+        return SwapStats(pairs, acc, torch.from_numpy(self.tries.copy()))

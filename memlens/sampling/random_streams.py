@@ -150,11 +150,14 @@ def minibatch_stream(data: Batch, plan, groups, E: int, n_inst: int):
     """A callable returning this step's minibatch of every row (one index_select per step), the
     points :class:`MinibatchRows` picks."""
     dev, b = data.inputs.device, plan.batch_size
-    picks = minibatch_rows(data, plan, groups)
+    made: list[MinibatchRows] = []  # built on first use (a fused kernel picks its own rows)
     flat_x = data.inputs.reshape(-1, *data.inputs.shape[2:])
     flat_y = None if data.targets is None else data.targets.reshape(-1, *data.targets.shape[2:])
 
     def next_batch() -> Batch:
+        if not made:
+            made.append(minibatch_rows(data, plan, groups))
+        picks = made[0]
         idx = picks.rows(picks.take(1)[1], 1)[0].to(dev)
         x = flat_x.index_select(0, idx).view(E, b, *flat_x.shape[1:]).transpose(0, 1)
         tg = None
