@@ -68,7 +68,6 @@ class Exchange:
         self.eng, self.ladder, self.every, self.batch = eng, ladder, every, batch
         self.arms, n_inst = nbeta.shape
         self.chains, self.n_inst = chains, n_inst
-        self.nb = nbeta.to(eng.W.device, torch.float64)
         self.gen = torch.Generator().manual_seed(_mix(seed, 71))
         n_pairs = len(ladder) - 1
         self.acc = np.zeros((n_pairs, n_inst))
@@ -76,7 +75,7 @@ class Exchange:
         self.last = 0
         self.sweep = 0
         lad = np.asarray(ladder, dtype=np.int64)
-        nb = self.nb.cpu().numpy()
+        nb = nbeta.detach().cpu().double().numpy()
         self.pairs = []  # per sweep parity (even, odd): pairs j, arms a, b, nβ_a − nβ_b
         for p in (0, 1):
             j = np.arange(p, n_pairs, 2)

@@ -145,7 +145,7 @@ def advance(eng, K: int, losses: Tensor) -> None:
     if eng.prev_xi is not None:  # the Leimkuhler-Matthews step (see sgld's docstring)
         noise = pair_noise(eng.prev_xi.view(noise.shape[1:]), noise)
     noise = noise.reshape(K, E, P).contiguous()  # a copy only for the Euler step
-    idx = None if eng.picks is None else eng.picks.take(K)
+    idx = None if eng.picks is None else (eng.picks, eng.picks.take(K))
     losses[:K] = eng.fused.advance(noise, idx)
     eng.step += K
 

@@ -176,7 +176,7 @@ def temper(
     base.probe_every, base.keep_draws = probe_every, keep_draws
 
     def run_at(thin: int, draws: int):
-        burnin = base.burnin if draws == base.draws else draws // 4
+        burnin = draws // 4 if cfg.burnin is None else cfg.burnin
         eval_every = cfg.eval_every or eval_schedule(setup, cfg.batch_size, thin, draws, burnin)
         plan = dataclasses.replace(base, thin=thin, draws=draws, burnin=burnin,
                                    eval_every=eval_every)  # fmt: skip

@@ -127,12 +127,12 @@ class MinibatchRows:
         self._col = torch.arange(n_inst, dtype=torch.int64, device=dev)
         self.step = 0
 
-    def take(self, K: int) -> tuple[MinibatchRows, int]:
-        """``(self, s0)``: the next ``K`` steps start at step ``s0`` (a kernel computes their rows
-        from ``keys32`` and ``s0``; :meth:`rows` computes them here)."""
+    def take(self, K: int) -> int:
+        """``s0``: the next ``K`` steps start at step ``s0`` (a kernel computes their rows from
+        ``keys32`` and ``s0``; :meth:`rows` computes them here)."""
         s0 = self.step
         self.step += K
-        return self, s0
+        return s0
 
     def rows(self, s0: int, K: int) -> Tensor:
         """Steps ``s0 .. s0 + K − 1``'s rows ``[K, E · b]``, instance-major within each copy (row
@@ -158,7 +158,7 @@ def minibatch_stream(data: Batch, plan, groups, E: int, n_inst: int):
         if not made:
             made.append(minibatch_rows(data, plan, groups))
         picks = made[0]
-        idx = picks.rows(picks.take(1)[1], 1)[0].to(dev)
+        idx = picks.rows(picks.take(1), 1)[0].to(dev)
         x = flat_x.index_select(0, idx).view(E, b, *flat_x.shape[1:]).transpose(0, 1)
         tg = None
         if flat_y is not None:

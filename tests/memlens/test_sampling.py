@@ -197,8 +197,9 @@ def test_unset_draws_grow_until_the_llc_is_as_precise_as_asked():
     assert abs(llc - truth) < 3 * se, (llc, se, truth)
     # capped at max_draws; and with the precision already met, nothing is redrawn
     with pytest.warns(RuntimeWarning, match=r"less precise than precision=0.05") as rec:
-        capped = memlens.estimate_llc(model, data, **{**kw, "max_draws": 300})
+        capped = memlens.estimate_llc(model, data, **{**kw, "max_draws": 300, "burnin": 30})
     assert capped.config.draws == 300
+    assert capped.config.burnin == 30  # an explicit burn-in is kept by the redraw
     advice = [re.search(r"pass max_draws=(\d+)", str(w.message)) for w in rec]
     assert any(a and int(a.group(1)) > 300 for a in advice)  # names the draws that would do
     loose = quiet(memlens.estimate_llc, model, data, **{**kw, "precision": 0.5})
