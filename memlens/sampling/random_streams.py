@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from memlens.data import Batch
-from memlens.data import mix_seed as _mix
+from memlens.seeding import mix_seeds
 
 __all__ = [
     "Streams",
@@ -37,11 +37,10 @@ class Streams:
         self.shape = shape
         keys = sorted(set(groups))
         self.gens = []
-        for a in keys:
-            for c in range(chains):
-                g = torch.Generator(device=dev)
-                g.manual_seed(_mix(seed, salt, a, c))
-                self.gens.append(g)
+        for k in mix_seeds([(seed, salt, a, c) for a in keys for c in range(chains)]):
+            g = torch.Generator(device=dev)
+            g.manual_seed(k)
+            self.gens.append(g)
         rank = {a: k for k, a in enumerate(keys)}
         idx = [rank[a] * chains + c for a in groups for c in range(chains)]
         shared = len(keys) < len(groups)
@@ -111,11 +110,8 @@ class MinibatchRows:
 
     def __init__(self, seed: int, salt: int, groups: list[int], chains: int, batch: int,
                  n_points: Tensor, T: int, dev):  # fmt: skip
-        keys = []
-        for a in groups:
-            for c in range(chains):
-                k = _mix(seed, salt, a, c)
-                keys.append([k & _M32, (k >> 32) & _M32])
+        mixed = mix_seeds([(seed, salt, a, c) for a in groups for c in range(chains)])
+        keys = [[k & _M32, (k >> 32) & _M32] for k in mixed]
         self.keys = torch.tensor(keys, dtype=torch.int64, device=dev)  # [copies, 2]
         #: the same keys as signed int32 (the kernel reads them as uint32)
         self.keys32 = (self.keys - ((self.keys >> 31) << 32)).to(torch.int32).contiguous()

@@ -55,12 +55,12 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from memlens.data import Batch
-from memlens.data import mix_seed as _mix
 from memlens.hooked import HookedToyModel
 from memlens.sampling import fused_sgld
 from memlens.sampling.random_streams import Streams as _Streams
 from memlens.sampling.random_streams import minibatch_stream, pair_noise
 from memlens.sampling.schedule import eval_schedule, next_event
+from memlens.seeding import mix_seeds
 
 #: the sampler advances between draws where nothing happens in blocks of at most this many
 #: per-row losses (one kernel call per block where the model has a fused step)
@@ -263,10 +263,11 @@ def _disperse(eng: Engine, plan: Plan, groups: list[int]) -> None:
     arms, chains, n_inst, P = plan.start.shape
     dev = eng.W.device
     xi = torch.empty(arms, chains, n_inst, P)
+    seeds = iter(mix_seeds([(plan.seed, 67, groups[a], c) for a in range(arms)
+                            for c in range(chains)]))  # fmt: skip
     for a in range(arms):
         for c in range(chains):
-            g = torch.Generator().manual_seed(_mix(plan.seed, 67, groups[a], c))
-            xi[a, c] = torch.randn(n_inst, P, generator=g)
+            xi[a, c] = torch.randn(n_inst, P, generator=torch.Generator().manual_seed(next(seeds)))
     with torch.no_grad():
         eng.W.add_((plan.start * xi).reshape(-1, P).to(dev, eng.W.dtype))
 
