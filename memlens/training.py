@@ -99,11 +99,15 @@ def lr_at(step: int, *, steps: int, lr: float, warmup: int, schedule: str) -> fl
 
 
 @torch.no_grad()
-def evaluate(model: HookedToyModel, data: Tensor | Batch, chunk: int = 16384) -> Tensor:
-    """Per-instance mean loss over a whole data set, in chunks of points."""
+def evaluate(
+    model: HookedToyModel, data: Tensor | Batch, chunk: int = 16384, *, checked: bool = False
+) -> Tensor:
+    """Per-instance mean loss over a whole data set, in chunks of points (``checked``: ``data``
+    is a Batch that ``model.check_batch`` returned, so it is not validated again)."""
     require_model(model)
     validate.integer("chunk", chunk, 1)
-    data = model.check_batch(data)
+    if not checked:
+        data = model.check_batch(data)
     n = len(data)
     if n <= chunk:
         return model.loss(data)

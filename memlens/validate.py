@@ -118,6 +118,8 @@ def finite_tensor(name: str, t: Any, mask: Any = None) -> None:
 
     if not isinstance(t, torch.Tensor) or not t.is_floating_point():
         return
+    if bool(torch.isfinite(t).all()):  # the common case, in one pass
+        return
     bad = ~torch.isfinite(t)
     if mask is not None:
         bad &= (mask > 0).view(*mask.shape, *([1] * (t.ndim - 2)))

@@ -88,7 +88,7 @@ def prepare(model: HookedToyModel, data: Tensor | Batch, cfg: SGLDConfig) -> Set
             )
     n_params = sum(p[0].numel() for p in model.parameters() if p.requires_grad)
     with torch.no_grad():
-        init = evaluate(model, data).detach().float().cpu()
+        init = evaluate(model, data, checked=True).detach().float().cpu()
         if cfg.batch_size is None or len(data) <= cfg.eval_size:
             eval_set, eval_init, full = data, init, True
         else:
