@@ -34,38 +34,68 @@ def split_rhat(x: np.ndarray) -> float:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2:
         raise ValueError(f"split_rhat expects [chains, draws], got shape {x.shape}")
-    half = x.shape[1] // 2
-    if x.shape[0] < 1 or half < 2:
-        return float("nan")
-    xs = np.concatenate([x[:, :half], x[:, x.shape[1] - half :]], axis=0)
-    w = xs.var(axis=1, ddof=1).mean()
-    b = half * xs.mean(axis=1).var(ddof=1)
-    if not np.isfinite(w) or w <= 0:
-        return float("nan")
+    return float(_split_rhat_many(x[None])[0])
+
+
+def _split_rhat_many(x: np.ndarray) -> np.ndarray:
+    """:func:`split_rhat` of every ``x[c]`` of ``x`` ``[cells, chains, draws]`` at once."""
+    cells, chains, draws = x.shape
+    half = draws // 2
+    if chains < 1 or half < 2:
+        return np.full(cells, np.nan)
+    xs = np.concatenate([x[:, :, :half], x[:, :, draws - half :]], axis=1)
+    w = xs.var(axis=2, ddof=1).mean(axis=1)
+    b = half * xs.mean(axis=2).var(axis=1, ddof=1)
+    good = np.isfinite(w) & (w > 0)
+    w = np.where(good, w, 1.0)
     var_plus = (half - 1) / half * w + b / half
-    return float(np.sqrt(var_plus / w))
+    return np.where(good, np.sqrt(var_plus / w), np.nan)
 
 
 def effective_sample_size(x: np.ndarray) -> float:
     """Multi-chain effective sample size of ``x`` ``[chains, draws]`` (split chains, Geyer's
     initial monotone sequence; the estimator of BDA3 §11.5 / Stan)."""
     x = np.asarray(x, dtype=np.float64)
-    half = x.shape[1] // 2
+    return float(_ess_many(x[None])[0])
+
+
+def _ess_many(x: np.ndarray) -> np.ndarray:
+    """:func:`effective_sample_size` of every ``x[c]`` of ``x`` ``[cells, chains, draws]`` at
+    once: the same float operations in the same order as cell by cell (the transforms run per
+    row, the Geyer sums are sequential cumulative sums), so the same numbers."""
+    cells = x.shape[0]
+    half = x.shape[2] // 2
     if half < 4:
-        return float("nan")
-    x = np.concatenate([x[:, :half], x[:, x.shape[1] - half :]], axis=0)
-    m, n = x.shape
-    xc = x - x.mean(axis=1, keepdims=True)
-    f = np.fft.rfft(xc, n=2 * n, axis=1)
-    acov = np.fft.irfft(f * np.conj(f), axis=1)[:, :n] / n  # biased autocovariance per chain
-    chain_var = acov[:, 0] * n / (n - 1)
-    w = chain_var.mean()
-    if not np.isfinite(w) or w <= 0:
-        return float("nan")
-    var_plus = w * (n - 1) / n + (x.mean(axis=1).var(ddof=1) if m > 1 else 0.0)
-    rho = 1.0 - (w - acov.mean(axis=0)) / var_plus
-    rho[0] = 1.0
-    pairs = rho[: 2 * (n // 2)].reshape(-1, 2).sum(axis=1)
+        return np.full(cells, np.nan)
+    x = np.concatenate([x[:, :, :half], x[:, :, x.shape[2] - half :]], axis=1)
+    _, m, n = x.shape
+    xc = x - x.mean(axis=2, keepdims=True)
+    f = np.fft.rfft(xc, n=2 * n, axis=2)
+    # the power spectrum cell by cell: numpy's complex multiply rounds an element differently
+    # depending on where it falls in one long vectorised loop, so the product of the whole batch
+    # would differ in the last bit from a cell's own
+    power = np.stack([f[c] * np.conj(f[c]) for c in range(cells)])
+    acov = np.fft.irfft(power, axis=2)[:, :, :n] / n  # biased autocovariance per chain
+    chain_var = acov[:, :, 0] * n / (n - 1)
+    w = chain_var.mean(axis=1)
+    good = np.isfinite(w) & (w > 0)
+    var_plus = w * (n - 1) / n + (x.mean(axis=2).var(axis=1, ddof=1) if m > 1 else 0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = 1.0 - (w[:, None] - acov.mean(axis=1)) / var_plus[:, None]
+    rho[:, 0] = 1.0
+    pairs = rho[:, : 2 * (n // 2)].reshape(cells, -1, 2).sum(axis=2)
+    # Geyer: positive, monotonically non-increasing pair sums, up to the first non-positive one
+    stop = np.logical_or.accumulate(pairs <= 0, axis=1)
+    mono = np.minimum.accumulate(pairs, axis=1)
+    total = np.where(stop, 0.0, mono).cumsum(axis=1)[:, -1]
+    out = m * n / np.maximum(-1.0 + 2.0 * total, 1.0 / math.log10(max(m * n, 10)))
+    out = np.where(good, out, np.nan)
+    for c in np.flatnonzero(good & ~np.isfinite(pairs).all(axis=1)):  # NaN pairs: as the loop
+        out[c] = _geyer(pairs[c], m, n)
+    return out
+
+
+def _geyer(pairs: np.ndarray, m: int, n: int) -> float:
     total, prev = 0.0, np.inf
     for p in pairs:  # Geyer: positive, monotonically non-increasing pair sums
         if p <= 0:
@@ -165,19 +195,31 @@ def analyse(
     rhat = torch.full((arms, n_inst), float("nan"), dtype=torch.float64)
     ess = torch.full_like(rhat, float("nan"))
     se_mc = torch.full_like(rhat, float("nan"))
-    post_np, eval_np = post.numpy(), post_eval.numpy()
-    for a in range(arms):  # host-side, after sampling
-        for i in range(n_inst):
-            good = (~diverged[a, :, i]).numpy()
-            if good.sum() == 0:
-                continue
-            x = eval_np[a, good, :, i]
-            rhat[a, i] = split_rhat(x)
-            ess[a, i] = effective_sample_size(x)
-            y = post_np[a, good, :, i]
-            ess_y = effective_sample_size(y)
-            if math.isfinite(ess_y) and y.size > 1:
-                se_mc[a, i] = nb[a, i] * math.sqrt(y.var(ddof=1) / ess_y)
+    # host-side, after sampling: the cells whose chains all survived at once, the rest one by one
+    post_np = post.permute(0, 3, 1, 2).numpy()  # [arm, inst, chain, draw]
+    eval_np = post_eval.permute(0, 3, 1, 2).numpy()
+    whole = ~diverged.any(1)  # [arm, inst]
+    if bool(whole.any()):
+        cells = whole.nonzero().numpy()
+        x = np.ascontiguousarray(eval_np[cells[:, 0], cells[:, 1]])
+        y = np.ascontiguousarray(post_np[cells[:, 0], cells[:, 1]])
+        r, e, e_y = _split_rhat_many(x), _ess_many(x), _ess_many(y)
+        var_y = y.reshape(len(cells), -1).var(axis=1, ddof=1) if y[0].size > 1 else None
+        for k, (a, i) in enumerate(cells.tolist()):
+            rhat[a, i], ess[a, i] = float(r[k]), float(e[k])
+            if var_y is not None and math.isfinite(e_y[k]):
+                se_mc[a, i] = nb[a, i] * math.sqrt(float(var_y[k]) / float(e_y[k]))
+    for a, i in (~whole).nonzero().tolist():
+        good = (~diverged[a, :, i]).numpy()
+        if good.sum() == 0:
+            continue
+        x = eval_np[a, i, good]
+        rhat[a, i] = split_rhat(x)
+        ess[a, i] = effective_sample_size(x)
+        y = post_np[a, i, good]
+        ess_y = effective_sample_size(y)
+        if math.isfinite(ess_y) and y.size > 1:
+            se_mc[a, i] = nb[a, i] * math.sqrt(y.var(ddof=1) / ess_y)
     se_chain = std / n_ok.clamp_min(1).sqrt()
     se = torch.fmax(se_chain, se_mc)  # NaN only when both are
     med = diffusion.double().masked_fill(diverged, float("nan")).nanmean(1)
