@@ -219,7 +219,7 @@ def main() -> None:
     ap.add_argument("--timing", action="store_true")
     ap.add_argument("--swap-every", type=int, default=10)
     ap.add_argument("--seed", type=int, default=0, help="the sampler's seed (default: its own, 0)")
-    ap.add_argument("--max-draws", type=int, default=None, help="the sampler's max_draws (800)")
+    ap.add_argument("--max-draws", type=int, default=None, help="the sampler's max_draws (1600)")
     args = ap.parse_args()
     seed = {"seed": args.seed} if args.seed else {}
     if args.max_draws:

@@ -216,7 +216,7 @@ def _sampler_args(p: argparse.ArgumentParser) -> None:
         type=positive(int),
         default=None,
         help="kept draws per chain, burn-in included (default: 200; with the automatic step, "
-        "up to 800 where a cell's LLC has a standard error above 3%%)",
+        "up to 1600 where a cell's LLC has a standard error above 3%%)",
     )
     p.add_argument(
         "--localization",

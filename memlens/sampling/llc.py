@@ -151,7 +151,7 @@ def temper(
         keep_draws: keep every kept draw's expanded weights (memory heavy).
         progress: show tqdm bars.
         config: an :class:`~memlens.sampling.SGLDConfig`; ``settings`` override its fields:
-            ``chains`` (8), ``draws`` (200; unset, "auto" draws more, up to ``max_draws`` = 800,
+            ``chains`` (8), ``draws`` (200; unset, "auto" draws more, up to ``max_draws`` = 1600,
             where a cell's λ̂ has a standard error above ``precision`` = 3% of max(|λ̂|, 1)),
             ``burnin`` (draws // 4), ``thin``, ``step_size``
             (**"auto"**: chosen per temperature and instance so that λ̂ no longer depends on it and

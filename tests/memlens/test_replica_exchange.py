@@ -102,15 +102,13 @@ def test_replica_exchange_crosses_the_transition_and_no_cell_is_falsely_green():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="not met (issue 17): with swaps turned off (swap_every=0), one transition cell whose "
-    "λ̂ is off the exact value is still called healthy: R-hat over dispersed starts does not "
-    "catch every unmixed cell",
-)
 def test_without_swaps_no_cell_is_falsely_green():
-    # without swaps, chains started on both sides of the transition (dispersed starts) do not
-    # cross: the cells where that biases λ̂ or survival must be flagged, never green
+    # without swaps, chains started on both sides of the transition (dispersed starts) cross
+    # slowly: the cells where that biases λ̂ or survival must be flagged, never green. With the
+    # precision rule capped at 800 draws one transition cell was off and green (a strict xfail:
+    # R-hat over dispersed starts did not catch it); at the default cap of 1600 the chains run
+    # long enough that no cell is off at all (8 of 9 healthy), so this no longer shows that R-hat
+    # catches such a cell, only that the default path does not hand one out
     off, truth, _ = temper_switch(swap_every=0)
     assert off.swaps is None
     assert not bool((off.health.ok & ~right(off, truth)).any()), off.summary()
