@@ -221,9 +221,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="the sampler's seed (default: its own, 0)")
     ap.add_argument("--max-draws", type=int, default=None, help="the sampler's max_draws (1600)")
     args = ap.parse_args()
-    seed = {"seed": args.seed} if args.seed else {}
+    settings = {"seed": args.seed} if args.seed else {}
     if args.max_draws:
-        seed["max_draws"] = args.max_draws
+        settings["max_draws"] = args.max_draws
     if args.timing:
         timing(swap_every=args.swap_every)
         return
@@ -235,7 +235,7 @@ def main() -> None:
         if want and name not in want:
             continue
         t0 = time.perf_counter()
-        sc = score_switches(model, **seed)
+        sc = score_switches(model, **settings)
         ok = sc["result"].health.ok
         green += int((ok & ~sc["right"]).sum())
         red += int((~ok & sc["right"]).sum())
@@ -260,7 +260,7 @@ def main() -> None:
         if want and name not in want:
             continue
         t0 = time.perf_counter()
-        sc = score_llc(model, data, exact, **seed)
+        sc = score_llc(model, data, exact, **settings)
         ok = sc["healthy"]
         green += int(ok and not sc["right"])
         red += int(not ok and sc["right"])

@@ -207,7 +207,11 @@ class SGLDConfig:
 
     @property
     def n_burnin(self) -> int:
-        return self.n_draws // 4 if self.burnin is None else self.burnin
+        return self.burnin_at(self.n_draws)
+
+    def burnin_at(self, draws: int) -> int:
+        """The burn-in of a run of ``draws`` draws: ``burnin``, or draws // 4 when unset."""
+        return draws // 4 if self.burnin is None else self.burnin
 
     @property
     def dispersed(self) -> bool:

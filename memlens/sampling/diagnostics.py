@@ -62,7 +62,9 @@ def effective_sample_size(x: np.ndarray) -> float:
 def _ess_many(x: np.ndarray) -> np.ndarray:
     """:func:`effective_sample_size` of every ``x[c]`` of ``x`` ``[cells, chains, draws]`` at
     once: the same float operations in the same order as cell by cell (the transforms run per
-    row, the Geyer sums are sequential cumulative sums), so the same numbers."""
+    row, the Geyer sums are sequential cumulative sums), so the same numbers. Where ``w`` is
+    finite and positive the pair sums are finite (every autocovariance is bounded by the
+    variance, and ``var_plus`` ≥ ``w``·(n−1)/n), so the Geyer cut needs no NaN case."""
     cells = x.shape[0]
     half = x.shape[2] // 2
     if half < 4:
@@ -89,22 +91,7 @@ def _ess_many(x: np.ndarray) -> np.ndarray:
     mono = np.minimum.accumulate(pairs, axis=1)
     total = np.where(stop, 0.0, mono).cumsum(axis=1)[:, -1]
     out = m * n / np.maximum(-1.0 + 2.0 * total, 1.0 / math.log10(max(m * n, 10)))
-    out = np.where(good, out, np.nan)
-    for c in np.flatnonzero(good & ~np.isfinite(pairs).all(axis=1)):  # NaN pairs: as the loop
-        out[c] = _geyer(pairs[c], m, n)
-    return out
-
-
-def _geyer(pairs: np.ndarray, m: int, n: int) -> float:
-    total, prev = 0.0, np.inf
-    for p in pairs:  # Geyer: positive, monotonically non-increasing pair sums
-        if p <= 0:
-            break
-        p = min(p, prev)
-        total += p
-        prev = p
-    tau = max(-1.0 + 2.0 * total, 1.0 / math.log10(max(m * n, 10)))
-    return float(m * n / tau)
+    return np.where(good, out, np.nan)
 
 
 @dataclass
@@ -195,31 +182,25 @@ def analyse(
     rhat = torch.full((arms, n_inst), float("nan"), dtype=torch.float64)
     ess = torch.full_like(rhat, float("nan"))
     se_mc = torch.full_like(rhat, float("nan"))
-    # host-side, after sampling: the cells whose chains all survived at once, the rest one by one
+    # host-side, after sampling: cells with the same surviving chains in one batch each
     post_np = post.permute(0, 3, 1, 2).numpy()  # [arm, inst, chain, draw]
     eval_np = post_eval.permute(0, 3, 1, 2).numpy()
-    whole = ~diverged.any(1)  # [arm, inst]
-    if bool(whole.any()):
-        cells = whole.nonzero().numpy()
-        x = np.ascontiguousarray(eval_np[cells[:, 0], cells[:, 1]])
-        y = np.ascontiguousarray(post_np[cells[:, 0], cells[:, 1]])
+    groups: dict[tuple[bool, ...], list[tuple[int, int]]] = {}
+    for a, row in enumerate((~diverged).permute(0, 2, 1).tolist()):  # [arm][inst][chain]
+        for i, alive in enumerate(row):
+            if any(alive):
+                groups.setdefault(tuple(alive), []).append((a, i))
+    for alive, cells in groups.items():
+        ca, ci = np.array(cells).T
+        good = np.array(alive)
+        x = eval_np[ca, ci][:, good]
+        y = post_np[ca, ci][:, good]
         r, e, e_y = _split_rhat_many(x), _ess_many(x), _ess_many(y)
         var_y = y.reshape(len(cells), -1).var(axis=1, ddof=1) if y[0].size > 1 else None
-        for k, (a, i) in enumerate(cells.tolist()):
+        for k, (a, i) in enumerate(cells):
             rhat[a, i], ess[a, i] = float(r[k]), float(e[k])
             if var_y is not None and math.isfinite(e_y[k]):
                 se_mc[a, i] = nb[a, i] * math.sqrt(float(var_y[k]) / float(e_y[k]))
-    for a, i in (~whole).nonzero().tolist():
-        good = (~diverged[a, :, i]).numpy()
-        if good.sum() == 0:
-            continue
-        x = eval_np[a, i, good]
-        rhat[a, i] = split_rhat(x)
-        ess[a, i] = effective_sample_size(x)
-        y = post_np[a, i, good]
-        ess_y = effective_sample_size(y)
-        if math.isfinite(ess_y) and y.size > 1:
-            se_mc[a, i] = nb[a, i] * math.sqrt(y.var(ddof=1) / ess_y)
     se_chain = std / n_ok.clamp_min(1).sqrt()
     se = torch.fmax(se_chain, se_mc)  # NaN only when both are
     med = diffusion.double().masked_fill(diverged, float("nan")).nanmean(1)

@@ -176,7 +176,7 @@ def temper(
     base.probe_every, base.keep_draws = probe_every, keep_draws
 
     def run_at(thin: int, draws: int):
-        burnin = draws // 4 if cfg.burnin is None else cfg.burnin
+        burnin = cfg.burnin_at(draws)
         eval_every = cfg.eval_every or eval_schedule(setup, cfg.batch_size, thin, draws, burnin)
         plan = dataclasses.replace(base, thin=thin, draws=draws, burnin=burnin,
                                    eval_every=eval_every)  # fmt: skip
@@ -318,7 +318,13 @@ def _more_draws(llc, diag, cfg: SGLDConfig, gain: float) -> int:
     need = float(_precision_need(llc, diag, cfg).max()) / max(gain, 1.0)
     if not need > 1.0:
         return n
-    return max(n, min(math.ceil(n * need * 1.2), cfg.max_draws))
+    return max(n, min(_draws_for(n, need), cfg.max_draws))
+
+
+def _draws_for(draws: int, need: float) -> int:
+    """Draws per chain for a run of ``draws`` whose worst cell needs ``need`` times as many
+    (see :func:`_precision_need`), with the margin of 1.2."""
+    return math.ceil(draws * need * 1.2)
 
 
 def _warn_imprecise(llc, diag, cfg: SGLDConfig, draws: int, temps: Tensor) -> None:
@@ -332,7 +338,7 @@ def _warn_imprecise(llc, diag, cfg: SGLDConfig, draws: int, temps: Tensor) -> No
     cells = ", ".join(f"t={float(temps[a]):.3g} inst {i} ({float(rel[a, i]):.1f}%)"
                       for a, i in short[:6])  # fmt: skip
     cells += f" (+{len(short) - 6} more)" if len(short) > 6 else ""
-    want = math.ceil(draws * float(need.max()) * 1.2)
+    want = _draws_for(draws, float(need.max()))
     warnings.warn(
         f"λ̂ is less precise than precision={cfg.precision:g} (standard error over max(|λ̂|, 1)) "
         f"after {draws} draws per chain at {cells}; pass max_draws={want} to reach it",
